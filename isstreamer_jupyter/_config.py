@@ -1,0 +1,280 @@
+"""Settings: one table, resolved as keyword arguments > environment > ./isstreamer.ini >
+~/isstreamer.ini > defaults.
+
+The table :data:`SETTINGS` is the single description of every setting; the README's settings
+table, the magics' ``%config`` traits and the error messages are all derived from it.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import hashlib
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._errors import ConfigError
+
+DEFAULT_API_BASE = "https://groker.init.st/api"
+DEFAULT_BUCKET_NAME = "isstreamer_jupyter"
+INI_NAME = "isstreamer.ini"
+CLIENT = "isstreamer.client_config"
+API = "isstreamer.api_config"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def parse_bool(raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError("expected true or false (also yes/no, on/off, 1/0; any case)")
+
+
+def _parse_number(kind: type, minimum: float, strict: bool) -> Callable[[str], Any]:
+    def parse(raw: str) -> Any:
+        try:
+            value = kind(raw.strip())
+        except ValueError:
+            noun = "a whole number" if kind is int else "a number"
+            raise ValueError(f"expected {noun}") from None
+        if value < minimum or (strict and value == minimum) or value != value:
+            bound = f"above {minimum:g}" if strict else f"at least {minimum:g}"
+            raise ValueError(f"expected a number {bound}")
+        return value
+
+    return parse
+
+
+def normalize_api_base(raw: str) -> str:
+    """``https://host`` (ISStreamer's form) and ``https://host/api`` both mean ``.../api``."""
+    base = raw.strip().rstrip("/")
+    if not re.match(r"^https?://[^/\s]+", base):
+        raise ValueError("expected a URL starting with http:// or https://")
+    if base.count("/") == 2:  # no path: ISStreamer's stream_api_base names the host only
+        base += "/api"
+    return base
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its keyword, where else it may come from, how it is read, its default."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    env: tuple[str, ...] = ()
+    ini: tuple[tuple[str, str], ...] = ()
+    doc: str = ""
+    secret: bool = False
+
+
+def _str(raw: str) -> str:
+    return raw.strip()
+
+
+_POS_INT = _parse_number(int, 1, strict=False)
+_NONNEG_FLOAT = _parse_number(float, 0, strict=False)
+_POS_FLOAT = _parse_number(float, 0, strict=True)
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("access_key", _str, "", ("IS_ACCESS_KEY", "IS_API_ACCESS_KEY"),
+            ((CLIENT, "access_key"),), "Initial State access key; none means record locally",
+            secret=True),
+    Setting("bucket_name", _str, "", ("IS_BUCKET_NAME",), ((CLIENT, "default_bucket"),),
+            f"bucket name (empty: {DEFAULT_BUCKET_NAME!r})"),
+    Setting("bucket_key", _str, "", ("IS_BUCKET_KEY",), ((CLIENT, "bucket_key"),),
+            "bucket key (empty: derived from the bucket name, so a name always means one bucket)"),
+    Setting("api_base", normalize_api_base, DEFAULT_API_BASE, ("IS_API_BASE", "IS_API_HOST"),
+            ((API, "stream_api_base"), (CLIENT, "stream_api_base")), "events API base URL"),
+    Setting("debug_level", _parse_number(int, 0, strict=False), 0, ("IS_DEBUG_LEVEL",),
+            ((CLIENT, "debug_level"),),
+            "0 quiet; 1 echo each event; 2 raise refusals and delivery failures; 3 HTTP detail"),
+    Setting("batch_size", _POS_INT, 10, ("IS_BATCH_SIZE",), ((CLIENT, "batch_size"),),
+            "events per request at most (alias: buffer_size)"),
+    Setting("flush_interval", _POS_FLOAT, 1.0, ("IS_FLUSH_INTERVAL",),
+            ((CLIENT, "flush_interval"),), "seconds an event waits for a fuller batch, at most"),
+    Setting("max_requests_per_second", _NONNEG_FLOAT, 3.0, ("IS_MAX_RPS",),
+            ((CLIENT, "max_requests_per_second"),),
+            "request pace; 0 means no pacing (self-hosted or test endpoints)"),
+    Setting("max_queue", _POS_INT, 100_000, ("IS_MAX_QUEUE",), ((CLIENT, "max_queue"),),
+            "events held in memory before they spill to the spool (without one, the oldest drop)"),
+    Setting("timeout", _POS_FLOAT, 10.0, ("IS_TIMEOUT",), ((CLIENT, "timeout"),),
+            "seconds one HTTP request may take"),
+    Setting("flush_timeout", _POS_FLOAT, 10.0, ("IS_FLUSH_TIMEOUT",),
+            ((CLIENT, "flush_timeout"),), "default wait of flush() and close(), in seconds"),
+    Setting("exit_timeout", _NONNEG_FLOAT, 3.0, ("IS_EXIT_TIMEOUT",),
+            ((CLIENT, "exit_timeout"),), "wait at interpreter exit; the rest stays in the spool"),
+    Setting("offline", parse_bool, None, ("IS_OFFLINE",), ((CLIENT, "offline_mode"),),
+            "record locally instead of sending (default: only when there is no access key)"),
+    Setting("offline_file", _str, "isstreamer_out.csv", ("IS_OFFLINE_FILE",),
+            ((CLIENT, "offline_file"),), "CSV file offline recording appends to"),
+    Setting("spool", parse_bool, True, ("IS_SPOOL",), ((CLIENT, "spool"),),
+            "keep accepted events on disk until the service acknowledges them"),
+    Setting("spool_dir", _str, "", ("IS_SPOOL_DIR",), ((CLIENT, "spool_dir"),),
+            "folder of the spool database (empty: the user data folder)"),
+    Setting("spool_interval", _POS_FLOAT, 0.2, ("IS_SPOOL_INTERVAL",),
+            ((CLIENT, "spool_interval"),), "seconds before accepted events are on disk, at most"),
+    Setting("spool_max_bytes", _POS_INT, 256 * 1024 * 1024, ("IS_SPOOL_MAX_BYTES",),
+            ((CLIENT, "spool_max_bytes"),), "size bound of the spool; past it the oldest drop"),
+)
+BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved settings of one streamer. ``repr`` never shows the access key."""
+
+    access_key: str = field(default="", repr=False)
+    bucket_name: str = ""
+    bucket_key: str = ""
+    api_base: str = DEFAULT_API_BASE
+    debug_level: int = 0
+    batch_size: int = 10
+    flush_interval: float = 1.0
+    max_requests_per_second: float = 3.0
+    max_queue: int = 100_000
+    timeout: float = 10.0
+    flush_timeout: float = 10.0
+    exit_timeout: float = 3.0
+    offline: bool = False
+    offline_file: str = "isstreamer_out.csv"
+    spool: bool = True
+    spool_dir: str = ""
+    spool_interval: float = 0.2
+    spool_max_bytes: int = 256 * 1024 * 1024
+    #: why offline is on, in plain words ("" when online)
+    offline_reason: str = ""
+    #: where each setting came from, for messages: name -> "environment variable IS_X", ...
+    sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def ini_paths(ini_file_location: str | os.PathLike[str] | None) -> list[Path]:
+    """The ini files to read, the first one winning: the working folder's before the home's."""
+    if ini_file_location is not None:
+        path = Path(ini_file_location).expanduser()
+        if not path.is_file():
+            raise ConfigError(
+                f"ini_file_location={str(path)!r} does not exist; give the path of an existing "
+                f"{INI_NAME} or leave it out"
+            )
+        return [path]
+    candidates = [Path.cwd() / INI_NAME, Path.home() / INI_NAME]
+    seen: list[Path] = []
+    for path in candidates:
+        if path.is_file() and path.resolve() not in [p.resolve() for p in seen]:
+            seen.append(path)
+    return seen
+
+
+def _read_ini(paths: list[Path]) -> list[tuple[Path, configparser.ConfigParser]]:
+    parsed = []
+    for path in paths:
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read(path, encoding="utf-8")
+        except configparser.Error as exc:
+            raise ConfigError(f"{path} is not a valid ini file: {exc.message}") from None
+        parsed.append((path, parser))
+    return parsed
+
+
+def resolve(
+    kwargs: Mapping[str, Any],
+    *,
+    ini_file_location: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve every setting from its sources; a bad value raises :class:`ConfigError`."""
+    env = os.environ if environ is None else environ
+    inis = _read_ini(ini_paths(ini_file_location))
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for setting in SETTINGS:
+        raw, source = _lookup(setting, kwargs, env, inis)
+        if source == "default":
+            values[setting.name] = setting.default
+        elif source == "keyword argument" and not isinstance(raw, str):
+            values[setting.name] = _check_keyword(setting, raw)
+        else:
+            try:
+                values[setting.name] = setting.parse(str(raw))
+            except ValueError as exc:
+                shown = "(hidden)" if setting.secret else repr(raw)
+                raise ConfigError(f"{setting.name} = {shown} from {source}: {exc}") from None
+        sources[setting.name] = source
+
+    offline = values["offline"]
+    reason = ""
+    if offline is None:
+        offline = not values["access_key"]
+        if offline:
+            reason = "no access key (set IS_ACCESS_KEY or access_key=... to stream)"
+    elif offline:
+        reason = f"offline is on ({sources['offline']})"
+    values["offline"] = offline
+    return Settings(**values, offline_reason=reason, sources=sources)
+
+
+def _lookup(
+    setting: Setting,
+    kwargs: Mapping[str, Any],
+    env: Mapping[str, str],
+    inis: list[tuple[Path, configparser.ConfigParser]],
+) -> tuple[Any, str]:
+    value = kwargs.get(setting.name)
+    if value is not None and value != "":  # ISStreamer's signature uses "" for "not given"
+        return value, "keyword argument"
+    for name in setting.env:
+        if env.get(name, "") != "":
+            return env[name], f"environment variable {name}"
+    for path, parser in inis:
+        for section, option in setting.ini:
+            if parser.has_option(section, option):
+                return parser.get(section, option), f"{path} [{section}] {option}"
+    return setting.default, "default"
+
+
+def _check_keyword(setting: Setting, value: Any) -> Any:
+    """Keyword arguments arrive typed; check them with the same rules as text."""
+    if isinstance(setting.default, bool) or setting.name == "offline":
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{setting.name}={value!r} (keyword argument): expected True or False")
+    try:
+        return setting.parse(str(value))
+    except ValueError as exc:
+        raise ConfigError(f"{setting.name}={value!r} (keyword argument): {exc}") from None
+
+
+_BUCKET_KEY_FORBIDDEN = re.compile(r"[:\"']")
+
+
+def check_bucket(name: str, key: str) -> None:
+    """Refuse a bucket name or key the service would refuse, saying how to fix it."""
+    if len(name) > 250:
+        raise ConfigError(f"bucket name is {len(name)} characters; the limit is 250: shorten it")
+    if len(key) > 250:
+        raise ConfigError(f"bucket key is {len(key)} characters; the limit is 250: shorten it")
+    if _BUCKET_KEY_FORBIDDEN.search(key) or not key.strip():
+        raise ConfigError(
+            f"bucket key {key!r} cannot be used: it must be non-empty and may not contain "
+            ": \" or '; use letters, digits and underscores"
+        )
+
+
+def derive_bucket_key(name: str) -> str:
+    """A stable bucket key for a bucket name: the same name always means the same bucket."""
+    slug = re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_")[:200] or "bucket"
+    digest = hashlib.blake2b(name.encode(), digest_size=4).hexdigest()
+    return f"{slug}_{digest}"

@@ -1,0 +1,69 @@
+"""Exceptions and warnings of isstreamer_jupyter.
+
+The hierarchy::
+
+    IsStreamerError                  base of everything this package raises
+    ├── ConfigError (ValueError)     a setting has a bad value; names the setting, its source
+    ├── RefusedValue (ValueError)    log() refused a key, value or epoch (raised at debug >= 2)
+    ├── StreamerClosed               log() after close()
+    ├── SpoolError                   the spool cannot be used (the streamer goes on in memory)
+    └── DeliveryError                flush()/close() could not confirm delivery (debug_level >= 2)
+        ├── FlushTimeout             the wait ran out while delivery was still possible
+        ├── AccessDenied             the service refused the access key (401/403)
+        ├── CapReached               the account's monthly data-point cap is reached (402)
+        └── BucketRemoved            the bucket key belonged to a deleted bucket (400)
+
+    IsStreamerWarning (UserWarning)  what is shown instead of raised at debug_level < 2
+
+No message of any of them contains the access key.
+"""
+
+from __future__ import annotations
+
+
+class IsStreamerError(Exception):
+    """Base class of the exceptions raised by isstreamer_jupyter."""
+
+
+class ConfigError(IsStreamerError, ValueError):
+    """A setting has a value that cannot be used."""
+
+
+class RefusedValue(IsStreamerError, ValueError):
+    """``log()`` refused a key, value or epoch; nothing was queued for it."""
+
+
+class StreamerClosed(IsStreamerError):
+    """The streamer was closed; it accepts no more events."""
+
+
+class SpoolError(IsStreamerError):
+    """The on-disk spool cannot be opened, read or written."""
+
+
+class DeliveryError(IsStreamerError):
+    """Not everything logged before ``flush()``/``close()`` was acknowledged."""
+
+    def __init__(self, message: str, *, pending: int = 0) -> None:
+        super().__init__(message)
+        self.pending = pending
+
+
+class FlushTimeout(DeliveryError):
+    """The wait ran out; the events are still queued and will be sent."""
+
+
+class AccessDenied(DeliveryError):
+    """The service refused the access key (HTTP 401 or 403)."""
+
+
+class CapReached(DeliveryError):
+    """The account reached its monthly data-point cap (HTTP 402)."""
+
+
+class BucketRemoved(DeliveryError):
+    """The bucket key belongs to a bucket that was deleted (HTTP 400 BUCKET_REMOVED)."""
+
+
+class IsStreamerWarning(UserWarning):
+    """A refused value or a delivery problem, shown once where it happened."""

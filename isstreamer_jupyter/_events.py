@@ -1,0 +1,218 @@
+"""Events: what a logged key, value and epoch may be, and how the rest is coerced or refused.
+
+``Streamer.log`` checks the common case (a short ``str`` key, an ``int``/``float``/``bool``/short
+``str`` value, no epoch) inline; everything else comes here. Every refusal names the key, the
+limit and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import enum
+import json
+import math
+import numbers
+import time
+from collections.abc import Iterator, Mapping
+from decimal import Decimal
+from typing import Any
+
+from ._errors import RefusedValue
+
+KEY_MAX = 250
+#: the API reference's figure; longer keys are accepted by the service but warned about once
+KEY_WARN = 100
+VALUE_MAX = 2000
+#: the service replaces timestamps this old with its own time
+EPOCH_MIN_AGE = 10 * 365.25 * 86400
+
+Value = str | int | float | bool
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def describe(value: Any) -> str:
+    return f"{type(value).__module__}.{type(value).__qualname__}".removeprefix("builtins.")
+
+
+def check_key(key: Any) -> str:
+    if type(key) is not str:
+        if isinstance(key, str):
+            key = str(key)
+        else:
+            raise RefusedValue(
+                f"key {_shorten(repr(key))} is a {describe(key)}; keys are strings: "
+                f"use log(str(key), value)"
+            )
+    if not key:
+        raise RefusedValue("key is empty; give the signal a name, e.g. log('temperature', 21.5)")
+    if len(key) > KEY_MAX:
+        raise RefusedValue(
+            f"key {_shorten(key)!r} is {len(key)} characters; the limit is {KEY_MAX}: shorten it"
+        )
+    return key
+
+
+def coerce_value(key: str, value: Any) -> Value:
+    """Return a JSON-ready str, int, float or bool, or raise :class:`RefusedValue`."""
+    kind = type(value)
+    if kind is bool or kind is int:
+        return value
+    if kind is float:
+        return _finite(key, value)
+    if kind is str:
+        return _short(key, value)
+    if isinstance(value, enum.Enum):
+        inner = value.value
+        return coerce_value(key, inner if isinstance(inner, str | int | float) else value.name)
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str):
+        return _short(key, str(value))
+    if type(value).__name__ == "bool_" and hasattr(value, "item"):  # numpy.bool_
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real | Decimal):
+        return _finite(key, float(value))
+    if isinstance(value, _dt.datetime | _dt.date | _dt.time):
+        return value.isoformat()
+    if isinstance(value, _dt.timedelta):
+        return value.total_seconds()
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():  # 0-d numpy arrays
+        return coerce_value(key, value.item())
+    if value is None:
+        fix = "log a string such as 'none', or skip the call"
+    elif isinstance(value, bytes | bytearray):
+        fix = "decode it first: value.decode()"
+    elif isinstance(value, list | tuple | dict | set | frozenset) or hasattr(value, "__len__"):
+        fix = "log its items with log_object(value, key_prefix=...)"
+    else:
+        fix = "convert it with str(value) or float(value)"
+    raise RefusedValue(
+        f"value for key {_shorten(key)!r} is a {describe(value)}; values are numbers, booleans "
+        f"or strings: {fix}"
+    )
+
+
+def _finite(key: str, value: float) -> float:
+    if math.isfinite(value):
+        return value
+    raise RefusedValue(
+        f"value for key {_shorten(key)!r} is {value!r}; JSON has no NaN or infinity: "
+        f"skip it or log a string such as 'nan'"
+    )
+
+
+def _short(key: str, value: str) -> str:
+    if len(value) <= VALUE_MAX:
+        return value
+    raise RefusedValue(
+        f"value for key {_shorten(key)!r} is {len(value)} characters; the limit is {VALUE_MAX}: "
+        f"shorten it or split it over several keys"
+    )
+
+
+def coerce_epoch(key: str, epoch: Any, now: float | None = None) -> float:
+    """Seconds since 1970 from a number, numeric string, ISO 8601 string or datetime.
+
+    Milli-, micro- and nanosecond epochs are scaled to seconds; epochs the service would
+    silently replace (10 or more years old) are refused.
+    """
+    if isinstance(epoch, bool):
+        raise RefusedValue(f"epoch for key {_shorten(key)!r} is a bool; give seconds since 1970")
+    if isinstance(epoch, _dt.datetime):
+        seconds = epoch.timestamp()
+    elif isinstance(epoch, _dt.date):
+        seconds = _dt.datetime(epoch.year, epoch.month, epoch.day).timestamp()
+    elif isinstance(epoch, str):
+        seconds = _parse_epoch_text(key, epoch)
+    elif isinstance(epoch, numbers.Real | Decimal) or hasattr(epoch, "item"):
+        try:
+            seconds = float(epoch)
+        except (TypeError, ValueError):
+            seconds = math.nan
+    else:
+        raise RefusedValue(
+            f"epoch for key {_shorten(key)!r} is a {describe(epoch)}; give seconds since 1970 "
+            f"(a number), a datetime or an ISO 8601 string"
+        )
+    if not math.isfinite(seconds):
+        raise RefusedValue(f"epoch for key {_shorten(key)!r} is not a finite number")
+    for scale in (1e3, 1e3, 1e3):  # ms, then µs, then ns
+        if seconds < 1e11:
+            break
+        seconds /= scale
+    now = time.time() if now is None else now
+    if seconds < now - EPOCH_MIN_AGE:
+        when = _dt.datetime.fromtimestamp(max(seconds, 0), _dt.timezone.utc).date()
+        raise RefusedValue(
+            f"epoch {epoch!r} for key {_shorten(key)!r} is {when}, more than 10 years ago; the "
+            f"service would replace it with its own time: check the unit (seconds since 1970)"
+        )
+    return seconds
+
+
+def _parse_epoch_text(key: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        parsed = _dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise RefusedValue(
+            f"epoch {_shorten(text)!r} for key {_shorten(key)!r} is neither a number nor an "
+            f"ISO 8601 time such as '2026-11-28T12:00:00Z'"
+        ) from None
+    return parsed.timestamp()
+
+
+_encode_str = json.encoder.encode_basestring  # the C encoder, ensure_ascii=False
+
+
+def iter_items(obj: Any) -> Iterator[tuple[Any, Any]]:
+    """(name, value) pairs of a container or object, for ``log_object``."""
+    kind = type(obj)
+    if isinstance(obj, Mapping) or (kind.__name__ == "Series" and hasattr(obj, "items")):
+        yield from obj.items()
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            yield f.name, getattr(obj, f.name)
+    elif isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        yield from zip(obj._fields, obj, strict=True)
+    elif isinstance(obj, list | tuple | range):
+        yield from enumerate(obj)
+    elif kind.__module__ == "numpy" and hasattr(obj, "ndim") and hasattr(obj, "tolist"):
+        if obj.ndim <= 1:
+            yield from enumerate(obj.reshape(-1).tolist())
+        else:
+            import numpy as np
+
+            for index in np.ndindex(obj.shape):
+                yield "_".join(map(str, index)), obj[index].item()
+    else:  # ISStreamer's rule: an object's @property attributes
+        for name in dir(obj):
+            if isinstance(getattr(kind, name, None), property):
+                yield name, getattr(obj, name)
+
+
+def fragment(key: str, value: Value, epoch: float) -> str:
+    """One event as the JSON text the events API takes; batches are these joined by commas.
+
+    Written by hand for speed (the sender runs this for every event); equal to
+    ``json.dumps({"key": key, "value": value, "epoch": epoch}, ensure_ascii=False)`` minus
+    the spaces.
+    """
+    if value is True:
+        text = "true"
+    elif value is False:
+        text = "false"
+    elif type(value) is str:
+        text = _encode_str(value)
+    else:
+        text = repr(value)
+    return f'{{"key":{_encode_str(key)},"value":{text},"epoch":{epoch!r}}}'

@@ -1,0 +1,459 @@
+"""The sender: the one background thread of a streamer. Batching, pacing, retry and backoff.
+
+``log()`` appends ``(key, value, epoch, bucket)`` tuples to a deque. The sender drains the deque
+into the store (the spool) at least every ``spool_interval``, then sends the oldest batch of one
+bucket when it is full or ``flush_interval`` old, as the pace and the service's rate-limit
+budget allow, and forgets it only when the service acknowledged it.
+
+Everything happens in :meth:`Sender.step`, which does one round and says how long to wait
+before the next; the thread only loops over it, so unit tests drive ``step`` with a fake
+clock and a fake transport. The sender never prints: it reports through ``notify``.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._config import Settings
+from ._errors import AccessDenied, BucketRemoved, CapReached, DeliveryError, SpoolError
+from ._events import fragment
+from ._spool import Batch, Store
+from ._stats import SignalStat, State, Stats
+from ._transport import MAX_BODY, Answer, Outcome, RateBudget, Transport
+
+BACKOFF_BASE = 0.5
+BACKOFF_CAP = 60.0
+#: after a 402 the sender asks again this often, so a monthly reset lets events go out
+CAP_PROBE_INTERVAL = 600.0
+#: signals tracked for the panel; more keys are counted but not tracked
+MAX_SIGNALS = 1000
+SPARK_POINTS = 60
+
+REMEDIES = {
+    Outcome.ACCESS_DENIED: (
+        "check the access key (IS_ACCESS_KEY or access_key=...); set streamer.AccessKey to the "
+        "right key to resume: the held events are kept and will be sent"),
+    Outcome.CAP_REACHED: (
+        "the month's data points are used up: upgrade the plan or wait for the monthly reset; "
+        "events are kept and sent once the service takes them again"),
+    Outcome.BUCKET_REMOVED: (
+        "pick a new bucket with streamer.set_bucket(bucket_name=...) (a new name means a new "
+        "key); the deleted bucket's events are kept"),
+    Outcome.RETRY: "nothing to do: events are kept and retried with backoff",
+    Outcome.RATE_LIMITED: (
+        "nothing to do: events are kept; lower max_requests_per_second if this repeats"),
+    Outcome.INVALID: "this is a bug in isstreamer_jupyter: please report it with the message",
+    Outcome.TOO_LARGE: "nothing to do: the batch is split",
+}
+STOP_ERRORS: dict[Outcome, type[DeliveryError]] = {
+    Outcome.ACCESS_DENIED: AccessDenied,
+    Outcome.CAP_REACHED: CapReached,
+    Outcome.BUCKET_REMOVED: BucketRemoved,
+}
+
+
+@dataclass(frozen=True)
+class Bucket:
+    name: str
+    key: str
+
+
+class Clock:
+    """Real time. Tests pass ``isstreamer_jupyter.testing.FakeClock`` instead."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time()
+
+    def wait(self, event: threading.Event, timeout: float | None) -> bool:
+        return event.wait(timeout)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+class Marker:
+    """Put in the queue by ``flush()``; done when every event before it is acknowledged."""
+
+    __slots__ = ("done", "error", "upto")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.upto: int | None = None
+        self.error: DeliveryError | None = None
+
+
+@dataclass
+class _Signal:
+    count: int = 0
+    last_value: Any = None
+    last_time: float = 0.0
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=SPARK_POINTS))
+
+
+Notify = Callable[[int, str], None]
+
+
+class Sender:
+    def __init__(self, *, queue: deque[Any], store: Store, transport: Transport,
+                 settings: Settings, clock: Clock, notify: Notify,
+                 current_bucket: Callable[[], Bucket]) -> None:
+        self.queue = queue
+        self.store = store
+        self.transport = transport
+        self.settings = settings
+        self.clock = clock
+        self.notify = notify
+        self.current_bucket = current_bucket
+        self.wake = threading.Event()
+        self.lock = threading.Lock()  # guards what snapshot() reads
+        self.thread: threading.Thread | None = None
+        self._running = False
+        self._markers: list[Marker] = []
+        self._created: set[str] = set()
+        self._stopped_buckets: dict[str, Answer] = {}
+        self._halt: Answer | None = None  # account-wide stop: access denied, cap reached
+        self._probe_at = 0.0
+        self._hold_until = 0.0  # monotonic; no request before it
+        self._hold_state = State.BACKING_OFF
+        self._attempt = 0
+        self._split_limit: int | None = None
+        self._split_left = 0
+        self._last_request_at = -1e9
+        self._first_pending_at: float | None = None
+        self._pending = store.pending()
+        self._ever_ok = False
+        self.budget: RateBudget | None = None
+        self.random = random.Random()
+        # counters (read by snapshot under self.lock)
+        self.drained = 0
+        self.in_flight = 0
+        self.sent = 0
+        self.requests = 0
+        self.retries = 0
+        self.refused = 0
+        self.dropped = 0
+        self.last_error = ""
+        self.last_error_at: float | None = None
+        self.last_remedy = ""
+        self._rate_samples: deque[tuple[float, int]] = deque(maxlen=64)
+        self.signals: dict[str, _Signal] = {}
+
+    # ---------------------------------------------------------------- the thread
+    def start(self) -> None:
+        self._running = True
+        self.thread = threading.Thread(target=self._run, name="isstreamer-sender", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while self._running:
+            try:
+                delay = self.step()
+            except Exception as exc:  # never die silently: report, keep the events, go on
+                self._error(f"internal error in the sender: {type(exc).__name__}: {exc}",
+                            REMEDIES[Outcome.INVALID])
+                delay = 1.0
+            delay = min(delay, self.settings.spool_interval)
+            if delay > 0 and self._running and self.clock.wait(self.wake, delay):
+                self.wake.clear()
+        try:
+            self.drain()  # whatever arrived last goes to the store
+        except SpoolError as exc:
+            self._error(str(exc), "")
+
+    def stop(self, timeout: float) -> bool:
+        """Stop the thread; True if it ended within `timeout`."""
+        self._running = False
+        self.wake.set()
+        if self.thread is None:
+            return True
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+    # ---------------------------------------------------------------- one round
+    def step(self) -> float:
+        """Drain the queue, then make at most one request. Returns seconds to wait."""
+        now = self.clock.monotonic()
+        self.drain()
+        idle = self.settings.spool_interval
+        if self._halt is not None:
+            if self._halt.outcome is Outcome.CAP_REACHED and now >= self._probe_at:
+                self._halt = None  # ask again: the monthly cap may have reset
+            else:
+                self._check_markers()
+                return idle
+        if now < self._hold_until:
+            return self._hold_until - now
+        pace = self._pace_delay(now)
+        bucket = self.current_bucket()
+        if bucket.key not in self._created and bucket.key not in self._stopped_buckets:
+            return pace or self._create(bucket, now)
+        if self._pending == 0:
+            self._first_pending_at = None
+            return idle
+        if self._first_pending_at is None:
+            self._first_pending_at = now
+        age_needed = max(0.0, self.settings.flush_interval - self.settings.spool_interval)
+        ready = (self._pending >= self.settings.batch_size or self._markers or not self._running
+                 or now - self._first_pending_at >= age_needed)
+        if not ready:
+            return self._first_pending_at + age_needed - now
+        if pace:
+            return pace
+        limit = self._split_limit or self.settings.batch_size
+        batch = self.store.take(limit, MAX_BODY - 1024, self._stopped_buckets)
+        if batch is None:
+            self._check_markers()
+            return idle
+        if batch.bucket_key not in self._created:
+            self.store.release(batch)
+            return self._create(Bucket(batch.bucket_name, batch.bucket_key), now)
+        return self._send(batch, now)
+
+    def drain(self) -> None:
+        """Move what log() queued into the store, noting flush markers in order."""
+        rows: list[tuple[str, str, str]] = []
+        popleft = self.queue.popleft
+        signals = self.signals
+        while True:
+            try:
+                item = popleft()
+            except IndexError:
+                break
+            if type(item) is tuple:
+                key, value, epoch, bucket = item
+                rows.append((bucket.key, bucket.name, fragment(key, value, epoch)))
+                sig = signals.get(key)
+                if sig is None:
+                    if len(signals) >= MAX_SIGNALS:
+                        continue
+                    sig = signals[key] = _Signal()
+                sig.count += 1
+                sig.last_value = value
+                sig.last_time = epoch
+                if type(value) is int or type(value) is float:
+                    sig.recent.append(value)
+            else:  # a flush marker: everything before it must be in the store first
+                self._put(rows)
+                rows = []
+                item.upto = self.store.last_id()
+                self._markers.append(item)
+        self._put(rows)
+        self._check_markers()
+
+    def _put(self, rows: list[tuple[str, str, str]]) -> None:
+        if not rows:
+            return
+        dropped = self.store.put(rows)
+        with self.lock:
+            self.drained += len(rows)
+            self._pending += len(rows) - dropped
+            self.dropped += dropped
+        if dropped:
+            where = "spool" if self.store.path else "memory queue"
+            self._error(f"the {where} is full: dropped the {dropped} oldest events",
+                        "raise max_queue / spool_max_bytes, or log less often")
+
+    # ---------------------------------------------------------------- requests
+    def _pace_delay(self, now: float) -> float:
+        delay = 0.0
+        rps = self.settings.max_requests_per_second
+        if rps > 0:
+            delay = self._last_request_at + 1.0 / rps - now
+        budget = self.budget
+        if budget is not None and budget.remaining <= 0:
+            delay = max(delay, budget.reset - self.clock.wall() + 0.05)
+        return max(0.0, delay)
+
+    def _create(self, bucket: Bucket, now: float) -> float:
+        answer = self._request(lambda: self.transport.create_bucket(bucket.key, bucket.name), now)
+        if answer.outcome is Outcome.ACCEPTED:
+            self._created.add(bucket.key)
+            self.notify(20, f"bucket {bucket.name!r} ({bucket.key}) ready")
+            return 0.0
+        return self._failed(answer, bucket.key, None, now)
+
+    def _send(self, batch: Batch, now: float) -> float:
+        with self.lock:
+            self.in_flight = len(batch)
+        answer = self._request(lambda: self.transport.post_events(batch.bucket_key,
+                                                                  batch.fragments), now)
+        if answer.outcome is Outcome.ACCEPTED:
+            self.store.ack(batch)
+            with self.lock:
+                self.in_flight = 0
+                self.sent += len(batch)
+                self._pending -= len(batch)
+                self._rate_samples.append((self.clock.monotonic(), self.sent))
+            if self._split_limit is not None:
+                self._split_left -= len(batch)
+                if self._split_left <= 0:
+                    self._split_limit = None
+            self._check_markers()
+            return 0.0
+        with self.lock:
+            self.in_flight = 0
+        return self._failed(answer, batch.bucket_key, batch, now)
+
+    def _request(self, call: Callable[[], Answer], now: float) -> Answer:
+        self._last_request_at = now
+        answer = call()
+        with self.lock:
+            self.requests += 1
+            if answer.budget is not None:
+                self.budget = answer.budget
+        if answer.outcome is Outcome.ACCEPTED:
+            self._attempt = 0
+            self._ever_ok = True
+            if self.last_error and self._hold_until:
+                self.notify(20, "delivery resumed")
+            self._hold_until = 0.0
+        if self.settings.debug_level >= 3:
+            self.notify(10, f"HTTP {answer.status or '-'} {answer.outcome.value} {answer.detail}")
+        return answer
+
+    def _failed(self, answer: Answer, bucket_key: str, batch: Batch | None, now: float) -> float:
+        """Keep the events and decide when to try again; never a retry storm."""
+        outcome = answer.outcome
+        if batch is not None and outcome not in (Outcome.INVALID, Outcome.TOO_LARGE):
+            self.store.release(batch)
+        if outcome in (Outcome.RETRY, Outcome.RATE_LIMITED):
+            self._attempt += 1
+            delay = self._backoff() if answer.retry_after is None else answer.retry_after
+            if outcome is Outcome.RATE_LIMITED and answer.retry_after is None and answer.budget:
+                delay = max(delay, answer.budget.reset - self.clock.wall())
+            self._hold_until = now + delay
+            self._hold_state = (State.RATE_LIMITED if outcome is Outcome.RATE_LIMITED
+                                else State.BACKING_OFF)
+            with self.lock:
+                self.retries += 1
+            self._error(f"{answer.detail}; retrying in {delay:.1f} s", REMEDIES[outcome],
+                        level=20 if outcome is Outcome.RATE_LIMITED else 30)
+            return delay
+        if outcome is Outcome.TOO_LARGE or outcome is Outcome.INVALID:
+            assert batch is not None, "bucket creation is never too large"
+            if len(batch) > 1:  # split: find the part the service takes
+                self.store.release(batch)
+                self._split_limit = max(1, len(batch) // 2)
+                self._split_left = len(batch)
+                return 0.0
+            self.store.ack(batch)  # one event the service will never take: drop it, say so
+            with self.lock:
+                self.refused += 1
+                self._pending -= 1
+            self._error(f"the service refused an event: {answer.detail}", REMEDIES[outcome])
+            self._check_markers()
+            return 0.0
+        if outcome is Outcome.BUCKET_REMOVED:
+            self._stopped_buckets[bucket_key] = answer
+            self._error(f"bucket {bucket_key}: {answer.detail}", REMEDIES[outcome], level=40)
+        else:  # access denied, cap reached: the whole account
+            self._halt = answer
+            self._probe_at = now + CAP_PROBE_INTERVAL
+            if outcome is Outcome.ACCESS_DENIED:
+                self.store.mark_denied()
+            self._error(answer.detail, REMEDIES[outcome], level=40)
+        self._check_markers()
+        return 0.0
+
+    def _backoff(self) -> float:
+        """Exponential backoff with full jitter, capped."""
+        ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(self._attempt, 16))
+        return self.random.uniform(0.1 * ceiling, ceiling)
+
+    def _error(self, message: str, remedy: str, level: int = 40) -> None:
+        with self.lock:
+            self.last_error = message
+            self.last_error_at = self.clock.wall()
+            self.last_remedy = remedy
+        self.notify(level, f"{message}. Fix: {remedy}" if remedy else message)
+
+    # ---------------------------------------------------------------- control
+    def resume(self) -> None:
+        """Try again after the user fixed what stopped delivery (a new key, a new bucket)."""
+        self._halt = None
+        self._hold_until = 0.0
+        self._attempt = 0
+        self.wake.set()
+
+    def reset_after_fork(self, store: Store, transport: Transport) -> None:
+        self.store = store
+        self.transport = transport
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self._markers = []
+        self._pending = store.pending()
+        self.in_flight = 0
+
+    def _check_markers(self) -> None:
+        if not self._markers:
+            return
+        left = []
+        for marker in self._markers:
+            assert marker.upto is not None
+            stop = self._halt
+            if stop is None and self._stopped_buckets and not self.store.has_mine_upto(
+                    marker.upto, self._stopped_buckets):
+                stop = next(iter(self._stopped_buckets.values()))
+            if not self.store.has_mine_upto(marker.upto):
+                marker.done.set()
+            elif stop is not None:
+                marker.error = STOP_ERRORS[stop.outcome](
+                    f"{stop.detail}. Fix: {REMEDIES[stop.outcome]}", pending=self._pending)
+                marker.done.set()
+            else:
+                left.append(marker)
+        self._markers = left
+
+    # ---------------------------------------------------------------- reading
+    def state(self) -> tuple[State, str, str, float | None]:
+        """(state, reason, remedy, until) as of now."""
+        now = self.clock.monotonic()
+        halt = self._halt or self._stopped_buckets.get(self.current_bucket().key)
+        if halt is not None:
+            return State.STOPPED, halt.detail, REMEDIES[halt.outcome], None
+        if now < self._hold_until:
+            until = self.clock.wall() + (self._hold_until - now)
+            return self._hold_state, self.last_error, self.last_remedy, until
+        if not self._ever_ok:
+            return State.CONNECTING, "", "", None
+        return State.ONLINE, "", "", None
+
+    def events_per_second(self) -> float:
+        samples = list(self._rate_samples)
+        now = self.clock.monotonic()
+        recent = [(t, n) for t, n in samples if now - t <= 5.0]
+        if len(recent) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = recent[0], recent[-1]
+        return (n1 - n0) / max(now - t0, t1 - t0, 1e-9)
+
+    def signal_stats(self) -> tuple[SignalStat, ...]:
+        return tuple(SignalStat(k, s.count, s.last_value, s.last_time, tuple(s.recent))
+                     for k, s in list(self.signals.items()))
+
+    def fill(self, **common: Any) -> Stats:
+        """A snapshot; `common` carries what the streamer owns (bucket, offline, ...)."""
+        state, reason, remedy, until = self.state()
+        with self.lock:
+            return Stats(
+                state=common.pop("state", state), reason=common.pop("reason", reason),
+                remedy=(remedy or self.last_remedy) if state is not State.ONLINE else "",
+                until=until, queued=len(self.queue) + max(0, self._pending - self.in_flight),
+                in_flight=self.in_flight,
+                spooled=max(0, self._pending - self.in_flight) if self.store.path else 0,
+                sent=self.sent, requests=self.requests, retries=self.retries,
+                refused=self.refused + common.pop("refused_at_log"),
+                dropped=self.dropped + common.pop("dropped_at_log"),
+                events_per_second=self.events_per_second(), budget=self.budget,
+                last_error=self.last_error, last_error_at=self.last_error_at,
+                signals=self.signal_stats(), **common)
+

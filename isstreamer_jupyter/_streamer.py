@@ -1,0 +1,495 @@
+"""The public :class:`Streamer`: ISStreamer's API (both eras), lifecycle and stats."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import datetime as _dt
+import logging
+import os
+import sys
+import time
+import warnings
+import weakref
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+from . import _config
+from ._config import Settings, check_bucket, derive_bucket_key
+from ._errors import (
+    ConfigError,
+    DeliveryError,
+    FlushTimeout,
+    IsStreamerWarning,
+    RefusedValue,
+    SpoolError,
+    StreamerClosed,
+)
+from ._events import KEY_WARN, check_key, coerce_epoch, coerce_value, iter_items
+from ._sender import Bucket, Clock, Marker, Sender
+from ._spool import MemoryStore, SqliteSpool, Store
+from ._stats import State, Stats
+from ._transport import CsvTransport, HttpTransport, Transport
+
+logger = logging.getLogger("isstreamer_jupyter")
+logger.addHandler(logging.NullHandler())  # a library shows nothing unless the app asks
+_time = time.time
+_live: weakref.WeakSet[Streamer] = weakref.WeakSet()
+RING_SIZE = 500
+
+
+class Streamer:
+    """Streams events to an Initial State bucket from a background thread.
+
+    A drop-in for ``ISStreamer.Streamer.Streamer``: same positional arguments, same methods,
+    same attributes; plus the seed README's ``bucket=``/``client_key=``/``new_bucket()`` and
+    keyword-only settings (see the README's settings table). ``log()`` costs about a
+    microsecond and never waits on the network; ``flush()`` and ``close()`` wait, within a
+    bound. With no access key anywhere it records to a local CSV file instead.
+    """
+
+    def __init__(
+        self,
+        bucket_name: str = "",
+        bucket_key: str = "",
+        access_key: str = "",
+        ini_file_location: str | os.PathLike[str] | None = None,
+        debug_level: int | None = None,
+        buffer_size: int | None = None,
+        offline: bool | None = None,
+        use_async: bool = True,
+        *,
+        bucket: str | None = None,
+        client_key: str | None = None,
+        api_base: str | None = None,
+        batch_size: int | None = None,
+        flush_interval: float | None = None,
+        max_requests_per_second: float | None = None,
+        max_queue: int | None = None,
+        timeout: float | None = None,
+        flush_timeout: float | None = None,
+        exit_timeout: float | None = None,
+        offline_file: str | None = None,
+        spool: bool | None = None,
+        spool_dir: str | os.PathLike[str] | None = None,
+        spool_interval: float | None = None,
+        spool_max_bytes: int | None = None,
+        transport: Transport | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if buffer_size is not None and batch_size is not None and buffer_size != batch_size:
+            raise ConfigError("buffer_size and batch_size are one setting: give only one")
+        kwargs = {
+            "bucket_name": bucket_name or bucket, "bucket_key": bucket_key,
+            "access_key": access_key or client_key, "api_base": api_base,
+            "debug_level": debug_level, "batch_size": batch_size or buffer_size,
+            "flush_interval": flush_interval, "max_requests_per_second": max_requests_per_second,
+            "max_queue": max_queue, "timeout": timeout, "flush_timeout": flush_timeout,
+            "exit_timeout": exit_timeout, "offline": offline, "offline_file": offline_file,
+            "spool": spool, "spool_dir": os.fspath(spool_dir) if spool_dir else None,
+            "spool_interval": spool_interval, "spool_max_bytes": spool_max_bytes,
+        }
+        settings = _config.resolve(kwargs, ini_file_location=ini_file_location)
+        name = settings.bucket_name or _config.DEFAULT_BUCKET_NAME
+        key = settings.bucket_key or derive_bucket_key(name)
+        check_bucket(name, key)
+        self.use_async = use_async
+        self._bucket = Bucket(name, key)
+        self._buckets: list[Bucket] = [self._bucket]
+        self._closed = False
+        self._refused_at_log = 0
+        self._dropped_at_log = 0
+        self._warned_long_keys: set[str] = set()
+        self._notices: deque[str] = deque(maxlen=20)
+        self.ring: deque[tuple[float, int, str]] = deque(maxlen=RING_SIZE)
+        self._queue: deque[Any] = deque()
+        self._clock = clock or Clock()
+        self._custom_transport = transport is not None
+        if settings.offline:
+            settings = settings.replace(spool=False, max_requests_per_second=0.0,
+                                        batch_size=max(settings.batch_size, 500))
+        self.settings = settings
+        self._spill_at = settings.max_queue
+        store = self._open_store(settings, key)
+        self._sender = Sender(queue=self._queue, store=store,
+                              transport=transport or self._make_transport(),
+                              settings=settings, clock=self._clock, notify=self._say,
+                              current_bucket=lambda: self._bucket)
+        self._update_slow()
+        _live.add(self)
+        if settings.offline:
+            self._notice(f"recording locally to {self._sender.transport.path} "  # type: ignore[attr-defined]
+                         f"({settings.offline_reason}); upload later with "
+                         f"`python -m isstreamer_jupyter upload FILE --bucket-name NAME`")
+        recovered = getattr(store, "recovered", 0)
+        if recovered:
+            self._say(logging.WARNING, f"resuming {recovered} events left in the spool by an "
+                                       f"earlier process; they go out before new ones")
+        if use_async:
+            self._sender.start()
+
+    # ---------------------------------------------------------------- construction helpers
+    def _make_transport(self) -> Transport:
+        s = self.settings
+        if s.offline:
+            return CsvTransport(s.offline_file)
+        return HttpTransport(s.api_base, s.access_key, timeout=s.timeout)
+
+    def _open_store(self, s: Settings, bucket_key: str) -> Store:
+        if s.spool:
+            try:
+                return SqliteSpool(s.spool_dir or None, api_base=s.api_base,
+                                   access_key=s.access_key, adopt_bucket=bucket_key,
+                                   max_bytes=s.spool_max_bytes, lease_seconds=s.timeout + 30)
+            except SpoolError as exc:
+                self._notice(f"{exc}; going on without a spool (events live in memory only)")
+        return MemoryStore(s.max_queue)
+
+    @property
+    def recovered(self) -> int:
+        """Events found in the spool at start, left by an earlier process."""
+        return getattr(self._sender.store, "recovered", 0)
+
+    # ---------------------------------------------------------------- logging
+    def log(self, key: str, value: Any, epoch: Any = None) -> None:
+        """Queue one event; returns at once. See the README for what key and value may be."""
+        if not self._slow and epoch is None and type(key) is str and 0 < len(key) <= KEY_WARN:
+            kind = type(value)
+            if ((kind is float and value - value == 0.0) or kind is int or kind is bool
+                    or (kind is str and len(value) <= 2000)):
+                queue = self._queue
+                queue.append((key, value, _time(), self._bucket))
+                if len(queue) >= self._spill_at:
+                    self._overflow()
+                return
+        self._log_slow(key, value, epoch)
+
+    def _log_slow(self, key: Any, value: Any, epoch: Any) -> None:
+        if self._closed:
+            raise StreamerClosed("this streamer is closed: create a new Streamer to log more")
+        self._show_notices()
+        try:
+            key = check_key(key)
+            value = coerce_value(key, value)
+            epoch = _time() if epoch is None else coerce_epoch(key, epoch)
+        except RefusedValue as exc:
+            self._refused_at_log += 1
+            self._say(logging.WARNING, f"refused: {exc}")
+            if self.DebugLevel >= 2:
+                raise
+            warnings.warn(str(exc), IsStreamerWarning, stacklevel=3)
+            return
+        if len(key) > KEY_WARN and key not in self._warned_long_keys:
+            self._warned_long_keys.add(key)
+            warnings.warn(f"key {key[:40]!r}… is {len(key)} characters: the API reference allows "
+                          f"{KEY_WARN}, some accounts 250; shorter keys are safer",
+                          IsStreamerWarning, stacklevel=3)
+        self._queue.append((key, value, epoch, self._bucket))
+        if self.DebugLevel >= 1:
+            when = _dt.datetime.fromtimestamp(epoch).isoformat(sep=" ", timespec="milliseconds")
+            print(f"{when} {self._bucket.name}: {key} = {value!r}")
+        if len(self._queue) >= self._spill_at:
+            self._overflow()
+        if not self.use_async and len(self._queue) >= self.settings.batch_size:
+            self._pump(self._clock.monotonic() + self.settings.timeout, None)
+
+    def log_object(self, obj: Any, key_prefix: str | None = None, epoch: Any = None) -> None:
+        """Log the items of a list, tuple, dict, dataclass, namedtuple, numpy array or pandas
+        Series (or an object's properties) as ``<prefix>_<index or name>``, all at one epoch.
+
+        The default prefix is the type's name (``list``, ``dict``...); ``""`` means none.
+        """
+        if key_prefix is None:
+            prefix = f"{type(obj).__name__}_"
+        else:
+            prefix = f"{key_prefix}_" if key_prefix else ""
+        epoch = _time() if epoch is None else epoch
+        for name, value in iter_items(obj):
+            self.log(f"{prefix}{name}", value, epoch)
+
+    def _overflow(self) -> None:
+        """The in-memory queue is full: hurry the sender (it spills to the spool); without a
+        sender able to keep up, drop the oldest beyond twice the bound, and count them."""
+        self._sender.wake.set()
+        queue = self._queue
+        while len(queue) > 2 * self.settings.max_queue:
+            item = queue.popleft()
+            if type(item) is tuple:
+                self._dropped_at_log += 1
+            else:
+                queue.appendleft(item)
+                break
+
+    # ---------------------------------------------------------------- waiting
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every event logged before this call is acknowledged, for at most
+        `timeout` seconds (default: the ``flush_timeout`` setting). True if all were.
+
+        At ``debug_level >= 2`` a failure raises a :class:`DeliveryError`; otherwise it is
+        warned about and ``False`` is returned. Unsent events stay queued either way.
+        """
+        if self._closed and not self._sender_alive():
+            return self._sender._pending == 0 and not self._queue
+        timeout = self.settings.flush_timeout if timeout is None else float(timeout)
+        self._show_notices()
+        marker = Marker()
+        self._queue.append(marker)
+        if self.use_async:
+            self._sender.wake.set()
+            marker.done.wait(timeout)
+        else:
+            self._pump(self._clock.monotonic() + timeout, marker)
+        error = marker.error
+        if error is None and not marker.done.is_set():
+            state = self.stats()
+            detail = f" ({state.state.value}: {state.reason})" if state.reason else ""
+            error = FlushTimeout(
+                f"flush: {state.pending} events still waiting after {timeout:g} s{detail}; "
+                f"they stay queued and will be sent", pending=state.pending)
+        if error is None:
+            return True
+        self._say(logging.WARNING, str(error))
+        if self.DebugLevel >= 2:
+            raise error
+        warnings.warn(str(error), IsStreamerWarning, stacklevel=2)
+        return False
+
+    def _pump(self, deadline: float, marker: Marker | None) -> None:
+        """use_async=False: do the sender's work in the caller, until `deadline`."""
+        sender = self._sender
+        while True:
+            delay = sender.step()
+            if marker is not None and marker.done.is_set():
+                return
+            if marker is None and sender._pending < self.settings.batch_size:
+                return
+            if self._clock.monotonic() + delay >= deadline:
+                return
+            if delay > 0:
+                self._clock.sleep(delay)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Flush (bounded by `timeout`), then stop the sender. Idempotent; True if everything
+        was delivered. What is left stays in the spool for the next Streamer."""
+        if self._closed:
+            return True
+        error: DeliveryError | None = None
+        try:
+            delivered = self.flush(timeout)
+        except DeliveryError as exc:
+            delivered, error = False, exc
+        self._closed = True
+        self._update_slow()
+        _live.discard(self)
+        stopped = self._sender.stop(timeout=max(1.0, self.settings.timeout))
+        if not self.use_async:
+            self._sender.drain()
+        left = self._sender._pending + sum(1 for item in self._queue if type(item) is tuple)
+        if left:
+            if self._sender.store.path:
+                self._say(logging.WARNING,
+                          f"{left} events wait in the spool {self._sender.store.path}; the next "
+                          f"Streamer with the same access key sends them")
+            else:
+                self._say(logging.WARNING, f"{left} events were not delivered (spool is off)")
+        if stopped:
+            self._sender.transport.close()
+            self._sender.store.close()
+        if error is not None:
+            raise error
+        return delivered
+
+    def _sender_alive(self) -> bool:
+        thread = self._sender.thread
+        return thread is not None and thread.is_alive()
+
+    def __enter__(self) -> Streamer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- buckets
+    def set_bucket(self, bucket_name: str = "", bucket_key: str = "", retries: int = 3) -> None:
+        """Send the next events to another bucket (created if needed); the old bucket's queued
+        events still go out. No key: derived from the name. ``retries`` is accepted for
+        ISStreamer compatibility; retrying is the sender's job."""
+        del retries
+        name = bucket_name or bucket_key or _config.DEFAULT_BUCKET_NAME
+        key = bucket_key or derive_bucket_key(name)
+        check_bucket(name, key)
+        bucket = Bucket(name, key)
+        if bucket not in self._buckets:
+            self._buckets.append(bucket)
+        self._bucket = bucket
+        self._say(logging.INFO, f"switched to bucket {name!r} ({key})")
+        self._sender.wake.set()
+
+    def new_bucket(self, bucket_name: str) -> None:
+        """The seed README's name for :meth:`set_bucket`."""
+        self.set_bucket(bucket_name)
+
+    # ---------------------------------------------------------------- reading
+    def stats(self) -> Stats:
+        """A frozen snapshot of delivery; the panel is built on this alone."""
+        common: dict[str, Any] = {
+            "bucket_name": self._bucket.name, "bucket_key": self._bucket.key,
+            "buckets": tuple((b.name, b.key) for b in self._buckets),
+            "logged": self._sender.drained + sum(1 for i in list(self._queue)
+                                                 if type(i) is tuple),
+            "recovered": self.recovered, "debug_level": self.DebugLevel,
+            "offline_file": str(getattr(self._sender.transport, "path", "")),
+            "spool_path": self._sender.store.path,
+            "refused_at_log": self._refused_at_log, "dropped_at_log": self._dropped_at_log,
+        }
+        if not self.settings.offline:
+            common["offline_file"] = ""
+        if self._closed:
+            common["state"], common["reason"] = State.STOPPED, "closed"
+        elif self.settings.offline:
+            common["state"], common["reason"] = State.OFFLINE, self.settings.offline_reason
+        return self._sender.fill(**common)
+
+    def __repr__(self) -> str:
+        s = self.stats()
+        return (f"<Streamer bucket={s.bucket_name!r} key={s.bucket_key!r} "
+                f"state={s.state.value!r} queued={s.queued} sent={s.sent}>")
+
+    def messages(self, level: int = logging.INFO) -> list[str]:
+        """The recent messages (the debug ring), oldest first, at `level` or above."""
+        return [f"{_dt.datetime.fromtimestamp(t).strftime('%H:%M:%S')} "
+                f"{logging.getLevelName(lv)} {m}" for t, lv, m in list(self.ring) if lv >= level]
+
+    # ---------------------------------------------------------------- ISStreamer's attributes
+    @property
+    def BucketName(self) -> str:  # noqa: N802 - ISStreamer's attribute names
+        return self._bucket.name
+
+    @property
+    def BucketKey(self) -> str:  # noqa: N802
+        return self._bucket.key
+
+    @property
+    def AccessKey(self) -> str:  # noqa: N802
+        """Masked: the access key is never shown. Assign to fix a refused key."""
+        return "********" if self.settings.access_key else ""
+
+    @AccessKey.setter
+    def AccessKey(self, access_key: str) -> None:  # noqa: N802
+        if self.settings.offline or self._custom_transport:
+            raise ConfigError("this streamer records offline; create a new Streamer with "
+                              "access_key=... to stream")
+        self.settings = self.settings.replace(access_key=access_key)
+        store = self._sender.store
+        if isinstance(store, SqliteSpool):
+            store.rekey(self.settings.api_base, access_key)
+        transport = self._sender.transport
+        if isinstance(transport, HttpTransport):
+            transport.set_access_key(access_key)
+        self._say(logging.INFO, "access key replaced; resuming delivery")
+        self._sender.resume()
+
+    @property
+    def DebugLevel(self) -> int:  # noqa: N802
+        return self.settings.debug_level
+
+    @DebugLevel.setter
+    def DebugLevel(self, level: int) -> None:  # noqa: N802
+        self.settings = self.settings.replace(debug_level=int(level))
+        self._sender.settings = self.settings
+        self._update_slow()
+
+    @property
+    def BufferSize(self) -> int:  # noqa: N802
+        return self.settings.batch_size
+
+    @BufferSize.setter
+    def BufferSize(self, size: int) -> None:  # noqa: N802
+        if int(size) < 1:
+            raise ConfigError(f"BufferSize={size!r}: expected a whole number at least 1")
+        self.settings = self.settings.replace(batch_size=int(size))
+        self._sender.settings = self.settings
+
+    @property
+    def Offline(self) -> bool:  # noqa: N802
+        return self.settings.offline
+
+    @property
+    def IsClosed(self) -> bool:  # noqa: N802
+        return self._closed
+
+    # ---------------------------------------------------------------- messages
+    def _say(self, level: int, message: str) -> None:
+        """Every message goes here: redacted, into the ring and `logging`; never printed."""
+        settings = getattr(self, "settings", None)
+        key = settings.access_key if settings else ""
+        if key and key in message:
+            message = message.replace(key, "********")
+        debug = settings.debug_level if settings else 0
+        if level >= (logging.DEBUG if debug >= 3 else logging.INFO if debug else logging.WARNING):
+            self.ring.append((_time(), level, message))
+        logger.log(level, message)
+        if level >= logging.ERROR:
+            self._notice(message)
+
+    def _notice(self, message: str) -> None:
+        """Shown to the user in their own thread, at the next log()/flush() call."""
+        if message not in self._notices:
+            self._notices.append(message)
+        self._slow = True
+
+    def _show_notices(self) -> None:
+        while self._notices:
+            message = self._notices.popleft()
+            warnings.warn(message, IsStreamerWarning, stacklevel=4)
+        self._update_slow()
+
+    def _update_slow(self) -> None:
+        self._slow = (self._closed or self.settings.debug_level >= 1 or not self.use_async
+                      or bool(self._notices))
+
+    # ---------------------------------------------------------------- fork and exit
+    def _after_fork(self) -> None:
+        self._queue.clear()  # the parent sends what it had queued
+        store = self._sender.store
+        if isinstance(store, SqliteSpool):
+            store.reopen()
+        else:
+            store = MemoryStore(self.settings.max_queue)
+        transport = self._sender.transport
+        if not self._custom_transport:
+            transport = self._make_transport()
+        self._sender.reset_after_fork(store, transport)
+        if self.use_async and not self._closed:
+            self._sender.start()
+
+    def _at_exit(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close(timeout=self.settings.exit_timeout)
+            left = self._sender._pending
+            if left and self._sender.store.path:
+                print(f"isstreamer_jupyter: {left} events wait in the spool "
+                      f"{self._sender.store.path}; the next Streamer with the same access key "
+                      f"sends them", file=sys.stderr)
+
+
+def _close_all_at_exit() -> None:
+    for streamer in list(_live):
+        streamer._at_exit()
+
+
+def _after_fork_in_child() -> None:
+    for streamer in list(_live):
+        streamer._after_fork()
+
+
+atexit.register(_close_all_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def live_streamers() -> Iterator[Streamer]:
+    """The streamers of this process that are not closed (used by the magics and panel)."""
+    return iter(list(_live))
+

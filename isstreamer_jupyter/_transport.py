@@ -1,0 +1,234 @@
+"""Transports: one HTTP session to the events API, and the service's answers as typed outcomes.
+
+A transport takes already-serialized event fragments (see ``_events.fragment``) and answers with
+an :class:`Answer`; the sender decides what to do with it. ``HttpTransport`` is the real one,
+``CsvTransport`` records locally (offline mode), and ``isstreamer_jupyter.testing.FakeTransport``
+is for unit tests.
+"""
+
+from __future__ import annotations
+
+import csv
+import enum
+import json
+import math
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import requests
+
+from ._version import __version__
+
+#: the service answers 413 past this body size
+MAX_BODY = 1_000_000
+
+
+class Outcome(enum.Enum):
+    """What an answer means for the events that were sent."""
+
+    ACCEPTED = "accepted"  # 2xx: the service stored them
+    RETRY = "retry"  # network error, timeout, 408, 409, 5xx: send again after a backoff
+    RATE_LIMITED = "rate limited"  # 429: send again after Retry-After
+    TOO_LARGE = "too large"  # 413 (or over MAX_BODY before sending): split the batch
+    ACCESS_DENIED = "access denied"  # 401/403: stop until the key is fixed; keep the events
+    CAP_REACHED = "cap reached"  # 402: stop until the monthly cap resets; keep the events
+    BUCKET_REMOVED = "bucket removed"  # 400 BUCKET_REMOVED: stop this bucket; keep the events
+    INVALID = "invalid"  # other 4xx: an event the service will never take
+
+
+@dataclass(frozen=True)
+class RateBudget:
+    """The service's ``X-RateLimit-*`` headers: requests per window, left, and reset time."""
+
+    limit: int
+    remaining: int
+    reset: float  # seconds since 1970 (wall clock)
+
+
+@dataclass(frozen=True)
+class Answer:
+    outcome: Outcome
+    status: int | None = None  # None: no HTTP answer (network error, local refusal)
+    retry_after: float | None = None
+    budget: RateBudget | None = None
+    detail: str = ""  # short, plain words; never contains the access key
+
+
+class Transport(Protocol):
+    """What the sender needs from a destination."""
+
+    def create_bucket(self, bucket_key: str, bucket_name: str) -> Answer: ...
+
+    def post_events(self, bucket_key: str, fragments: Sequence[str]) -> Answer: ...
+
+    def close(self) -> None: ...
+
+
+def body_of(fragments: Sequence[str]) -> bytes:
+    return ("[" + ",".join(fragments) + "]").encode()
+
+
+def classify(status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> Answer:
+    """Map an HTTP answer to an :class:`Answer` (shared by every transport)."""
+    headers = headers or {}
+    budget = _budget(headers)
+    if 200 <= status < 300:
+        return Answer(Outcome.ACCEPTED, status, budget=budget)
+    if status == 429:
+        return Answer(Outcome.RATE_LIMITED, status, _retry_after(headers), budget,
+                      "rate limited by the service")
+    if status in (401, 403):
+        return Answer(Outcome.ACCESS_DENIED, status, budget=budget,
+                      detail=f"the service refused the access key ({status})")
+    if status == 402:
+        return Answer(Outcome.CAP_REACHED, status, budget=budget,
+                      detail="the account reached its monthly data-point cap (402)")
+    if status == 413:
+        return Answer(Outcome.TOO_LARGE, status, budget=budget, detail="request body too large")
+    if status == 400 and b"BUCKET_REMOVED" in body:
+        return Answer(Outcome.BUCKET_REMOVED, status, budget=budget,
+                      detail="the bucket key belongs to a deleted bucket (400 BUCKET_REMOVED)")
+    if status in (408, 409) or status >= 500:
+        return Answer(Outcome.RETRY, status, _retry_after(headers), budget,
+                      f"the service answered {status}")
+    text = body[:200].decode("utf-8", "replace").strip()
+    return Answer(Outcome.INVALID, status, budget=budget,
+                  detail=f"the service refused the events ({status}): {text}")
+
+
+def _budget(headers: dict[str, str]) -> RateBudget | None:
+    try:
+        return RateBudget(
+            int(float(headers["X-RateLimit-Limit"])),
+            int(float(headers["X-RateLimit-Remaining"])),
+            float(headers["X-RateLimit-Reset"]),
+        )
+    except (KeyError, ValueError):
+        return None
+
+
+def _retry_after(headers: dict[str, str]) -> float | None:
+    raw = headers.get("Retry-After")
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            seconds = parsedate_to_datetime(raw).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+class HttpTransport:
+    """One keep-alive ``requests.Session`` to the events API.
+
+    The access key lives only in the session's headers; nothing here formats it.
+    """
+
+    def __init__(self, api_base: str, access_key: str, timeout: float = 10.0,
+                 max_body: int = MAX_BODY) -> None:
+        self.api_base = api_base.rstrip("/")
+        self.timeout = timeout
+        self.max_body = max_body
+        self._session = requests.Session()
+        self._session.headers.update({
+            "X-IS-AccessKey": access_key,
+            "Content-Type": "application/json",
+            "Accept-Version": "~0",
+            "User-Agent": f"isstreamer_jupyter/{__version__}",
+        })
+
+    def __repr__(self) -> str:
+        return f"HttpTransport({self.api_base!r})"
+
+    def set_access_key(self, access_key: str) -> None:
+        self._session.headers["X-IS-AccessKey"] = access_key
+
+    def create_bucket(self, bucket_key: str, bucket_name: str) -> Answer:
+        body = json.dumps({"bucketKey": bucket_key, "bucketName": bucket_name}).encode()
+        return self._post("/buckets", body, {})
+
+    def post_events(self, bucket_key: str, fragments: Sequence[str]) -> Answer:
+        body = body_of(fragments)
+        if len(body) > self.max_body:
+            return Answer(Outcome.TOO_LARGE, None, detail=f"{len(body)} bytes over the 1 MB limit")
+        return self._post("/events", body, {"X-IS-BucketKey": bucket_key})
+
+    def _post(self, path: str, body: bytes, headers: dict[str, str]) -> Answer:
+        try:
+            response = self._session.post(self.api_base + path, data=body, headers=headers,
+                                          timeout=self.timeout)
+        except requests.Timeout:
+            return Answer(Outcome.RETRY, None, detail=f"no answer within {self.timeout:g} s")
+        except requests.exceptions.SSLError:
+            return Answer(Outcome.RETRY, None, detail=(
+                "TLS certificate check failed: update the CA bundle (pip install -U certifi)"))
+        except requests.ConnectionError as exc:
+            return Answer(Outcome.RETRY, None, detail=f"network error: {_reason(exc)}")
+        except requests.RequestException as exc:
+            return Answer(Outcome.RETRY, None, detail=f"request failed: {type(exc).__name__}")
+        return classify(response.status_code, response.content, response.headers)
+
+    def close(self) -> None:
+        self._session.close()
+
+
+def _reason(exc: Exception) -> str:
+    """The innermost cause of a requests error, short (no URL parameters are ever sent)."""
+    inner: BaseException = exc
+    while inner.__cause__ is not None or inner.__context__ is not None:
+        inner = inner.__cause__ or inner.__context__  # type: ignore[assignment]
+    text = str(inner) or type(inner).__name__
+    if "Connection refused" in text:
+        return "connection refused"
+    if "reset" in text.lower() or "aborted" in text.lower():
+        return "connection reset"
+    return text[:120]
+
+
+class CsvTransport:
+    """Offline recording: appends ISStreamer's ``epoch,key,value`` rows to a CSV file.
+
+    A line ``# bucket: <key> <name>`` precedes the rows of each bucket, so an upload can put
+    them back where they belong (ISStreamer's reader-free format ignores nothing; our uploader
+    skips these comment lines and ISStreamer never wrote any).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        path = Path(path)
+        if path.suffix.lower() != ".csv":
+            path = path.with_name(path.name + ".csv")
+        self.path = path
+        self._bucket: str | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"CsvTransport({str(self.path)!r})"
+
+    def create_bucket(self, bucket_key: str, bucket_name: str) -> Answer:
+        with self._lock, self.path.open("a", newline="", encoding="utf-8") as fh:
+            fh.write(f"# bucket: {bucket_key} {bucket_name}\n")
+        self._bucket = bucket_key
+        return Answer(Outcome.ACCEPTED, None)
+
+    def post_events(self, bucket_key: str, fragments: Sequence[str]) -> Answer:
+        rows = [json.loads(f) for f in fragments]
+        with self._lock, self.path.open("a", newline="", encoding="utf-8") as fh:
+            if bucket_key != self._bucket:
+                fh.write(f"# bucket: {bucket_key}\n")
+                self._bucket = bucket_key
+            writer = csv.writer(fh)
+            writer.writerows((repr(r["epoch"]), r["key"], r["value"]) for r in rows)
+        return Answer(Outcome.ACCEPTED, None)
+
+    def close(self) -> None:
+        pass
