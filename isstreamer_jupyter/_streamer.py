@@ -351,6 +351,19 @@ class Streamer:
             common["state"], common["reason"] = State.OFFLINE, self.settings.offline_reason
         return self._sender.fill(**common)
 
+    def panel(self) -> Any:
+        """The live ipywidgets panel of this streamer (display it, or leave it as the last
+        expression of a cell). Needs ipywidgets; see :mod:`isstreamer_jupyter._panel`."""
+        from ._panel import Panel
+
+        return Panel(self)
+
+    def _ipython_display_(self) -> None:
+        """Displaying a Streamer shows its panel (a text status where widgets cannot show)."""
+        from ._panel import show
+
+        show(self)
+
     def __repr__(self) -> str:
         s = self.stats()
         return (f"<Streamer bucket={s.bucket_name!r} key={s.bucket_key!r} "
