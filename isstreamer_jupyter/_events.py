@@ -77,7 +77,10 @@ def coerce_value(key: str, value: Any) -> Value:
     if isinstance(value, numbers.Integral):
         return int(value)
     if isinstance(value, numbers.Real | Decimal):
-        return _finite(key, float(value))
+        try:
+            return _finite(key, float(value))
+        except (ValueError, OverflowError):  # signaling NaN, numbers beyond float's range
+            return _finite(key, math.nan)
     if isinstance(value, _dt.datetime | _dt.date | _dt.time):
         return value.isoformat()
     if isinstance(value, _dt.timedelta):

@@ -202,7 +202,7 @@ class Sender:
         if self._first_pending_at is None:
             self._first_pending_at = now
         age_needed = max(0.0, self.settings.flush_interval - self.settings.spool_interval)
-        ready = (self._pending >= self.settings.batch_size or self._markers or not self._running
+        ready = (self._pending >= self.settings.batch_size or self._markers
                  or now - self._first_pending_at >= age_needed)
         if not ready:
             return self._first_pending_at + age_needed - now
@@ -400,10 +400,10 @@ class Sender:
         for marker in self._markers:
             assert marker.upto is not None
             stop = self._halt
-            if stop is None and self._stopped_buckets and not self.store.has_mine_upto(
+            if stop is None and self._stopped_buckets and not self.store.has_pending_upto(
                     marker.upto, self._stopped_buckets):
                 stop = next(iter(self._stopped_buckets.values()))
-            if not self.store.has_mine_upto(marker.upto):
+            if not self.store.has_pending_upto(marker.upto):
                 marker.done.set()
             elif stop is not None:
                 marker.error = STOP_ERRORS[stop.outcome](

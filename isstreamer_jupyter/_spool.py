@@ -16,7 +16,6 @@ import os
 import sqlite3
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -59,10 +58,11 @@ class Store(Protocol):
         """Events of this namespace held, in flight or not."""
 
     def last_id(self) -> int:
-        """The id of the last row this store's owner put."""
+        """The highest id held: a flush waits for every row up to it."""
 
-    def has_mine_upto(self, upto: int, skip: Collection[str] = ()) -> bool:
-        """Whether any row this owner put with id <= upto is still held (outside `skip`)."""
+    def has_pending_upto(self, upto: int, skip: Collection[str] = ()) -> bool:
+        """Whether any row of this namespace with id <= upto is still held (outside `skip`):
+        rows recovered from earlier processes count, so a flush after recovery waits for them."""
 
     def mark_denied(self) -> None:
         """The service refused this namespace's access key: let a fixed key adopt the rows."""
@@ -146,7 +146,7 @@ class MemoryStore:
     def last_id(self) -> int:
         return self._next - 1
 
-    def has_mine_upto(self, upto: int, skip: Collection[str] = ()) -> bool:
+    def has_pending_upto(self, upto: int, skip: Collection[str] = ()) -> bool:
         if any(b.ids[0] <= upto and b.bucket_key not in skip for b in self._leased.values()):
             return True
         return any(rows and rows[0][0] <= upto
@@ -166,11 +166,9 @@ CREATE TABLE IF NOT EXISTS events(
     bucket_key TEXT NOT NULL,
     bucket_name TEXT NOT NULL,
     body TEXT NOT NULL,
-    origin TEXT NOT NULL,
     lease REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS events_ns ON events(ns, id);
-CREATE INDEX IF NOT EXISTS events_origin ON events(origin, id);
 CREATE TABLE IF NOT EXISTS denied(ns TEXT PRIMARY KEY, api_base TEXT NOT NULL, at REAL NOT NULL);
 """
 
@@ -191,10 +189,8 @@ class SqliteSpool:
         self.path = str(folder / SPOOL_FILE)
         self.ns = fingerprint(api_base, access_key)
         self.api_base = api_base
-        self.origin = uuid.uuid4().hex
         self.max_bytes = max_bytes
         self.lease_seconds = lease_seconds
-        self._last_id = 0
         self._lock = threading.Lock()
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -251,10 +247,8 @@ class SqliteSpool:
             try:
                 db.execute("BEGIN IMMEDIATE")
                 db.executemany(
-                    "INSERT INTO events(ns, bucket_key, bucket_name, body, origin) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    [(self.ns, k, n, b, self.origin) for k, n, b in rows])
-                self._last_id = db.execute("SELECT last_insert_rowid()").fetchone()[0]
+                    "INSERT INTO events(ns, bucket_key, bucket_name, body) VALUES (?, ?, ?, ?)",
+                    [(self.ns, k, n, b) for k, n, b in rows])
                 dropped = self._trim(db, len(rows))
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
@@ -321,13 +315,13 @@ class SqliteSpool:
         return self._run("SELECT COUNT(*) FROM events WHERE ns=?", (self.ns,))[0][0]
 
     def last_id(self) -> int:
-        return self._last_id
+        return self._run("SELECT COALESCE(MAX(id), 0) FROM events")[0][0]
 
-    def has_mine_upto(self, upto: int, skip: Collection[str] = ()) -> bool:
+    def has_pending_upto(self, upto: int, skip: Collection[str] = ()) -> bool:
         skip_sql = f" AND bucket_key NOT IN ({','.join('?' * len(skip))})" if skip else ""
         return bool(self._run(
-            "SELECT 1 FROM events WHERE origin=? AND id<=?" + skip_sql + " LIMIT 1",
-            (self.origin, upto, *skip)))
+            "SELECT 1 FROM events WHERE ns=? AND id<=?" + skip_sql + " LIMIT 1",
+            (self.ns, upto, *skip)))
 
     def mark_denied(self) -> None:
         self._run("INSERT OR REPLACE INTO denied(ns, api_base, at) VALUES (?, ?, ?)",
@@ -341,12 +335,10 @@ class SqliteSpool:
         self.ns = new
 
     def reopen(self) -> None:
-        """After fork: a connection of our own, and a new origin (the parent's rows are its)."""
+        """After fork: a connection of our own (leases keep the parent's batches its own)."""
         self._db = sqlite3.connect(self.path, timeout=10, isolation_level=None,
                                    check_same_thread=False)
         self._lock = threading.Lock()
-        self.origin = uuid.uuid4().hex
-        self._last_id = 0
 
     def close(self) -> None:
         with self._lock:

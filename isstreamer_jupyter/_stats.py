@@ -7,6 +7,8 @@ of these, so readers never reach into the thread.
 from __future__ import annotations
 
 import enum
+import math
+import time
 from dataclasses import dataclass
 
 from ._transport import RateBudget
@@ -66,3 +68,63 @@ class Stats:
     def pending(self) -> int:
         """Accepted but not yet acknowledged."""
         return self.queued + self.in_flight
+
+
+def _clock(epoch: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(epoch))
+
+
+def state_words(stats: Stats, now: float | None = None) -> str:
+    """The state in a few plain words, as the panel's badge and the text status show it:
+    ``online``, ``backing off · retry in 3 s``, ``rate limited · until 12:03:05 (4 s)``,
+    ``recording offline``, ``stopped · access key refused``..."""
+    state = stats.state
+    left = ""
+    if stats.until is not None:
+        seconds = max(0, math.ceil(stats.until - (time.time() if now is None else now)))
+        left = f"{seconds} s"
+    if state is State.BACKING_OFF:
+        return f"backing off · retry in {left}" if left else "backing off"
+    if state is State.RATE_LIMITED:
+        return (f"rate limited · until {_clock(stats.until)} ({left})"
+                if stats.until is not None else "rate limited")
+    if state is State.STOPPED:
+        reason = stats.reason.lower()
+        for words, short in _STOP_WORDS:
+            if words in reason:
+                return f"stopped · {short}"
+        return f"stopped · {stats.reason}" if stats.reason else "stopped"
+    return state.value
+
+
+#: (words in a STOPPED reason, what the badge says)
+_STOP_WORDS = (
+    ("access key", "access key refused"),
+    ("cap", "monthly cap reached"),
+    ("deleted bucket", "bucket deleted"),
+    ("bucket_removed", "bucket deleted"),
+    ("closed", "closed"),
+)
+
+
+def status_text(stats: Stats) -> str:
+    """A compact multi-line text status: where widgets cannot show (a terminal, nbconvert to
+    text) and in the magics' output. Never holds the access key (a Stats has none)."""
+    lines = [f"isstreamer_jupyter · {state_words(stats)}"]
+    if stats.reason and stats.reason not in ("closed", stats.last_error):
+        lines.append(f"  why:     {stats.reason}")
+    lines.append(f"  bucket:  {stats.bucket_name!r} (key {stats.bucket_key})")
+    if stats.offline_file:
+        lines.append(f"  file:    {stats.offline_file}")
+    lines.append(
+        f"  events:  {stats.queued} queued · {stats.in_flight} in flight · {stats.sent} sent · "
+        f"{stats.retries} retried · {stats.refused} refused · {stats.dropped} dropped · "
+        f"{stats.events_per_second:.1f}/s")
+    if stats.budget is not None:
+        lines.append(f"  budget:  {stats.budget.remaining}/{stats.budget.limit} requests left, "
+                     f"resets {_clock(stats.budget.reset)}")
+    if stats.last_error:
+        lines.append(f"  error:   {stats.last_error}")
+    if stats.remedy:
+        lines.append(f"  fix:     {stats.remedy}")
+    return "\n".join(lines)

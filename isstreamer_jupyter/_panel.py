@@ -1,0 +1,634 @@
+"""The live ipywidgets panel of a :class:`~isstreamer_jupyter.Streamer`, and its text fallback.
+
+    streamer.panel()     # a Panel: leave it as a cell's last expression, or display() it
+    show(streamer)       # what displaying a Streamer and ``%isstream --panel`` do
+
+A :class:`Panel` is built from ``Streamer.stats()`` snapshots alone; it never reaches into the
+sender thread, and the sender thread never touches it. It never shows the access key (a
+``Stats`` does not hold it; the core redacts its messages).
+
+How it stays live, once displayed in a kernel:
+
+* **On the kernel's event loop.** A ``call_later`` chain on the kernel's asyncio loop refreshes
+  it at most 4 times a second. That loop runs between cells and while a cell ``await``\\ s, so
+  the panel moves while the kernel is idle and during ``await asyncio.sleep(...)``.
+* **While a cell is busy.** A synchronous cell (``for ...: log(); time.sleep()``) blocks that
+  loop until it ends, and callbacks scheduled on it wait with it. So one small daemon thread
+  (shared by all panels) watches each panel's loop heartbeat; when the loop has not ticked for
+  :data:`BLOCKED_AFTER` seconds it refreshes the panel itself, at the same rate and under the
+  panel's lock, until the loop ticks again. Widget updates are comm messages that ipykernel
+  sends through its IOPub thread, so they reach the browser while the cell runs. Button clicks
+  and other input from the browser still wait for the cell to end (ipykernel handles them on
+  the main thread); set :data:`LIVE_WHILE_BUSY` to False to refresh on the loop only.
+* Each refresh sets only the widget values that changed (every set is a comm message) and
+  reuses the HTML of signals whose values did not move; the debug log is rebuilt only while
+  its section is open. See ``benchmarks/bench_panel.py``.
+* It stops when closed (:meth:`Panel.close`, closing its widget, or :func:`close_panels`) and
+  after the streamer is closed. :meth:`Panel.refresh` refreshes it by hand (tests do).
+
+Outside a widget frontend (a plain terminal, ``python script.py``, no ipywidgets) :func:`show`
+prints the compact text status of :func:`~isstreamer_jupyter._stats.status_text` instead; a
+displayed Panel's ``text/plain`` is that same status, so ``nbconvert --to markdown`` or a
+console frontend show it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import logging
+import sys
+import threading
+import time
+import weakref
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any
+
+from ._errors import IsStreamerError
+from ._stats import SignalStat, State, Stats, state_words, status_text
+
+try:
+    import ipywidgets as widgets
+except ImportError:  # show() prints the text status; Panel() says what to install
+    widgets = None
+
+if TYPE_CHECKING:
+    from ._streamer import Streamer
+
+__all__ = ["BLOCKED_AFTER", "LIVE_WHILE_BUSY", "REFRESH_INTERVAL", "Panel", "close_panels",
+           "show", "sparkline"]
+
+logger = logging.getLogger("isstreamer_jupyter")
+
+#: seconds between refreshes at least: at most 4 a second
+REFRESH_INTERVAL = 0.25
+#: the kernel loop counts as blocked (a busy cell) after this long without a tick
+BLOCKED_AFTER = 1.0
+#: refresh from the watchdog thread while a synchronous cell blocks the kernel loop
+LIVE_WHILE_BUSY = True
+#: debug messages shown, newest first
+LOG_LINES = 300
+#: signals shown in the table (sorted by key); the rest are counted
+MAX_ROWS = 200
+
+COUNTERS = (
+    ("queued", "queued"), ("in_flight", "in flight"), ("spooled", "spooled"), ("sent", "sent"),
+    ("retried", "retried"), ("refused", "refused"), ("dropped", "dropped"),
+    ("events_per_second", "events/s"), ("budget", "rate budget"),
+)
+DEBUG_LEVELS = (("0 · quiet", 0), ("1 · echo events", 1), ("2 · raise failures", 2),
+                ("3 · HTTP detail", 3))
+BADGE_COLORS = {  # background, text
+    State.CONNECTING: ("#607d8b", "#fff"),
+    State.ONLINE: ("#2e7d32", "#fff"),
+    State.BACKING_OFF: ("#ef6c00", "#fff"),
+    State.RATE_LIMITED: ("#f9a825", "#212121"),
+    State.OFFLINE: ("#1565c0", "#fff"),
+    State.STOPPED: ("#c62828", "#fff"),
+}
+_all_panels: weakref.WeakSet[Panel] = weakref.WeakSet()
+_esc = html.escape
+
+
+def _clock(epoch: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(epoch))
+
+
+# ------------------------------------------------------------------------------ sparklines
+_SPARK_W, _SPARK_H, _SPARK_STEP = 118, 24, 2
+_XS = [str(i * _SPARK_STEP) for i in range(_SPARK_W // _SPARK_STEP + 1)]
+
+
+def sparkline(values: tuple[float, ...] | list[float]) -> str:
+    """An inline SVG polyline of the last values (drawn here: no plotting library, no JS).
+
+    Integer coordinates on a 118 by 24 canvas keep it small and quick to build; the newest
+    values win when there are more than fit.
+    """
+    n = len(values)
+    if n < 2:
+        return ""
+    room = len(_XS)
+    if n > room:
+        values = values[-room:]
+        n = room
+    lo, hi = min(values), max(values)
+    scale = (_SPARK_H - 3) / (hi - lo) if hi > lo else 0.0
+    top = _SPARK_H - 2 if scale else _SPARK_H // 2
+    points = " ".join([f"{x},{top - round((v - lo) * scale)}"
+                       for x, v in zip(_XS, values, strict=False)])
+    return (f'<svg width="{_SPARK_W}" height="{_SPARK_H}" viewBox="0 0 {_SPARK_W} {_SPARK_H}" '
+            f'style="vertical-align:middle"><polyline fill="none" stroke="#1976d2" '
+            f'stroke-width="1.5" points="{points}"/></svg>')
+
+
+def _value_text(value: Any) -> str:
+    if type(value) is float:
+        return f"{value:.6g}"
+    text = str(value)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+_TABLE_HEAD = (
+    '<table style="border-collapse:collapse;font-size:90%;width:auto" data-field="signals">'
+    '<thead><tr style="text-align:left;border-bottom:1px solid #ccc">'
+    '<th style="padding:2px 10px 2px 0">signal</th><th style="padding:2px 10px">latest</th>'
+    '<th style="padding:2px 10px;text-align:right">count</th>'
+    '<th style="padding:2px 10px">last</th><th style="padding:2px 0 2px 10px">recent</th>'
+    '</tr></thead><tbody>')
+_ROW = ('<tr><td style="padding:1px 10px 1px 0"><code>{key}</code></td>'
+        '<td style="padding:1px 10px">{value}</td>'
+        '<td style="padding:1px 10px;text-align:right">{count}</td>'
+        '<td style="padding:1px 10px">{when}</td>'
+        '<td style="padding:1px 0 1px 10px">{spark}</td></tr>')
+
+
+def _row(sig: SignalStat) -> str:
+    return _ROW.format(key=_esc(sig.key), value=_esc(_value_text(sig.last_value)),
+                       count=sig.count, when=_clock(sig.last_time), spark=sparkline(sig.recent))
+
+
+# ------------------------------------------------------------------------------ where we are
+def _kernel_loop() -> asyncio.AbstractEventLoop | None:
+    """The kernel's asyncio loop when we run in a Jupyter kernel (a widget frontend may be
+    attached), else None: a plain terminal, a script, IPython without a kernel."""
+    ipython_mod = sys.modules.get("IPython")
+    if widgets is None or ipython_mod is None:
+        return None
+    shell = ipython_mod.get_ipython()
+    kernel = getattr(shell, "kernel", None)
+    if kernel is None:
+        return None
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # called from another thread: the kernel's own loop
+        io_loop = getattr(kernel, "io_loop", None)
+        return getattr(io_loop, "asyncio_loop", None)
+
+
+def show(streamer: Streamer) -> Panel | None:
+    """Display the streamer's live panel where widgets can show; elsewhere print the compact
+    text status. Returns the panel shown, or None."""
+    loop = _kernel_loop()
+    if loop is None:
+        print(status_text(streamer.stats()))
+        return None
+    from IPython.display import display
+
+    panel = Panel(streamer)
+    display(panel)
+    return panel
+
+
+def close_panels(streamer: Streamer | None = None) -> int:
+    """Close every panel (of `streamer`, if given): they stop refreshing. Returns how many."""
+    panels = [p for p in list(_all_panels)
+              if not p.closed and (streamer is None or p.streamer is streamer)]
+    for panel in panels:
+        panel.close()
+    return len(panels)
+
+
+# ------------------------------------------------------------------------------ the watchdog
+class _Watchdog:
+    """One daemon thread for all panels: refreshes those whose kernel loop is blocked."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.panels: set[Panel] = set()
+        self.thread: threading.Thread | None = None
+
+    def add(self, panel: Panel) -> None:
+        with self.lock:
+            self.panels.add(panel)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="isstreamer-panel",
+                                               daemon=True)
+                self.thread.start()
+
+    def discard(self, panel: Panel) -> None:
+        with self.lock:
+            self.panels.discard(panel)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(REFRESH_INTERVAL)
+            with self.lock:
+                panels = list(self.panels)
+                if not panels:
+                    self.thread = None
+                    return
+            if not LIVE_WHILE_BUSY:
+                continue
+            now = time.monotonic()
+            for panel in panels:
+                if now - panel._beat > BLOCKED_AFTER:
+                    panel._tick()
+
+
+_watchdog = _Watchdog()
+
+
+# ------------------------------------------------------------------------------ the panel
+class Panel:
+    """The live panel of one streamer: header and state badge, counters, last error and
+    remedy, bucket switching, flush, debug level, debug log and a signals table.
+
+    ``panel.widget`` is the ``ipywidgets.VBox`` (to embed it in your own layout); displaying
+    the Panel displays that widget and starts the refreshes.
+    """
+
+    def __init__(self, streamer: Streamer) -> None:
+        if widgets is None:
+            raise ImportError("the panel needs ipywidgets: pip install 'isstreamer_jupyter"
+                              "[jupyter]' (or use print(streamer) for a text status)")
+        self.streamer = streamer
+        self.closed = False
+        self._lock = threading.RLock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._beat = float("inf")  # monotonic time of the last loop tick; inf: not started
+        self._last_refresh = 0.0
+        self._syncing = False
+        self._rows: dict[str, tuple[tuple[int, float], str]] = {}
+        self._log_mark: tuple[int, Any] | None = None
+        self._flush_thread: threading.Thread | None = None
+        self._flush_result: tuple[bool, str, float] | None = None
+        self._note = ""
+        self.stats: Stats | None = None
+        self._build()
+        _all_panels.add(self)
+        self.refresh()
+
+    # -------------------------------------------------------------- construction
+    def _build(self) -> None:
+        w = widgets
+        self.header = w.HTML()
+        self.counters = {name: w.HTML(layout=w.Layout(margin="0 14px 0 0"))
+                         for name, _ in COUNTERS}
+        self.error = w.HTML()
+        self.bucket_text = w.Text(placeholder="bucket name", description="Bucket",
+                                  layout=w.Layout(width="260px"))
+        self.switch_button = w.Button(description="Switch", icon="exchange",
+                                      tooltip="send the next events to this bucket",
+                                      layout=w.Layout(width="auto"))
+        self.bucket_menu = w.Dropdown(description="Used", layout=w.Layout(width="300px"))
+        self.flush_button = w.Button(description="Flush", icon="paper-plane",
+                                     tooltip="wait until everything logged is delivered",
+                                     layout=w.Layout(width="auto"))
+        self.debug_level = w.Dropdown(options=DEBUG_LEVELS, description="Debug",
+                                      layout=w.Layout(width="220px"))
+        self.note = w.HTML()
+        self.signals = w.HTML()
+        self.log_view = w.HTML()
+        self.log_section = w.Accordion(children=[self.log_view], titles=("Debug log",),
+                                       selected_index=None)
+        self.widget = w.VBox([
+            self.header,
+            w.HBox(list(self.counters.values()), layout=w.Layout(flex_flow="row wrap")),
+            self.error,
+            w.HBox([self.bucket_text, self.switch_button, self.bucket_menu],
+                   layout=w.Layout(flex_flow="row wrap")),
+            w.HBox([self.flush_button, self.debug_level, self.note],
+                   layout=w.Layout(flex_flow="row wrap", align_items="center")),
+            self.signals,
+            self.log_section,
+        ], layout=w.Layout(border="1px solid #ddd", padding="6px 10px"))
+        self.widget.add_class("isstreamer-panel")
+        self.switch_button.on_click(self._on_switch)
+        self.flush_button.on_click(self._on_flush)
+        self.bucket_menu.observe(self._on_menu, "value")
+        self.debug_level.observe(self._on_debug_level, "value")
+        self.log_section.observe(self._on_log_section, "selected_index")
+        self.widget.observe(self._on_widget_closed, "comm")
+
+    def _widgets(self) -> list[Any]:
+        """Every widget of the panel, the VBox last."""
+        found: list[Any] = []
+
+        def walk(widget: Any) -> None:
+            for child in getattr(widget, "children", ()):
+                walk(child)
+            found.append(widget)
+
+        walk(self.widget)
+        return found
+
+    # -------------------------------------------------------------- display and lifecycle
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        stats = self.refresh() if not self.closed else self.streamer.stats()
+        bundle = None if self.closed else self.widget._repr_mimebundle_(**kwargs)
+        bundle = dict(bundle or {})
+        bundle["text/plain"] = status_text(stats)
+        if not self.closed:
+            self.start()
+        return bundle
+
+    def __repr__(self) -> str:
+        return f"<Panel of {self.streamer!r}{' (closed)' if self.closed else ''}>"
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> bool:
+        """Refresh automatically from now on, on `loop` (default: the kernel's). Displaying
+        the panel calls this; True if refreshes are scheduled."""
+        with self._lock:
+            if self.closed or self._loop is not None:
+                return self._loop is not None
+            loop = loop or _kernel_loop()
+            if loop is None or loop.is_closed():
+                return False
+            self._loop = loop
+            self._beat = time.monotonic()
+            loop.call_soon_threadsafe(self._loop_tick)
+            _watchdog.add(self)
+            return True
+
+    @property
+    def running(self) -> bool:
+        """Whether the panel refreshes automatically."""
+        return self._loop is not None and not self.closed
+
+    def close(self) -> None:
+        """Stop refreshing and close the panel's widgets. Idempotent."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            _watchdog.discard(self)
+            handle, self._handle = self._handle, None
+            if handle is not None and self._on_loop_thread():
+                handle.cancel()  # off the loop's thread the next tick sees `closed` instead
+            self._loop = None
+            for widget in self._widgets():
+                with contextlib.suppress(Exception):
+                    widget.close()
+
+    def _on_widget_closed(self, change: dict[str, Any]) -> None:
+        if change["new"] is None:
+            self.close()
+
+    def _on_loop_thread(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    def _loop_tick(self) -> None:
+        self._handle = None
+        if self.closed or self._loop is None:
+            return
+        self._beat = time.monotonic()
+        self._tick()
+        if not self.closed and self._loop is not None:
+            self._handle = self._loop.call_later(REFRESH_INTERVAL, self._loop_tick)
+
+    def _tick(self) -> None:
+        """One automatic refresh, from the loop or the watchdog: at most 4 a second, never
+        two at once, never raising into the loop."""
+        if self.closed or time.monotonic() - self._last_refresh < REFRESH_INTERVAL * 0.9:
+            return
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            stats = self.refresh()
+            if stats.state is State.STOPPED and self.streamer.IsClosed:
+                self._stop_refreshing()  # nothing moves any more
+        except Exception:
+            logger.exception("panel refresh failed; the panel stops refreshing")
+            self._stop_refreshing()
+        finally:
+            self._lock.release()
+
+    def _stop_refreshing(self) -> None:
+        _watchdog.discard(self)
+        self._loop = None
+        self._beat = float("inf")
+
+    # -------------------------------------------------------------- refresh
+    def refresh(self) -> Stats:
+        """Read one stats snapshot and show it; returns the snapshot."""
+        with self._lock:
+            stats = self.streamer.stats()
+            self.stats = stats
+            if self.closed:
+                return stats
+            now = time.time()
+            self._syncing = True
+            try:
+                self._apply_flush_result(stats)
+                self._set(self.header, self._header_html(stats, now))
+                self._set_counters(stats)
+                self._set(self.error, self._error_html(stats))
+                self._set_menus(stats)
+                self._set(self.note, self._note_html())
+                self._set(self.signals, self._signals_html(stats))
+                if self.log_section.selected_index == 0 or self._log_mark is None:
+                    self._refresh_log()
+            finally:
+                self._syncing = False
+            self._last_refresh = time.monotonic()
+            return stats
+
+    @staticmethod
+    def _set(widget: Any, value: Any, name: str = "value") -> None:
+        if getattr(widget, name) != value:
+            setattr(widget, name, value)
+
+    def _header_html(self, stats: Stats, now: float) -> str:
+        back, fore = BADGE_COLORS[stats.state]
+        where = (f' · recording to <code>{_esc(stats.offline_file)}</code>'
+                 if stats.offline_file else "")
+        return (
+            '<div style="display:flex;align-items:center;gap:10px;flex-wrap:wrap">'
+            '<span style="font-weight:600">Initial State</span>'
+            f'<span>bucket <b data-field="bucket_name">{_esc(stats.bucket_name)}</b> '
+            f'<code data-field="bucket_key">{_esc(stats.bucket_key)}</code>{where}</span>'
+            f'<span data-field="state" data-state="{stats.state.name.lower()}" '
+            f'style="background:{back};color:{fore};border-radius:10px;padding:1px 9px;'
+            f'font-size:90%">{_esc(state_words(stats, now))}</span></div>')
+
+    def _set_counters(self, stats: Stats) -> None:
+        budget = stats.budget
+        values = {
+            "queued": str(stats.queued), "in_flight": str(stats.in_flight),
+            "spooled": str(stats.spooled), "sent": str(stats.sent),
+            "retried": str(stats.retries), "refused": str(stats.refused),
+            "dropped": str(stats.dropped), "events_per_second": f"{stats.events_per_second:.1f}",
+            "budget": (f"{budget.remaining}/{budget.limit}" if budget is not None else "–"),
+        }
+        for name, label in COUNTERS:
+            tip = (f' title="resets {_clock(budget.reset)}"'
+                   if name == "budget" and budget is not None else "")
+            self._set(self.counters[name], (
+                f'<div style="text-align:center;line-height:1.2"{tip}>'
+                f'<div style="font-size:80%;opacity:.7">{label}</div>'
+                f'<div data-field="{name}" style="font-size:130%;font-weight:600">'
+                f'{values[name]}</div></div>'))
+
+    @staticmethod
+    def _error_html(stats: Stats) -> str:
+        parts = []
+        if stats.reason and stats.reason not in ("closed", stats.last_error):
+            parts.append(f'<div data-field="reason">{_esc(stats.reason)}</div>')
+        if stats.last_error:
+            when = _clock(stats.last_error_at) if stats.last_error_at else ""
+            past = " (since resolved)" if stats.state is State.ONLINE else ""
+            parts.append(f'<div data-field="last_error" style="color:#b71c1c">last error'
+                         f' {when}{past}: {_esc(stats.last_error)}</div>')
+        if stats.remedy:
+            parts.append(f'<div data-field="remedy"><b>Fix:</b> {_esc(stats.remedy)}</div>')
+        return "".join(parts)
+
+    def _set_menus(self, stats: Stats) -> None:
+        options = [(f"{name} ({key})", (name, key)) for name, key in stats.buckets]
+        current = (stats.bucket_name, stats.bucket_key)
+        menu = self.bucket_menu
+        if list(menu.options) != options:
+            with menu.hold_sync():
+                menu.options = options
+                menu.value = current
+        elif menu.value != current:
+            menu.value = current
+        self._set(self.debug_level, min(max(stats.debug_level, 0), 3))
+
+    def _note_html(self) -> str:
+        return f'<span data-field="note">{self._note}</span>' if self._note else ""
+
+    def _signals_html(self, stats: Stats) -> str:
+        signals = stats.signals
+        if not signals:
+            return '<div style="opacity:.7">no signals logged yet</div>'
+        cache = self._rows
+        rows = []
+        shown = sorted(signals, key=attrgetter("key"))[:MAX_ROWS]
+        for sig in shown:
+            mark = (sig.count, sig.last_time)
+            hit = cache.get(sig.key)
+            if hit is None or hit[0] != mark:
+                hit = cache[sig.key] = (mark, _row(sig))
+            rows.append(hit[1])
+        if len(cache) > 2 * MAX_ROWS:  # forget signals no longer shown
+            keep = {sig.key for sig in shown}
+            self._rows = {k: v for k, v in cache.items() if k in keep}
+        more = len(signals) - len(shown)
+        tail = (f'<div style="opacity:.7">and {more} more signals</div>' if more > 0 else "")
+        return _TABLE_HEAD + "".join(rows) + "</tbody></table>" + tail
+
+    def _refresh_log(self) -> None:
+        ring = getattr(self.streamer, "ring", None)
+        mark = (len(ring), ring[-1] if ring else None) if ring is not None else None
+        if mark is not None and mark == self._log_mark:
+            return
+        self._log_mark = mark or (0, None)
+        lines = self.streamer.messages(logging.DEBUG)[-LOG_LINES:]
+        lines.reverse()
+        body = _esc("\n".join(lines)) if lines else "no messages yet"
+        self._set(self.log_view, (
+            '<pre data-field="log" style="max-height:16em;overflow:auto;margin:0;'
+            f'font-size:85%;white-space:pre-wrap">{body}</pre>'))
+
+    # -------------------------------------------------------------- actions
+    def _on_switch(self, _button: Any = None) -> None:
+        name = self.bucket_text.value.strip()
+        if not name:
+            self._say("type a bucket name first")
+            return
+        self._switch(name, "")
+
+    def _on_menu(self, change: dict[str, Any]) -> None:
+        if self._syncing or change["new"] is None:
+            return
+        name, key = change["new"]
+        if (name, key) != (self.streamer.BucketName, self.streamer.BucketKey):
+            self._switch(name, key)
+
+    def _switch(self, name: str, key: str) -> None:
+        old = self.streamer.BucketName
+        try:
+            self.streamer.set_bucket(bucket_name=name, bucket_key=key)
+        except IsStreamerError as exc:
+            self._say(f"cannot switch: {exc}")
+            return
+        if name != old:
+            self._say(f"now sending to {name!r}; {old!r} still drains")
+        with self._lock:
+            if self.bucket_text.value.strip() == name:
+                self.bucket_text.value = ""
+        self.refresh()
+
+    def _on_flush(self, _button: Any = None) -> None:
+        with self._lock:
+            if self.flushing:
+                return
+            self._flush_result = None
+            self._note = "flushing…"
+            self._flush_thread = threading.Thread(target=self._flush_worker,
+                                                  name="isstreamer-panel-flush", daemon=True)
+            with self.flush_button.hold_sync():
+                self.flush_button.disabled = True
+                self.flush_button.icon = "spinner spin"
+                self.flush_button.description = "Flushing…"
+            self._flush_thread.start()
+            self.refresh()
+
+    def _flush_worker(self) -> None:
+        """In its own thread so the kernel never waits; hands the result to the next refresh
+        and touches no widget."""
+        started = time.monotonic()
+        error = ""
+        try:
+            ok = bool(self.streamer.flush())
+        except IsStreamerError as exc:  # debug_level >= 2 raises DeliveryError
+            ok, error = False, str(exc)
+        except Exception as exc:
+            ok, error = False, f"{type(exc).__name__}: {exc}"
+        self._flush_result = (ok, error, time.monotonic() - started)
+
+    @property
+    def flushing(self) -> bool:
+        """A flush started from the button is running (or its result is not shown yet)."""
+        return self._flush_thread is not None
+
+    def wait_flush(self, timeout: float) -> bool:
+        """Wait for a flush started from the button (tests); True if it ended."""
+        thread = self._flush_thread
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
+    def _apply_flush_result(self, stats: Stats) -> None:
+        result, thread = self._flush_result, self._flush_thread
+        if thread is None or result is None or thread.is_alive():
+            return
+        ok, error, took = result
+        if ok:
+            self._note = f"flushed: everything delivered ({took:.1f} s)"
+        else:
+            detail = error or (f"{stats.pending} events still waiting "
+                               f"({state_words(stats)}); they stay queued")
+            self._note = f"flush: not all delivered after {took:.1f} s: {_esc(detail)}"
+        self._flush_thread = None
+        with self.flush_button.hold_sync():
+            self.flush_button.disabled = False
+            self.flush_button.icon = "paper-plane"
+            self.flush_button.description = "Flush"
+
+    def _on_debug_level(self, change: dict[str, Any]) -> None:
+        if self._syncing or change["new"] is None:
+            return
+        self.streamer.DebugLevel = int(change["new"])
+        self._say(f"debug level {change['new']}")
+        self.refresh()
+
+    def _on_log_section(self, change: dict[str, Any]) -> None:
+        if change["new"] == 0:
+            with self._lock:
+                self._log_mark = (-1, None)  # rebuild now
+                self._refresh_log()
+
+    def _say(self, message: str) -> None:
+        """A note next to the buttons, about what the user just did."""
+        self._note = _esc(message)
+        with self._lock:
+            self._set(self.note, self._note_html())

@@ -1,0 +1,127 @@
+"""Settings: keyword > environment > ./isstreamer.ini > ~/isstreamer.ini > default."""
+
+from __future__ import annotations
+
+import pytest
+
+from isstreamer_jupyter import ConfigError
+from isstreamer_jupyter._config import SETTINGS, derive_bucket_key, resolve
+
+
+@pytest.fixture
+def folders(tmp_path, monkeypatch):
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    for setting in SETTINGS:
+        for name in setting.env:
+            monkeypatch.delenv(name, raising=False)
+    return home, work
+
+
+def write_ini(folder, client="", api=""):
+    text = "[isstreamer.client_config]\n" + client
+    if api:
+        text += "\n[isstreamer.api_config]\n" + api
+    (folder / "isstreamer.ini").write_text(text)
+
+
+def test_defaults_without_any_source_record_offline(folders):
+    s = resolve({})
+    assert s.offline is True
+    assert "no access key" in s.offline_reason
+    assert s.batch_size == 10 and s.flush_interval == 1.0 and s.max_requests_per_second == 3.0
+    assert s.api_base == "https://groker.init.st/api"
+
+
+def test_precedence_keyword_env_cwd_home(folders, monkeypatch):
+    home, work = folders
+    write_ini(home, "batch_size = 7\nflush_interval = 4\nmax_requests_per_second = 5\n"
+                    "access_key = from_home\n")
+    assert resolve({}).batch_size == 7
+    write_ini(work, "batch_size = 8\nflush_interval = 3\n")
+    s = resolve({})
+    assert (s.batch_size, s.flush_interval, s.max_requests_per_second) == (8, 3.0, 5.0)
+    assert s.access_key == "from_home" and s.offline is False  # the home file still fills gaps
+    monkeypatch.setenv("IS_BATCH_SIZE", "9")
+    assert resolve({}).batch_size == 9
+    assert resolve({"batch_size": 11}).batch_size == 11
+    assert "environment variable IS_BATCH_SIZE" in resolve({}).sources["batch_size"]
+
+
+def test_isstreamer_ini_names_and_api_base_forms(folders):
+    _, work = folders
+    write_ini(work, "access_key = abc\ndefault_bucket = Lab\noffline_mode = False\n",
+              "stream_api_base = http://127.0.0.1:9999")
+    s = resolve({})
+    assert s.bucket_name == "Lab" and s.offline is False
+    assert s.api_base == "http://127.0.0.1:9999/api"  # ISStreamer names the host only
+
+
+def test_stream_api_base_is_read_without_client_section_too(folders):
+    _, work = folders
+    (work / "isstreamer.ini").write_text("[isstreamer.api_config]\nstream_api_base = "
+                                         "https://example.invalid/api/\n")
+    assert resolve({}).api_base == "https://example.invalid/api"
+
+
+@pytest.mark.parametrize("raw", ["False", "false", "FALSE", "no", "0", "off"])
+def test_booleans_any_case(folders, monkeypatch, raw):
+    monkeypatch.setenv("IS_OFFLINE", raw)
+    assert resolve({"access_key": "k"}).offline is False
+
+
+def test_offline_forced_on_with_a_key(folders, monkeypatch):
+    monkeypatch.setenv("IS_OFFLINE", "True")
+    s = resolve({"access_key": "k"})
+    assert s.offline is True and "IS_OFFLINE" in s.offline_reason
+
+
+@pytest.mark.parametrize(
+    ("env", "raw", "words"),
+    [
+        ("IS_BATCH_SIZE", "ten", "batch_size = 'ten' from environment variable IS_BATCH_SIZE"),
+        ("IS_BATCH_SIZE", "0", "at least 1"),
+        ("IS_FLUSH_INTERVAL", "0", "above 0"),
+        ("IS_MAX_RPS", "-1", "at least 0"),
+        ("IS_OFFLINE", "maybe", "expected true or false"),
+        ("IS_API_BASE", "ftp://x", "http:// or https://"),
+    ],
+)
+def test_bad_values_name_setting_and_source(folders, monkeypatch, env, raw, words):
+    monkeypatch.setenv(env, raw)
+    with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        resolve({})
+
+
+def test_bad_ini_value_names_the_file(folders):
+    _, work = folders
+    write_ini(work, "flush_interval = soon\n")
+    with pytest.raises(ConfigError) as info:
+        resolve({})
+    assert "isstreamer.ini [isstreamer.client_config] flush_interval" in str(info.value)
+
+
+def test_a_bad_access_key_source_never_echoes_it(folders):
+    with pytest.raises(ConfigError):
+        resolve({"access_key": "secret-value", "batch_size": "x"})
+    s = resolve({"access_key": "secret-value"})
+    assert "secret-value" not in repr(s)
+
+
+def test_missing_ini_file_location_is_an_error(folders, tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve({}, ini_file_location=tmp_path / "nope.ini")
+
+
+def test_zero_pacing_is_allowed(folders):
+    assert resolve({"max_requests_per_second": 0}).max_requests_per_second == 0
+
+
+def test_derived_bucket_keys_are_stable_and_valid():
+    key = derive_bucket_key("Run 7: ☀ warm-up")
+    assert key == derive_bucket_key("Run 7: ☀ warm-up")
+    assert key != derive_bucket_key("Run 7 warm up")
+    assert key.startswith("Run_7_warm_up_") and all(c.isalnum() or c == "_" for c in key)

@@ -1,0 +1,215 @@
+"""The core against the loopback receiver over real HTTP, with each fault the service shows."""
+
+from __future__ import annotations
+
+import socket
+import time
+import warnings
+
+import pytest
+
+from isstreamer_jupyter import AccessDenied, State, Streamer
+from isstreamer_jupyter.receiver import Faults
+
+KEY = "ist_http_test_secret_key_abcdef"
+
+
+@pytest.fixture
+def stream(tmp_path, monkeypatch):
+    """make(receiver, **settings): a Streamer on the receiver, closed after the test."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("IS_ACCESS_KEY", raising=False)
+    made = []
+
+    def make(rx, **kw):
+        options = {"bucket_name": "HTTP", "access_key": KEY, "api_base": rx.api_base,
+                   "spool_dir": tmp_path / "spool", "max_requests_per_second": 0,
+                   "timeout": 2, "flush_interval": 0.2, "spool_interval": 0.05}
+        options.update(kw)
+        s = Streamer(**options)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            s.close(timeout=1)
+
+
+def values(events):
+    return [e["value"] for e in events]
+
+
+def test_delivery_over_one_keep_alive_connection_with_types(make_receiver, stream):
+    rx = make_receiver()
+    s = stream(rx, batch_size=10)
+    sent = [1, 2.5, True, "text", -7, 0.0, False, ":sunny:"] * 5
+    for v in sent:
+        s.log("mixed", v)
+    assert s.flush(timeout=10)
+    got = rx.events(s.BucketKey)
+    assert values(got) == sent
+    assert [type(v) for v in values(got)] == [type(v) for v in sent]
+    assert rx.buckets[s.BucketKey] == "HTTP"
+    assert rx.stats()["connections"] == 1
+    stats = s.stats()
+    assert stats.state is State.ONLINE and stats.sent == len(sent) and stats.queued == 0
+
+
+def test_time_based_flush_without_calling_flush(make_receiver, stream):
+    rx = make_receiver()
+    s = stream(rx, batch_size=100, flush_interval=0.3)
+    s.log("slow", 1)
+    assert values(rx.wait_for(1, timeout=5)) == [1]
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        {"p_5xx": 0.3},
+        {"p_429": 0.3, "retry_after": 0.1},
+        {"p_reset_before": 0.3},
+        {"p_reset_after": 0.2},
+    ],
+    ids=["5xx", "429", "reset-before", "reset-after"],
+)
+def test_faults_lose_nothing(make_receiver, stream, faults):
+    rx = make_receiver(faults=Faults(**faults), seed=7)
+    s = stream(rx, batch_size=5)
+    for i in range(60):
+        s.log("n", i)
+    assert s.flush(timeout=60)
+    got = values(rx.events(s.BucketKey))
+    assert set(got) == set(range(60))  # nothing lost
+    if "p_reset_after" not in faults:
+        assert got == list(range(60))  # and, without lost answers, no duplicates, in order
+    assert s.stats().retries > 0
+
+
+def test_slow_answers_time_out_and_are_retried(make_receiver, stream):
+    rx = make_receiver(faults=Faults(latency=1.5))
+    s = stream(rx, timeout=0.5)
+    s.log("a", 1)
+    time.sleep(1.2)
+    rx.set_faults(latency=0)
+    assert s.flush(timeout=30)
+    assert 1 in values(rx.events(s.BucketKey))
+    assert s.stats().retries >= 1
+
+
+def test_outage_loses_nothing(make_receiver, stream):
+    rx = make_receiver()
+    s = stream(rx, batch_size=10)
+    rx.outage(2.0)
+    for i in range(50):
+        s.log("n", i)
+        time.sleep(0.01)
+    time.sleep(0.3)
+    assert s.stats().state is State.BACKING_OFF
+    assert s.flush(timeout=60)
+    assert values(rx.events(s.BucketKey)) == list(range(50))
+
+
+def test_receiver_down_flush_is_bounded(stream, tmp_path):
+    with socket.socket() as sock:  # a port with nothing listening
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    class Down:
+        api_base = f"http://127.0.0.1:{port}/api"
+
+    s = stream(Down)
+    s.log("a", 1)
+    start = time.monotonic()
+    with pytest.warns(UserWarning, match="still waiting after 1 s"):
+        assert not s.flush(timeout=1)
+    assert time.monotonic() - start < 2
+    assert "connection refused" in s.stats().last_error
+
+
+def test_401_then_fixed_key_delivers_everything(make_receiver, stream):
+    rx = make_receiver(access_keys={"ist_the_right_key"})
+    s = stream(rx, debug_level=2)
+    for i in range(5):
+        s.log("n", i)
+    with pytest.raises(AccessDenied) as info:
+        s.flush(timeout=5)
+    assert KEY not in str(info.value)
+    assert s.stats().state is State.STOPPED
+    s.AccessKey = "ist_the_right_key"
+    assert s.flush(timeout=10)
+    assert values(rx.events(s.BucketKey)) == list(range(5))
+
+
+def test_401_held_events_go_out_with_a_new_streamer_and_fixed_key(make_receiver, stream):
+    rx = make_receiver(access_keys={"ist_the_right_key"})
+    wrong = stream(rx)
+    for i in range(5):
+        wrong.log("n", i)
+    with pytest.warns(UserWarning):
+        assert not wrong.flush(timeout=5)
+    wrong.close(timeout=1)
+    fixed = stream(rx, access_key="ist_the_right_key")
+    assert fixed.recovered == 5
+    assert fixed.flush(timeout=10)
+    assert values(rx.events(fixed.BucketKey)) == list(range(5))
+
+
+def test_cap_reached_stops_and_says_so(make_receiver, stream):
+    rx = make_receiver(monthly_cap=3)
+    s = stream(rx, batch_size=2)
+    for i in range(6):
+        s.log("n", i)
+    with pytest.warns(UserWarning, match="monthly data-point cap"):
+        s.flush(timeout=5)
+    stats = s.stats()
+    assert stats.state is State.STOPPED and "upgrade the plan" in stats.remedy
+    assert stats.queued + stats.sent == 6
+
+
+def test_removed_bucket_then_new_bucket(make_receiver, stream):
+    rx = make_receiver()
+    s = stream(rx)
+    s.log("n", 1)
+    assert s.flush(timeout=5)
+    rx.remove_bucket(s.BucketKey)
+    s.log("n", 2)
+    with pytest.warns(UserWarning, match="deleted bucket"):
+        s.flush(timeout=5)
+    assert s.stats().state is State.STOPPED
+    s.set_bucket("HTTP fresh")
+    s.log("n", 3)
+    assert values(rx.wait_for(1, bucket_key=s.BucketKey)) == [3]
+    assert s.stats().state is State.ONLINE
+
+
+def test_413_from_the_service_splits(make_receiver, stream):
+    rx = make_receiver(max_body=400)
+    s = stream(rx, batch_size=20)
+    for i in range(20):
+        s.log("n", i)
+    assert s.flush(timeout=10)
+    assert values(rx.events(s.BucketKey)) == list(range(20))
+    assert rx.stats()["statuses"].get(413, 0) >= 1
+
+
+def test_rate_limit_headers_mean_no_429(make_receiver, stream):
+    rx = make_receiver(rate_limit=4, rate_window=1.0)
+    s = stream(rx, batch_size=2)
+    for i in range(24):
+        s.log("n", i)
+    assert s.flush(timeout=30)
+    assert values(rx.events(s.BucketKey)) == list(range(24))
+    assert rx.stats()["statuses"].get(429, 0) == 0
+    assert s.stats().budget is not None and s.stats().budget.limit == 4
+
+
+def test_bucket_name_and_query_form_are_the_services(make_receiver):
+    import requests
+
+    rx = make_receiver()
+    r = requests.get(f"{rx.api_base}/events", params={"accessKey": "k", "bucketKey": "q",
+                                                     "temp": "32"}, timeout=5)
+    assert r.status_code == 204
+    assert [(e["key"], e["value"]) for e in rx.events("q")] == [("temp", "32")]

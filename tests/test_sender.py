@@ -1,0 +1,355 @@
+"""The core with a fake transport and a fake clock: batching, pacing, backoff, order, answers.
+
+Streamers here run with ``use_async=False``: the sender's work happens in the caller, and the
+fake clock moves only when the sender waits, so every timing is exact and nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from isstreamer_jupyter import (
+    AccessDenied,
+    BucketRemoved,
+    FlushTimeout,
+    RefusedValue,
+    State,
+    Streamer,
+    StreamerClosed,
+)
+from isstreamer_jupyter._sender import BACKOFF_CAP, CAP_PROBE_INTERVAL
+from isstreamer_jupyter.testing import FakeClock, FakeTransport, RateBudget, answer
+
+KEY = "ist_unit_test_secret_key_0123456789"
+
+
+@pytest.fixture(autouse=True)
+def _quiet_env(monkeypatch, tmp_path):
+    for name in ("IS_ACCESS_KEY", "IS_API_ACCESS_KEY", "IS_OFFLINE", "IS_BUCKET_KEY",
+                 "IS_BUCKET_NAME", "IS_API_BASE", "IS_API_HOST", "IS_BATCH_SIZE", "IS_MAX_RPS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+
+def make(script=(), **kw):
+    transport = FakeTransport(script)
+    clock = FakeClock()
+    options = {"bucket_name": "Unit", "access_key": KEY, "spool": False, "use_async": False,
+               "transport": transport, "clock": clock, "max_requests_per_second": 0}
+    options.update(kw)
+    return Streamer(**options), transport, clock
+
+
+def run_for(streamer, clock, seconds):
+    """Let the sender work for `seconds` of fake time."""
+    end = clock.now + seconds
+    while clock.now < end:
+        delay = streamer._sender.step()
+        clock.advance(min(max(delay, 0.01), end - clock.now))
+
+
+def test_bucket_created_first_then_batches_in_order():
+    s, t, _ = make(batch_size=10)
+    for i in range(25):
+        s.log("n", i)
+    assert s.flush()
+    kinds = [c[0] for c in t.calls]
+    assert kinds == ["bucket", "events", "events", "events"]
+    assert [len(c[2]) for c in t.requests()] == [10, 10, 5]
+    assert [e["value"] for e in t.events()] == list(range(25))
+    assert t.buckets == {s.BucketKey: "Unit"}
+
+
+def test_time_based_flush_sends_a_slow_loggers_events():
+    s, t, clock = make(batch_size=10, flush_interval=1.0, spool_interval=0.2)
+    s.log("slow", 1)
+    run_for(s, clock, 0.5)
+    assert t.events() == []  # waiting for a fuller batch
+    run_for(s, clock, 0.6)
+    assert [e["value"] for e in t.events()] == [1]
+
+
+def test_pacing_spaces_requests():
+    s, t, clock = make(batch_size=10, max_requests_per_second=3)
+    start = clock.now
+    for i in range(30):
+        s.log("n", i)
+    s.flush(timeout=30)
+    assert len(t.requests()) == 3
+    # four requests (bucket + 3) at 3/s: at least 1 s between the first and the last
+    assert clock.now - start >= 1.0 - 1e-9
+
+
+def test_rate_limit_budget_is_never_overspent():
+    wall = FakeClock().wall()
+    spent = answer(204, budget=RateBudget(limit=30, remaining=0, reset=wall + 5))
+    s, t, clock = make([204, spent, 204], batch_size=1)
+    s.log("a", 1)
+    s.log("b", 2)  # pumps: bucket, then "a" (budget 0 left) ...
+    s.flush()
+    times = [c for c in clock.waits if c > 1]
+    assert len(t.requests()) == 2
+    assert sum(times) >= 4.9  # waited for the reset before spending more
+
+
+def test_retry_after_is_honoured():
+    s, t, clock = make([204, answer(429, retry_after=7), 204])
+    s.log("a", 1)
+    start = clock.now
+    assert s.flush(timeout=30)
+    assert clock.now - start >= 7
+    assert s.stats().retries == 1
+    assert [e["value"] for e in t.events()] == [1]
+
+
+def test_backoff_grows_with_full_jitter_and_is_capped():
+    script = [204] + [503] * 12 + [204]
+    s, t, clock = make(script)
+    s.log("a", 1)
+    assert s.flush(timeout=3600)
+    assert s.stats().retries == 12
+    waits = [w for w in clock.waits if w > 0.05]
+    assert max(waits) <= BACKOFF_CAP
+    assert waits[-1] > waits[0]
+    assert t.events() == [{"key": "a", "value": 1, "epoch": t.events()[0]["epoch"]}]
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 408, 409])
+def test_transient_answers_are_retried(status):
+    s, t, _ = make([204, status, 204])
+    s.log("a", 1)
+    assert s.flush(timeout=60)
+    assert len(t.events()) == 1
+
+
+def test_413_splits_the_batch():
+    s, t, _ = make([204, 413], batch_size=10)
+    for i in range(10):
+        s.log("n", i)
+    assert s.flush()
+    assert [len(c[2]) for c in t.requests()] == [10, 5, 5]
+    assert [e["value"] for e in t.events()] == list(range(10))
+
+
+def test_one_bad_event_is_dropped_the_rest_go_out():
+    def picky(kind, bucket_key, events):
+        bad = any(e.get("value") == "poison" for e in events)
+        return answer(400, body=b'{"message":"bad value"}') if bad else 204
+
+    s, t, _ = make([204] + [picky] * 20, batch_size=8)
+    for i in range(8):
+        s.log("n", "poison" if i == 3 else i)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s.flush()
+    assert [e["value"] for e in t.events()] == [0, 1, 2, 4, 5, 6, 7]
+    stats = s.stats()
+    assert stats.refused == 1 and "refused an event" in stats.last_error
+
+
+def test_access_denied_stops_keeps_events_and_never_storms():
+    s, t, clock = make([204, 401], debug_level=2)
+    s.log("a", 1)
+    with pytest.raises(AccessDenied) as info:
+        s.flush(timeout=5)
+    assert "check the access key" in str(info.value)
+    calls = len(t.calls)
+    run_for(s, clock, 3600)
+    assert len(t.calls) == calls  # no retry storm
+    st_ = s.stats()
+    assert st_.state is State.STOPPED and "refused the access key" in st_.reason
+    assert st_.queued == 1 and st_.sent == 0
+
+
+def test_fixing_the_access_key_resumes_delivery():
+    s, t, _ = make([204, 401], debug_level=0)
+    s.log("a", 1)
+    with pytest.warns(UserWarning, match="access key"):
+        assert not s.flush(timeout=5)
+    s._custom_transport = False  # the fake stands in for the HTTP transport here
+    s.AccessKey = "ist_fixed_key"
+    assert s.flush(timeout=5)
+    assert [e["value"] for e in t.events()] == [1]
+    assert s.AccessKey == "********"
+
+
+def test_cap_reached_stops_then_probes_again():
+    s, t, clock = make([204, 402])
+    s.log("a", 1)
+    with pytest.warns(UserWarning, match="monthly"):
+        assert not s.flush(timeout=5)
+    assert s.stats().state is State.STOPPED
+    run_for(s, clock, CAP_PROBE_INTERVAL + 1)
+    assert [e["value"] for e in t.events()] == [1]
+    assert s.stats().state is State.ONLINE
+
+
+def test_removed_bucket_stops_that_bucket_only():
+    def gone(kind, bucket_key, events):
+        return answer(400) if bucket_key == s.BucketKey and kind == "events" else 204
+
+    s, t, _ = make([204, gone], debug_level=2)
+    old = s.BucketKey
+    s.log("a", 1)
+    with pytest.raises(BucketRemoved, match="set_bucket"):
+        s.flush(timeout=5)
+    assert s.stats().state is State.STOPPED
+    s.set_bucket("Fresh")
+    s.log("b", 2)
+    with pytest.raises(BucketRemoved):  # not everything: the deleted bucket's event waits
+        s.flush(timeout=5)
+    assert [e["value"] for e in t.events(s.BucketKey)] == [2]
+    assert t.events(old) == []
+    assert s.stats().queued == 1  # the deleted bucket's event is kept
+
+
+def test_bucket_switch_keeps_each_buckets_order():
+    s, t, _ = make(batch_size=3)
+    s.log("x", 1)
+    s.set_bucket("Second")
+    s.log("x", 2)
+    s.new_bucket("Unit")  # the seed README's name; back to the first bucket
+    s.log("x", 3)
+    s.flush()
+    first, second = s.stats().buckets[0][1], s.stats().buckets[1][1]
+    assert [e["value"] for e in t.events(first)] == [1, 3]
+    assert [e["value"] for e in t.events(second)] == [2]
+
+
+def test_memory_queue_bound_drops_oldest_and_counts():
+    s, _, _ = make([204] + [503] * 1000, max_queue=5, batch_size=100)
+    for i in range(12):
+        s.log("n", i)
+    s._sender.drain()
+    assert s.stats().dropped == 7
+
+
+def test_flush_is_bounded_and_typed():
+    s, _, clock = make([204] + [503] * 1000, debug_level=2)
+    s.log("a", 1)
+    start = clock.now
+    with pytest.raises(FlushTimeout, match="still waiting after 2 s"):
+        s.flush(timeout=2)
+    assert clock.now - start <= 2 + 1e-6
+
+
+def test_log_after_close_is_an_error():
+    s, _, _ = make()
+    s.log("a", 1)
+    assert s.close()
+    assert s.close()  # idempotent
+    with pytest.raises(StreamerClosed):
+        s.log("a", 2)
+
+
+def test_context_manager_flushes():
+    transport = FakeTransport()
+    with Streamer(access_key=KEY, transport=transport, spool=False,
+                  max_requests_per_second=0) as s:
+        s.log("a", 1)
+    assert s.IsClosed and [e["value"] for e in transport.events()] == [1]
+
+
+def test_refusals_raise_at_debug_2_and_warn_below():
+    s, t, _ = make(debug_level=2)
+    with pytest.raises(RefusedValue, match=r"'t'.*NaN"):
+        s.log("t", math.nan)
+    s.DebugLevel = 0
+    with pytest.warns(UserWarning, match="NaN"):
+        s.log("t", math.nan)
+    s.log("t", 1.5)
+    s.flush()
+    assert [e["value"] for e in t.events()] == [1.5]
+    assert s.stats().refused == 2
+
+
+def test_debug_1_echoes_events(capsys):
+    s, _, _ = make(debug_level=1)
+    s.log("temp", 21.5)
+    out = capsys.readouterr().out
+    assert "Unit: temp = 21.5" in out
+
+
+def test_isstreamer_seed_names_and_attributes():
+    transport = FakeTransport()
+    s = Streamer(bucket="Seed Bucket", client_key=KEY, transport=transport, spool=False,
+                 buffer_size=4, use_async=False, clock=FakeClock(), max_requests_per_second=0)
+    assert s.BucketName == "Seed Bucket" and s.BufferSize == 4
+    assert s.AccessKey == "********" and not s.Offline and s.DebugLevel == 0
+    s.log_object({"a": 1, "b": 2})
+    s.log_object([5], key_prefix="")
+    s.flush()
+    assert [(e["key"], e["value"]) for e in transport.events()] == [
+        ("dict_a", 1), ("dict_b", 2), ("0", 5)]
+
+
+def test_use_async_false_ships_full_batches_in_the_caller():
+    s, t, _ = make(batch_size=5)
+    for i in range(5):
+        s.log("n", i)
+    assert len(t.events()) == 5  # no flush needed: like ISStreamer's synchronous mode
+
+
+@pytest.mark.parametrize("debug_level", [0, 1, 2, 3])
+def test_access_key_never_shown(debug_level, capsys, caplog):
+    caplog.set_level(logging.DEBUG, logger="isstreamer_jupyter")
+    s, _, _ = make([204, 401], debug_level=debug_level)
+    seen = [repr(s), str(s.stats()), repr(s.settings), s.AccessKey]
+    s.log("a", 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            s.flush(timeout=3)
+        except AccessDenied as exc:
+            seen.append(str(exc) + repr(exc))
+        try:
+            s.log("bad", None)
+        except RefusedValue as exc:
+            seen.append(str(exc))
+    seen += [str(w.message) for w in caught]
+    seen += [r.getMessage() for r in caplog.records]
+    seen += s.messages(logging.DEBUG)
+    seen += [repr(s), str(s.stats())]
+    out = capsys.readouterr()
+    seen += [out.out, out.err]
+    blob = "\n".join(seen)
+    assert "refused the access key" in blob  # the 401 was reported...
+    assert KEY not in blob  # ...without the key
+
+
+valid_keys = st.text(min_size=1, max_size=250)
+anything = st.one_of(
+    st.none(), st.integers(), st.floats(), st.booleans(), st.text(max_size=2100),
+    st.binary(max_size=5), st.lists(st.integers(), max_size=2), st.decimals(),
+    st.datetimes(), st.fractions(),
+)
+epochs = st.one_of(st.none(), st.floats(), st.integers(), st.text(max_size=30), st.datetimes())
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events=st.lists(st.tuples(st.one_of(valid_keys, st.integers(), st.just("")), anything,
+                                 epochs), max_size=15))
+def test_anything_logged_is_sent_valid_or_counted_refused(events):
+    s, t, _ = make(batch_size=7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for key, value, epoch in events:
+            s.log(key, value, epoch)  # never raises at debug 0
+        assert s.flush(timeout=60)
+    sent = t.events()
+    assert len(sent) + s.stats().refused == len(events)
+    for e in sent:
+        assert isinstance(e["key"], str) and 0 < len(e["key"]) <= 250
+        assert type(e["value"]) in (str, int, float, bool)
+        if isinstance(e["value"], float):
+            assert math.isfinite(e["value"])
+        if isinstance(e["value"], str):
+            assert len(e["value"]) <= 2000
+        assert math.isfinite(e["epoch"]) and e["epoch"] > 1.4e9
