@@ -42,6 +42,7 @@ import sys
 import threading
 import time
 import weakref
+from collections import deque
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +72,8 @@ LIVE_WHILE_BUSY = True
 LOG_LINES = 300
 #: signals shown in the table (sorted by key); the rest are counted
 MAX_ROWS = 200
+#: sparklines redrawn per refresh at most; the others wait their turn (a fraction of a second)
+SPARK_REDRAWS = 20
 
 COUNTERS = (
     ("queued", "queued"), ("in_flight", "in flight"), ("spooled", "spooled"), ("sent", "sent"),
@@ -96,31 +99,43 @@ def _clock(epoch: float) -> str:
 
 
 # ------------------------------------------------------------------------------ sparklines
-_SPARK_W, _SPARK_H, _SPARK_STEP = 118, 24, 2
-_XS = [str(i * _SPARK_STEP) for i in range(_SPARK_W // _SPARK_STEP + 1)]
+_SPARK_W, _SPARK_H, _SPARK_STEP = 117, 24, 3
+_SPARK_POINTS = _SPARK_W // _SPARK_STEP + 1
+#: "x,y" of every point position and height: drawing is look-ups, not number formatting
+_PAIRS = [[f"{i * _SPARK_STEP},{y}" for y in range(_SPARK_H)] for i in range(_SPARK_POINTS)]
+# sized and coloured by the table's style (see _TABLE_HEAD): 100 rows stay small
+_SVG_HEAD = '<svg><polyline points="'
+_SVG_TAIL = '"/></svg>'
+_SVG_STYLE = (f"width:{_SPARK_W}px;height:{_SPARK_H}px;vertical-align:middle;"
+              "fill:none;stroke:#1976d2;stroke-width:1.5")
 
 
-def sparkline(values: tuple[float, ...] | list[float]) -> str:
-    """An inline SVG polyline of the last values (drawn here: no plotting library, no JS).
+def sparkline(values: tuple[float, ...] | list[float], style: bool = False) -> str:
+    """An inline SVG polyline of the last values, drawn here (no plotting library, no JS).
 
-    Integer coordinates on a 118 by 24 canvas keep it small and quick to build; the newest
-    values win when there are more than fit.
+    Integer coordinates on a 117 by 24 canvas, the newest 40 values; a flat line for
+    constant values; "" for fewer than two values. Pass ``style=True`` for an SVG that
+    carries its own size and colours (the table styles its own).
     """
-    n = len(values)
-    if n < 2:
+    if len(values) < 2:
         return ""
-    room = len(_XS)
-    if n > room:
-        values = values[-room:]
-        n = room
+    if len(values) > _SPARK_POINTS:
+        values = values[-_SPARK_POINTS:]
     lo, hi = min(values), max(values)
-    scale = (_SPARK_H - 3) / (hi - lo) if hi > lo else 0.0
-    top = _SPARK_H - 2 if scale else _SPARK_H // 2
-    points = " ".join([f"{x},{top - round((v - lo) * scale)}"
-                       for x, v in zip(_XS, values, strict=False)])
-    return (f'<svg width="{_SPARK_W}" height="{_SPARK_H}" viewBox="0 0 {_SPARK_W} {_SPARK_H}" '
-            f'style="vertical-align:middle"><polyline fill="none" stroke="#1976d2" '
-            f'stroke-width="1.5" points="{points}"/></svg>')
+    try:
+        if hi > lo:
+            scale = (_SPARK_H - 3) / (hi - lo)
+            base = _SPARK_H - 1.5  # rows 1 (highest) to 22 (lowest), rounded
+            points = " ".join([row[int(base - (v - lo) * scale)]
+                               for row, v in zip(_PAIRS, values, strict=False)])
+        else:
+            mid = _SPARK_H // 2
+            points = " ".join([row[mid] for row in _PAIRS[:len(values)]])
+    except (ValueError, OverflowError, IndexError):  # a span too wide for floats
+        return ""
+    if style:
+        return f'<svg style="{_SVG_STYLE}"><polyline points="{points}"/></svg>'
+    return _SVG_HEAD + points + _SVG_TAIL
 
 
 def _value_text(value: Any) -> str:
@@ -130,23 +145,75 @@ def _value_text(value: Any) -> str:
     return text if len(text) <= 40 else text[:39] + "…"
 
 
+_NO_SIGNALS = '<div style="opacity:.7" data-field="signals">no signals logged yet</div>'
 _TABLE_HEAD = (
-    '<table style="border-collapse:collapse;font-size:90%;width:auto" data-field="signals">'
-    '<thead><tr style="text-align:left;border-bottom:1px solid #ccc">'
-    '<th style="padding:2px 10px 2px 0">signal</th><th style="padding:2px 10px">latest</th>'
-    '<th style="padding:2px 10px;text-align:right">count</th>'
-    '<th style="padding:2px 10px">last</th><th style="padding:2px 0 2px 10px">recent</th>'
-    '</tr></thead><tbody>')
-_ROW = ('<tr><td style="padding:1px 10px 1px 0"><code>{key}</code></td>'
-        '<td style="padding:1px 10px">{value}</td>'
-        '<td style="padding:1px 10px;text-align:right">{count}</td>'
-        '<td style="padding:1px 10px">{when}</td>'
-        '<td style="padding:1px 0 1px 10px">{spark}</td></tr>')
+    "<style>.isstreamer-signals th,.isstreamer-signals td{padding:1px 12px 1px 0;"
+    "text-align:left;vertical-align:middle}.isstreamer-signals .n{text-align:right}"
+    f".isstreamer-signals svg{{{_SVG_STYLE}}}</style>"
+    '<table class="isstreamer-signals" data-field="signals" '
+    'style="border-collapse:collapse;font-size:90%"><thead><tr><th>signal</th><th>latest</th>'
+    '<th class="n">count</th><th>last</th><th>recent</th></tr></thead><tbody>')
+_ROW_TAIL = "</td></tr>"
+_by_key = attrgetter("key")
+_clocks: dict[int, str] = {}
 
 
-def _row(sig: SignalStat) -> str:
-    return _ROW.format(key=_esc(sig.key), value=_esc(_value_text(sig.last_value)),
-                       count=sig.count, when=_clock(sig.last_time), spark=sparkline(sig.recent))
+def _header_html(state: State, words: str, name: str, key: str, offline_file: str) -> str:
+    back, fore = BADGE_COLORS[state]
+    where = f" · recording to <code>{_esc(offline_file)}</code>" if offline_file else ""
+    return (
+        '<div style="display:flex;align-items:center;gap:10px;flex-wrap:wrap">'
+        '<span style="font-weight:600">Initial State</span>'
+        f'<span>bucket <b data-field="bucket_name">{_esc(name)}</b> '
+        f'<code data-field="bucket_key">{_esc(key)}</code>{where}</span>'
+        f'<span data-field="state" data-state="{state.name.lower()}" '
+        f'style="background:{back};color:{fore};border-radius:10px;padding:1px 9px;'
+        f'font-size:90%">{_esc(words)}</span></div>')
+
+
+def _error_html(reason: str, last_error: str, last_error_at: float | None, remedy: str,
+                online: bool) -> str:
+    parts = []
+    if reason and reason not in ("closed", last_error):
+        parts.append(f'<div data-field="reason">{_esc(reason)}</div>')
+    if last_error:
+        when = _clock(last_error_at) if last_error_at else ""
+        past = " (since resolved)" if online else ""
+        parts.append(f'<div data-field="last_error" style="color:#b71c1c">last error'
+                     f' {when}{past}: {_esc(last_error)}</div>')
+    if remedy:
+        parts.append(f'<div data-field="remedy"><b>Fix:</b> {_esc(remedy)}</div>')
+    return "".join(parts)
+
+
+def _clock_cached(epoch: float) -> str:
+    second = int(epoch)
+    when = _clocks.get(second)
+    if when is None:
+        if len(_clocks) > 1000:
+            _clocks.clear()
+        when = _clocks[second] = _clock(second)
+    return when
+
+
+def _log_line(entry: tuple[float, int, str]) -> str:
+    """One ring entry as ``Streamer.messages()`` shows it, HTML-escaped."""
+    when, level, message = entry
+    return _esc(f"{_clock_cached(when)} {logging.getLevelName(level)} {message}")
+
+
+def _row_head(sig: SignalStat, key_html: str) -> str:
+    value = sig.last_value
+    kind = type(value)
+    if kind is float:
+        shown = f"{value:.6g}"
+    elif kind is int or kind is bool:
+        shown = str(value)
+    else:
+        shown = _esc(_value_text(value))
+    when = _clock_cached(sig.last_time)
+    return (f'<tr><td><code>{key_html}</code></td><td>{shown}</td>'
+            f'<td class="n">{sig.count}</td><td>{when}</td><td>')
 
 
 # ------------------------------------------------------------------------------ where we are
@@ -251,8 +318,12 @@ class Panel:
         self._beat = float("inf")  # monotonic time of the last loop tick; inf: not started
         self._last_refresh = 0.0
         self._syncing = False
-        self._rows: dict[str, tuple[tuple[int, float], str]] = {}
-        self._log_mark: tuple[int, Any] | None = None
+        # signal key -> [count, last_time, row head html, sparkline, count drawn, key html]
+        self._rows: dict[str, list[Any]] = {}
+        self._spark_turn = 0
+        self._memo: dict[str, Any] = {}  # what each part was last built from
+        self._log_lines: deque[str] = deque(maxlen=LOG_LINES)  # escaped, oldest first
+        self._log_last: Any = None  # the last ring entry shown
         self._flush_thread: threading.Thread | None = None
         self._flush_result: tuple[bool, str, float] | None = None
         self._note = ""
@@ -416,13 +487,24 @@ class Panel:
             self._syncing = True
             try:
                 self._apply_flush_result(stats)
-                self._set(self.header, self._header_html(stats, now))
+                memo = self._memo
+                head = (stats.state, state_words(stats, now), stats.bucket_name,
+                        stats.bucket_key, stats.offline_file)
+                if memo.get("header") != head:
+                    memo["header"] = head
+                    self._set(self.header, _header_html(*head))
                 self._set_counters(stats)
-                self._set(self.error, self._error_html(stats))
-                self._set_menus(stats)
+                error = (stats.reason, stats.last_error, stats.last_error_at, stats.remedy,
+                         stats.state is State.ONLINE)
+                if memo.get("error") != error:
+                    memo["error"] = error
+                    self._set(self.error, _error_html(*error))
+                if memo.get("menus") != (stats.buckets, stats.bucket_key, stats.debug_level):
+                    memo["menus"] = (stats.buckets, stats.bucket_key, stats.debug_level)
+                    self._set_menus(stats)
                 self._set(self.note, self._note_html())
                 self._set(self.signals, self._signals_html(stats))
-                if self.log_section.selected_index == 0 or self._log_mark is None:
+                if self.log_section.selected_index == 0:
                     self._refresh_log()
             finally:
                 self._syncing = False
@@ -434,50 +516,28 @@ class Panel:
         if getattr(widget, name) != value:
             setattr(widget, name, value)
 
-    def _header_html(self, stats: Stats, now: float) -> str:
-        back, fore = BADGE_COLORS[stats.state]
-        where = (f' · recording to <code>{_esc(stats.offline_file)}</code>'
-                 if stats.offline_file else "")
-        return (
-            '<div style="display:flex;align-items:center;gap:10px;flex-wrap:wrap">'
-            '<span style="font-weight:600">Initial State</span>'
-            f'<span>bucket <b data-field="bucket_name">{_esc(stats.bucket_name)}</b> '
-            f'<code data-field="bucket_key">{_esc(stats.bucket_key)}</code>{where}</span>'
-            f'<span data-field="state" data-state="{stats.state.name.lower()}" '
-            f'style="background:{back};color:{fore};border-radius:10px;padding:1px 9px;'
-            f'font-size:90%">{_esc(state_words(stats, now))}</span></div>')
-
     def _set_counters(self, stats: Stats) -> None:
         budget = stats.budget
-        values = {
-            "queued": str(stats.queued), "in_flight": str(stats.in_flight),
-            "spooled": str(stats.spooled), "sent": str(stats.sent),
-            "retried": str(stats.retries), "refused": str(stats.refused),
-            "dropped": str(stats.dropped), "events_per_second": f"{stats.events_per_second:.1f}",
-            "budget": (f"{budget.remaining}/{budget.limit}" if budget is not None else "–"),
-        }
-        for name, label in COUNTERS:
+        values = (
+            str(stats.queued), str(stats.in_flight), str(stats.spooled), str(stats.sent),
+            str(stats.retries), str(stats.refused), str(stats.dropped),
+            f"{stats.events_per_second:.1f}",
+            f"{budget.remaining}/{budget.limit}" if budget is not None else "–",
+        )
+        shown = self._memo.get("counters", ())
+        if values == shown:
+            return
+        self._memo["counters"] = values
+        for i, (name, label) in enumerate(COUNTERS):
+            if shown and shown[i] == values[i] and name != "budget":
+                continue
             tip = (f' title="resets {_clock(budget.reset)}"'
                    if name == "budget" and budget is not None else "")
             self._set(self.counters[name], (
                 f'<div style="text-align:center;line-height:1.2"{tip}>'
                 f'<div style="font-size:80%;opacity:.7">{label}</div>'
                 f'<div data-field="{name}" style="font-size:130%;font-weight:600">'
-                f'{values[name]}</div></div>'))
-
-    @staticmethod
-    def _error_html(stats: Stats) -> str:
-        parts = []
-        if stats.reason and stats.reason not in ("closed", stats.last_error):
-            parts.append(f'<div data-field="reason">{_esc(stats.reason)}</div>')
-        if stats.last_error:
-            when = _clock(stats.last_error_at) if stats.last_error_at else ""
-            past = " (since resolved)" if stats.state is State.ONLINE else ""
-            parts.append(f'<div data-field="last_error" style="color:#b71c1c">last error'
-                         f' {when}{past}: {_esc(stats.last_error)}</div>')
-        if stats.remedy:
-            parts.append(f'<div data-field="remedy"><b>Fix:</b> {_esc(stats.remedy)}</div>')
-        return "".join(parts)
+                f'{values[i]}</div></div>'))
 
     def _set_menus(self, stats: Stats) -> None:
         options = [(f"{name} ({key})", (name, key)) for name, key in stats.buckets]
@@ -495,34 +555,77 @@ class Panel:
         return f'<span data-field="note">{self._note}</span>' if self._note else ""
 
     def _signals_html(self, stats: Stats) -> str:
+        """The table; a row is rebuilt only when its signal moved, and at most
+        :data:`SPARK_REDRAWS` sparklines are redrawn per refresh (the stalest first), so a
+        refresh costs about the same with 100 or 1000 moving signals."""
         signals = stats.signals
         if not signals:
-            return '<div style="opacity:.7">no signals logged yet</div>'
+            return _NO_SIGNALS
         cache = self._rows
-        rows = []
-        shown = sorted(signals, key=attrgetter("key"))[:MAX_ROWS]
+        shown = sorted(signals, key=_by_key)[:MAX_ROWS]
+        stale = []
         for sig in shown:
-            mark = (sig.count, sig.last_time)
-            hit = cache.get(sig.key)
-            if hit is None or hit[0] != mark:
-                hit = cache[sig.key] = (mark, _row(sig))
-            rows.append(hit[1])
+            entry = cache.get(sig.key)
+            if entry is None:  # a new signal: drawn at once
+                key_html = _esc(sig.key)
+                cache[sig.key] = [sig.count, sig.last_time, _row_head(sig, key_html),
+                                  sparkline(sig.recent), sig.count, key_html]
+                continue
+            if entry[0] != sig.count or entry[1] != sig.last_time:
+                entry[0], entry[1] = sig.count, sig.last_time
+                entry[2] = _row_head(sig, entry[5])
+            if entry[4] != sig.count:
+                stale.append(sig)
+        if stale:
+            if len(stale) > SPARK_REDRAWS:
+                turn = self._spark_turn % len(stale)
+                self._spark_turn += SPARK_REDRAWS
+                stale = (stale[turn:] + stale[:turn])[:SPARK_REDRAWS]
+            for sig in stale:
+                entry = cache[sig.key]
+                entry[3], entry[4] = sparkline(sig.recent), sig.count
         if len(cache) > 2 * MAX_ROWS:  # forget signals no longer shown
             keep = {sig.key for sig in shown}
             self._rows = {k: v for k, v in cache.items() if k in keep}
+            cache = self._rows
+        parts = [_TABLE_HEAD]
+        for sig in shown:
+            entry = cache[sig.key]
+            parts += (entry[2], entry[3], _ROW_TAIL)
+        parts.append("</tbody></table>")
         more = len(signals) - len(shown)
-        tail = (f'<div style="opacity:.7">and {more} more signals</div>' if more > 0 else "")
-        return _TABLE_HEAD + "".join(rows) + "</tbody></table>" + tail
+        if more > 0:
+            parts.append(f'<div style="opacity:.7">and {more} more signals</div>')
+        return "".join(parts)
 
     def _refresh_log(self) -> None:
+        """The debug log, newest first, while its section is open.
+
+        Lines are formatted once each, as ``Streamer.messages()`` formats them, from the
+        streamer's message ring: ``messages()`` formats the whole ring on every call (about
+        1.5 ms for 500 messages), too much for 4 refreshes a second.
+        """
         ring = getattr(self.streamer, "ring", None)
-        mark = (len(ring), ring[-1] if ring else None) if ring is not None else None
-        if mark is not None and mark == self._log_mark:
-            return
-        self._log_mark = mark or (0, None)
-        lines = self.streamer.messages(logging.DEBUG)[-LOG_LINES:]
-        lines.reverse()
-        body = _esc("\n".join(lines)) if lines else "no messages yet"
+        lines = self._log_lines
+        if ring is None:  # another streamer-like object: messages() it is
+            lines.clear()
+            lines.extend(_esc(line) for line in self.streamer.messages(logging.DEBUG))
+        else:
+            entries = list(ring)  # a snapshot: the sender thread appends to the ring
+            last = self._log_last
+            if entries and entries[-1] is last:
+                return
+            new = entries
+            if last is not None:
+                for i in range(len(entries) - 1, -1, -1):
+                    if entries[i] is last:
+                        new = entries[i + 1:]
+                        break
+                else:  # we lost track (the ring moved on a lot, or was cleared)
+                    lines.clear()
+            lines.extend(_log_line(entry) for entry in new[-LOG_LINES:])
+            self._log_last = entries[-1] if entries else None
+        body = "\n".join(reversed(lines)) or "no messages yet"
         self._set(self.log_view, (
             '<pre data-field="log" style="max-height:16em;overflow:auto;margin:0;'
             f'font-size:85%;white-space:pre-wrap">{body}</pre>'))
@@ -624,7 +727,6 @@ class Panel:
     def _on_log_section(self, change: dict[str, Any]) -> None:
         if change["new"] == 0:
             with self._lock:
-                self._log_mark = (-1, None)  # rebuild now
                 self._refresh_log()
 
     def _say(self, message: str) -> None:

@@ -115,6 +115,7 @@ class Sender:
         self.current_bucket = current_bucket
         self.wake = threading.Event()
         self.lock = threading.Lock()  # guards what snapshot() reads
+        self._drain_lock = threading.Lock()  # the caller drains too when the queue is full
         self.thread: threading.Thread | None = None
         self._running = False
         self._markers: list[Marker] = []
@@ -220,6 +221,10 @@ class Sender:
 
     def drain(self) -> None:
         """Move what log() queued into the store, noting flush markers in order."""
+        with self._drain_lock:
+            self._drain()
+
+    def _drain(self) -> None:
         rows: list[tuple[str, str, str]] = []
         popleft = self.queue.popleft
         signals = self.signals
@@ -388,6 +393,7 @@ class Sender:
         self.store = store
         self.transport = transport
         self.lock = threading.Lock()
+        self._drain_lock = threading.Lock()
         self.wake = threading.Event()
         self._markers = []
         self._pending = store.pending()
@@ -452,7 +458,7 @@ class Sender:
                 spooled=max(0, self._pending - self.in_flight) if self.store.path else 0,
                 sent=self.sent, requests=self.requests, retries=self.retries,
                 refused=self.refused + common.pop("refused_at_log"),
-                dropped=self.dropped + common.pop("dropped_at_log"),
+                dropped=self.dropped,
                 events_per_second=self.events_per_second(), budget=self.budget,
                 last_error=self.last_error, last_error_at=self.last_error_at,
                 signals=self.signal_stats(), **common)

@@ -70,6 +70,16 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
 def encoded_size(body: str) -> int:
     return len(body) if body.isascii() else len(body.encode())
 
@@ -92,8 +102,13 @@ class MemoryStore:
         self._count = 0
         self._next = 1
         self._leased: dict[int, Batch] = {}
+        self._lock = threading.Lock()  # the caller may put while the sender takes
 
     def put(self, rows: Sequence[Row]) -> int:
+        with self._lock:
+            return self._put(rows)
+
+    def _put(self, rows: Sequence[Row]) -> int:
         for bucket_key, bucket_name, body in rows:
             entry = self._buckets.get(bucket_key)
             if entry is None:
@@ -112,6 +127,10 @@ class MemoryStore:
         return dropped
 
     def take(self, limit: int, max_bytes: int, skip: Collection[str] = ()) -> Batch | None:
+        with self._lock:
+            return self._take(limit, max_bytes, skip)
+
+    def _take(self, limit: int, max_bytes: int, skip: Collection[str]) -> Batch | None:
         heads = [(rows[0][0], key) for key, (_, rows) in self._buckets.items()
                  if rows and key not in skip]
         if not heads:
@@ -132,13 +151,15 @@ class MemoryStore:
         return batch
 
     def ack(self, batch: Batch) -> None:
-        self._leased.pop(batch.ids[0], None)
-        self._count -= len(batch)
+        with self._lock:
+            self._leased.pop(batch.ids[0], None)
+            self._count -= len(batch)
 
     def release(self, batch: Batch) -> None:
-        self._leased.pop(batch.ids[0], None)
-        rows = self._buckets[batch.bucket_key][1]
-        rows.extendleft(reversed(list(zip(batch.ids, batch.fragments, strict=True))))
+        with self._lock:
+            self._leased.pop(batch.ids[0], None)
+            rows = self._buckets[batch.bucket_key][1]
+            rows.extendleft(reversed(list(zip(batch.ids, batch.fragments, strict=True))))
 
     def pending(self) -> int:
         return self._count
@@ -166,7 +187,8 @@ CREATE TABLE IF NOT EXISTS events(
     bucket_key TEXT NOT NULL,
     bucket_name TEXT NOT NULL,
     body TEXT NOT NULL,
-    lease REAL NOT NULL DEFAULT 0
+    lease REAL NOT NULL DEFAULT 0,
+    holder INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS events_ns ON events(ns, id);
 CREATE TABLE IF NOT EXISTS denied(ns TEXT PRIMARY KEY, api_base TEXT NOT NULL, at REAL NOT NULL);
@@ -192,6 +214,7 @@ class SqliteSpool:
         self.max_bytes = max_bytes
         self.lease_seconds = lease_seconds
         self._lock = threading.Lock()
+        self._freed_at = 0.0
         try:
             folder.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=10, isolation_level=None,
@@ -249,7 +272,7 @@ class SqliteSpool:
                 db.executemany(
                     "INSERT INTO events(ns, bucket_key, bucket_name, body) VALUES (?, ?, ?, ?)",
                     [(self.ns, k, n, b) for k, n, b in rows])
-                dropped = self._trim(db, len(rows))
+                dropped = self._trim(db)
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
                 if db.in_transaction:
@@ -257,18 +280,39 @@ class SqliteSpool:
                 raise SpoolError(f"the spool {self.path} failed: {exc}") from None
         return dropped
 
-    def _trim(self, db: sqlite3.Connection, added: int) -> int:
+    def _trim(self, db: sqlite3.Connection) -> int:
+        """Past ``max_bytes``, drop the oldest rows (of any namespace) until under it."""
         page_size = db.execute("PRAGMA page_size").fetchone()[0]
-        used = (db.execute("PRAGMA page_count").fetchone()[0]
-                - db.execute("PRAGMA freelist_count").fetchone()[0]) * page_size
-        if used <= self.max_bytes:
-            return 0
-        # drop the oldest, at least as many as were added, so the file stops growing
-        victims = max(added, int(added * (used - self.max_bytes) / max(used, 1)) + 1)
-        cursor = db.execute(
-            "DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT ?)",
-            (victims,))
-        return cursor.rowcount
+
+        def used() -> int:
+            return (db.execute("PRAGMA page_count").fetchone()[0]
+                    - db.execute("PRAGMA freelist_count").fetchone()[0]) * page_size
+
+        dropped = 0
+        size = used()
+        while size > self.max_bytes:
+            rows = db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            if rows == 0:
+                break
+            share = min(0.5, (size - self.max_bytes) / size)
+            cursor = db.execute("DELETE FROM events WHERE id IN "
+                                "(SELECT id FROM events ORDER BY id LIMIT ?)",
+                                (max(1, int(rows * share)),))
+            dropped += cursor.rowcount
+            size = used()
+        return dropped
+
+    def _free_dead_leases(self, db: sqlite3.Connection, now: float) -> None:
+        """A process killed mid-request leaves its batch leased: free it at once if that
+        process is gone (checked at most every few seconds)."""
+        if now - self._freed_at < 5.0:
+            return
+        self._freed_at = now
+        holders = db.execute("SELECT DISTINCT holder FROM events WHERE ns=? AND lease>=? "
+                             "AND holder!=?", (self.ns, now, os.getpid())).fetchall()
+        for (pid,) in holders:
+            if not _alive(pid):
+                db.execute("UPDATE events SET lease=0 WHERE ns=? AND holder=?", (self.ns, pid))
 
     def take(self, limit: int, max_bytes: int, skip: Collection[str] = ()) -> Batch | None:
         now = time.time()
@@ -277,6 +321,7 @@ class SqliteSpool:
             db = self._db
             try:
                 db.execute("BEGIN IMMEDIATE")
+                self._free_dead_leases(db, now)
                 head = db.execute(
                     "SELECT bucket_key, bucket_name FROM events WHERE ns=? AND lease<?"
                     + skip_sql + " ORDER BY id LIMIT 1", (self.ns, now, *skip)).fetchone()
@@ -294,8 +339,9 @@ class SqliteSpool:
                     batch.ids.append(row_id)
                     batch.fragments.append(body)
                 db.execute(
-                    f"UPDATE events SET lease=? WHERE id IN ({','.join('?' * len(batch.ids))})",
-                    (now + self.lease_seconds, *batch.ids))
+                    f"UPDATE events SET lease=?, holder=? "
+                    f"WHERE id IN ({','.join('?' * len(batch.ids))})",
+                    (now + self.lease_seconds, os.getpid(), *batch.ids))
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
                 if db.in_transaction:
@@ -336,6 +382,7 @@ class SqliteSpool:
 
     def reopen(self) -> None:
         """After fork: a connection of our own (leases keep the parent's batches its own)."""
+        self._freed_at = 0.0
         self._db = sqlite3.connect(self.path, timeout=10, isolation_level=None,
                                    check_same_thread=False)
         self._lock = threading.Lock()

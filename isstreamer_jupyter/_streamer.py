@@ -99,7 +99,6 @@ class Streamer:
         self._buckets: list[Bucket] = [self._bucket]
         self._closed = False
         self._refused_at_log = 0
-        self._dropped_at_log = 0
         self._warned_long_keys: set[str] = set()
         self._notices: deque[str] = deque(maxlen=20)
         self.ring: deque[tuple[float, int, str]] = deque(maxlen=RING_SIZE)
@@ -118,10 +117,10 @@ class Streamer:
                               current_bucket=lambda: self._bucket)
         self._update_slow()
         _live.add(self)
-        if settings.offline:
-            self._notice(f"recording locally to {self._sender.transport.path} "  # type: ignore[attr-defined]
-                         f"({settings.offline_reason}); upload later with "
-                         f"`python -m isstreamer_jupyter upload FILE --bucket-name NAME`")
+        if settings.offline and not self._custom_transport:  # say so once, in the caller
+            path = self._sender.transport.path  # type: ignore[attr-defined]
+            print(f"isstreamer_jupyter: recording locally to {path} ({settings.offline_reason})"
+                  f"; upload it later with: python -m isstreamer_jupyter upload {path}")
         recovered = getattr(store, "recovered", 0)
         if recovered:
             self._say(logging.WARNING, f"resuming {recovered} events left in the spool by an "
@@ -209,17 +208,13 @@ class Streamer:
             self.log(f"{prefix}{name}", value, epoch)
 
     def _overflow(self) -> None:
-        """The in-memory queue is full: hurry the sender (it spills to the spool); without a
-        sender able to keep up, drop the oldest beyond twice the bound, and count them."""
-        self._sender.wake.set()
-        queue = self._queue
-        while len(queue) > 2 * self.settings.max_queue:
-            item = queue.popleft()
-            if type(item) is tuple:
-                self._dropped_at_log += 1
-            else:
-                queue.appendleft(item)
-                break
+        """The in-memory queue reached ``max_queue``: move it to the store now, in the caller.
+
+        A local write (one SQLite transaction, or the memory store dropping its oldest and
+        counting them), never a wait on the network; it happens only when logging outpaces
+        the sender thread.
+        """
+        self._sender.drain()
 
     # ---------------------------------------------------------------- waiting
     def flush(self, timeout: float | None = None) -> bool:
@@ -341,7 +336,7 @@ class Streamer:
             "recovered": self.recovered, "debug_level": self.DebugLevel,
             "offline_file": str(getattr(self._sender.transport, "path", "")),
             "spool_path": self._sender.store.path,
-            "refused_at_log": self._refused_at_log, "dropped_at_log": self._dropped_at_log,
+            "refused_at_log": self._refused_at_log,
         }
         if not self.settings.offline:
             common["offline_file"] = ""

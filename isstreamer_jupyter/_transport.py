@@ -199,8 +199,8 @@ class CsvTransport:
     """Offline recording: appends ISStreamer's ``epoch,key,value`` rows to a CSV file.
 
     A line ``# bucket: <key> <name>`` precedes the rows of each bucket, so an upload can put
-    them back where they belong (ISStreamer's reader-free format ignores nothing; our uploader
-    skips these comment lines and ISStreamer never wrote any).
+    them back where they belong (``pandas.read_csv(path, comment="#", header=None)`` reads the
+    rows alone).
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -209,6 +209,7 @@ class CsvTransport:
             path = path.with_name(path.name + ".csv")
         self.path = path
         self._bucket: str | None = None
+        self._names: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -218,13 +219,14 @@ class CsvTransport:
         with self._lock, self.path.open("a", newline="", encoding="utf-8") as fh:
             fh.write(f"# bucket: {bucket_key} {bucket_name}\n")
         self._bucket = bucket_key
+        self._names[bucket_key] = bucket_name
         return Answer(Outcome.ACCEPTED, None)
 
     def post_events(self, bucket_key: str, fragments: Sequence[str]) -> Answer:
         rows = [json.loads(f) for f in fragments]
         with self._lock, self.path.open("a", newline="", encoding="utf-8") as fh:
             if bucket_key != self._bucket:
-                fh.write(f"# bucket: {bucket_key}\n")
+                fh.write(f"# bucket: {bucket_key} {self._names.get(bucket_key, bucket_key)}\n")
                 self._bucket = bucket_key
             writer = csv.writer(fh)
             writer.writerows((repr(r["epoch"]), r["key"], r["value"]) for r in rows)

@@ -1,0 +1,96 @@
+"""``python -m isstreamer_jupyter demo | serve | upload``.
+
+- ``demo``: the main job on the embedded default: no account, no network. Streams a short
+  simulated sensor run through a Streamer, which records it locally, and says where it went.
+- ``serve``: a loopback Initial State-compatible receiver (see ``receiver.py``).
+- ``upload FILE``: send an offline recording to Initial State (the access key comes from
+  ``IS_ACCESS_KEY`` or ``isstreamer.ini``, never from the command line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+
+def demo(args: argparse.Namespace) -> int:
+    from . import Streamer
+
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    started = time.time() - args.points  # one reading a second, ending now
+    with Streamer(bucket_name="Demo greenhouse", offline_file=str(out),
+                  offline=not args.online) as streamer:
+        for i in range(args.points):
+            epoch = started + i
+            streamer.log("temperature_c", round(21 + 3 * math.sin(i / 9), 2), epoch=epoch)
+            streamer.log_object({"humidity": round(0.45 + 0.05 * math.cos(i / 7), 3),
+                                 "fan_on": i % 20 < 10}, key_prefix="", epoch=epoch)
+        streamer.log("status", "done")
+    stats = streamer.stats()
+    print(f"logged {stats.logged} events to bucket {stats.bucket_name!r} ({stats.bucket_key})")
+    if stats.offline_file:
+        print(f"no access key, no network: recorded locally to {stats.offline_file}")
+        print(f"upload it later with: python -m isstreamer_jupyter upload {stats.offline_file}")
+    else:
+        print(f"sent {stats.sent} events to {streamer.settings.api_base}")
+    print(f"refused {stats.refused}, dropped {stats.dropped}")
+    return 0 if stats.refused == 0 and stats.dropped == 0 else 1
+
+
+def upload(args: argparse.Namespace) -> int:
+    from ._errors import IsStreamerError
+    from ._offline import upload as run_upload
+
+    settings = {}
+    if args.batch_size:
+        settings["batch_size"] = args.batch_size
+    try:
+        summary = run_upload(args.file, bucket_name=args.bucket_name or "",
+                             bucket_key=args.bucket_key or "", progress=not args.quiet,
+                             **settings)
+    except IsStreamerError as exc:
+        print(f"upload: {exc}", file=sys.stderr)
+        return 2
+    print(summary)
+    return 0 if summary.ok else 1
+
+
+def serve(args: argparse.Namespace) -> int:
+    from .receiver import serve_main
+
+    return serve_main(args.rest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m isstreamer_jupyter",
+                                     description=__doc__.split("\n\n")[0].strip("`"))
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("demo", help="stream a simulated run with no account (recorded "
+                                         "locally)")
+    p.add_argument("--points", type=int, default=120, help="readings to stream (default 120)")
+    p.add_argument("--output", default="build/demo_recording.csv",
+                   help="the offline recording (default build/demo_recording.csv)")
+    p.add_argument("--online", action="store_true",
+                   help="send to the configured API instead (needs an access key)")
+    p.set_defaults(run=demo)
+    p = commands.add_parser("upload", help="upload an offline recording (CSV)")
+    p.add_argument("file")
+    p.add_argument("--bucket-name", help="the bucket (default: the one the file names)")
+    p.add_argument("--bucket-key", help="the bucket key (default: derived from the name)")
+    p.add_argument("--batch-size", type=int, help="events per request")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=upload)
+    p = commands.add_parser("serve", help="run a loopback Initial State-compatible receiver",
+                            add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(run=serve)
+    args = parser.parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

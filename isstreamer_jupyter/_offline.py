@@ -1,0 +1,211 @@
+"""Offline recordings: read an offline CSV (ours or ISStreamer's) and upload it later.
+
+The rows are ISStreamer's ``epoch,key,value``; ours add ``# bucket: <key> <name>`` lines so the
+rows go back to the bucket they were logged to. An upload keeps the original timestamps, goes
+as fast as the rate limits allow, and records after every acknowledged request how far it got
+in ``<file>.upload.json``: interrupted and run again, it sends nothing twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._config import BY_NAME, check_bucket, derive_bucket_key, resolve
+from ._errors import ConfigError, DeliveryError, IsStreamerError, RefusedValue
+from ._events import check_key, coerce_epoch, coerce_value
+
+STATE_SUFFIX = ".upload.json"
+
+
+@dataclass(frozen=True)
+class Row:
+    line: int
+    bucket_name: str
+    bucket_key: str
+    epoch: float
+    key: str
+    value: str | int | float | bool
+
+
+@dataclass
+class UploadSummary:
+    path: str
+    sent: int = 0
+    already_sent: int = 0  # rows an earlier, interrupted upload delivered
+    bad_rows: list[tuple[int, str]] = field(default_factory=list)
+    buckets: dict[str, str] = field(default_factory=dict)  # key -> name
+    seconds: float = 0.0
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+    def __str__(self) -> str:
+        lines = [f"uploaded {self.sent} events from {self.path} in {self.seconds:.1f} s"
+                 + (f" ({self.already_sent} were sent by an earlier run)"
+                    if self.already_sent else "")]
+        for key, name in self.buckets.items():
+            lines.append(f"  bucket {name!r} ({key})")
+        if self.bad_rows:
+            lines.append(f"  {len(self.bad_rows)} rows skipped:")
+            lines += [f"    line {n}: {why}" for n, why in self.bad_rows[:20]]
+            if len(self.bad_rows) > 20:
+                lines.append(f"    … and {len(self.bad_rows) - 20} more")
+        if self.error:
+            lines.append(f"  stopped: {self.error}")
+        return "\n".join(lines)
+
+
+def parse_value(text: str) -> str | int | float | bool:
+    """CSV has no types: whole numbers, then numbers, then True/False, else the text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    if text in ("True", "False", "true", "false"):
+        return text.lower() == "true"
+    return text
+
+
+def read_rows(path: Path, bucket_name: str = "", bucket_key: str = "",
+              ) -> Iterator[Row | tuple[int, str]]:
+    """Rows of a recording, or ``(line, reason)`` for a row that cannot be sent.
+
+    An explicit bucket overrides the file's ``# bucket:`` lines.
+    """
+    current = (bucket_name, bucket_key)
+    with path.open(newline="", encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            if line.startswith("#"):
+                parts = line[len("# bucket:"):].strip().split(" ", 1)
+                if line.startswith("# bucket:") and parts[0] and not (bucket_name or bucket_key):
+                    current = (parts[1] if len(parts) > 1 else parts[0], parts[0])
+                continue
+            cells = next(csv.reader([line]))
+            if len(cells) != 3:
+                yield number, f"expected 3 columns epoch,key,value; found {len(cells)}"
+                continue
+            name, key = current
+            if not (name or key):
+                yield number, "no bucket: pass --bucket-name (the file names none)"
+                continue
+            try:
+                event_key = check_key(cells[1])
+                value = coerce_value(event_key, parse_value(cells[2]))
+                epoch = coerce_epoch(event_key, cells[0])
+            except RefusedValue as exc:
+                yield number, str(exc)
+                continue
+            name = name or key
+            yield Row(number, name, key or derive_bucket_key(name), epoch, event_key, value)
+
+
+def _load_state(state_path: Path, target: str, size: int) -> int:
+    try:
+        state = json.loads(state_path.read_text())
+    except (OSError, ValueError):
+        return 0
+    entry = state.get(target, {})
+    if entry.get("size", 0) > size:  # the file was replaced by a shorter one: start over
+        return 0
+    return int(entry.get("line", 0))
+
+
+def _save_state(state_path: Path, target: str, line: int, size: int) -> None:
+    try:
+        state = json.loads(state_path.read_text())
+    except (OSError, ValueError):
+        state = {}
+    state[target] = {"line": line, "size": size}
+    tmp = state_path.with_name(state_path.name + ".tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, state_path)
+
+
+def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: str = "",
+           progress: bool = True, timeout: float = 600.0, **settings: Any) -> UploadSummary:
+    """Upload an offline recording; `settings` are Streamer keyword settings (access key, ...).
+
+    Sends in order, one acknowledged batch at a time, and remembers after each how far it
+    got, so a rerun after an interruption sends nothing twice.
+    """
+    from tqdm.auto import tqdm
+
+    from ._streamer import Streamer
+
+    source = Path(path)
+    if not source.is_file():
+        raise ConfigError(f"{source}: no such recording")
+    if bucket_name or bucket_key:
+        check_bucket(bucket_name or bucket_key, bucket_key or derive_bucket_key(bucket_name))
+    resolved = resolve({k: v for k, v in settings.items() if k in BY_NAME})
+    if not resolved.access_key:
+        raise ConfigError("upload needs an access key: set IS_ACCESS_KEY (or access_key in "
+                          "isstreamer.ini)")
+    batch_size = resolved.batch_size
+    size = source.stat().st_size
+    state_path = source.with_name(source.name + STATE_SUFFIX)
+    target = f"{bucket_key or bucket_name or '(file buckets)'}"
+    done_line = _load_state(state_path, target, size)
+    summary = UploadSummary(str(source))
+    started = time.monotonic()
+    streamer: Streamer | None = None
+    total = sum(1 for _ in read_rows(source, bucket_name, bucket_key))
+    bar = tqdm(total=total, disable=not progress, unit="ev", desc=source.name)
+    pending: list[Row] = []
+
+    def ship() -> None:
+        nonlocal streamer
+        first = pending[0]
+        if streamer is None:
+            streamer = Streamer(first.bucket_name, first.bucket_key, use_async=False,
+                                spool=False, offline=False, **settings)
+        elif first.bucket_key != streamer.BucketKey:
+            streamer.set_bucket(first.bucket_name, first.bucket_key)
+        summary.buckets[first.bucket_key] = first.bucket_name
+        for row in pending:
+            streamer.log(row.key, row.value, row.epoch)
+        if not streamer.flush(timeout=timeout):
+            raise DeliveryError(streamer.stats().last_error or "not acknowledged in time")
+        _save_state(state_path, target, pending[-1].line, size)
+        summary.sent += len(pending)
+        bar.update(len(pending))
+        pending.clear()
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for row in read_rows(source, bucket_name, bucket_key):
+                if not isinstance(row, Row):
+                    summary.bad_rows.append(row)
+                    continue
+                if row.line <= done_line:
+                    summary.already_sent += 1
+                    bar.update(1)
+                    continue
+                if pending and (len(pending) >= batch_size
+                                or pending[-1].bucket_key != row.bucket_key):
+                    ship()
+                pending.append(row)
+            if pending:
+                ship()
+    except IsStreamerError as exc:
+        summary.error = str(exc)
+    finally:
+        bar.close()
+        if streamer is not None:
+            streamer.close(timeout=1)
+        summary.seconds = time.monotonic() - started
+    return summary

@@ -1,0 +1,139 @@
+"""Offline recording with no account, and uploading recordings later (ours and ISStreamer's)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from isstreamer_jupyter import State, Streamer
+from isstreamer_jupyter._offline import upload
+from isstreamer_jupyter.receiver import Faults
+
+KEY = "ist_offline_test_secret_key_777"
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("IS_ACCESS_KEY", "IS_API_ACCESS_KEY", "IS_OFFLINE", "IS_API_BASE", "IS_MAX_RPS",
+                 "IS_BATCH_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+def test_no_access_key_records_locally_and_says_so_once(env, capsys):
+    s = Streamer(bucket_name="Bench", offline_file="run1")
+    for i in range(3):
+        s.log("t", i)
+    assert s.Offline and s.stats().state is State.OFFLINE
+    assert "no access key" in s.stats().reason
+    assert s.close()
+    out = capsys.readouterr().out
+    assert out.count("recording locally to run1.csv") == 1
+    lines = (env / "run1.csv").read_text().splitlines()
+    assert lines[0].startswith("# bucket: Bench_")
+    assert [line.split(",")[1:] for line in lines[1:]] == [["t", "0"], ["t", "1"], ["t", "2"]]
+
+
+def test_recordings_are_appended_never_truncated(env):
+    for run in range(2):
+        with Streamer(bucket_name="B", offline=True, offline_file="rec.csv") as s:
+            s.log("run", run)
+    rows = [r for r in (env / "rec.csv").read_text().splitlines() if not r.startswith("#")]
+    assert [r.split(",")[2] for r in rows] == ["0", "1"]
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_upload_our_format_to_the_recorded_buckets(env, make_receiver):
+    rx = make_receiver()
+    with Streamer(bucket_name="First", offline=True, offline_file="ours.csv") as s:
+        s.log("a", 1)
+        s.log("b", "text")
+        s.set_bucket("Second")
+        s.log("c", 2.5)
+        s.log("d", True)
+    summary = upload(env / "ours.csv", access_key=KEY, api_base=rx.api_base,
+                     max_requests_per_second=0, progress=False)
+    assert summary.ok and summary.sent == 4 and not summary.bad_rows
+    first, second = s.stats().buckets[0][1], s.stats().buckets[1][1]
+    assert rx.buckets[first] == "First" and rx.buckets[second] == "Second"
+    assert [(e["key"], e["value"]) for e in rx.events(first)] == [("a", 1), ("b", "text")]
+    assert [(e["key"], e["value"]) for e in rx.events(second)] == [("c", 2.5), ("d", True)]
+
+
+def test_upload_isstreamer_format_keeps_timestamps_and_reports_bad_rows(env, make_receiver):
+    rx = make_receiver()
+    recording = write(env / "isstreamer_out.csv.csv", (
+        "1795000000.25,temperature,21.5\n"
+        "1795000001.5,status,warming up\n"
+        "not-a-time,temperature,3\n"
+        "1795000002,only_two_columns\n"
+        "1795000003,temperature,nan\n"
+        "1795000004,temperature,22\n"))
+    summary = upload(recording, bucket_name="Old run", access_key=KEY, api_base=rx.api_base,
+                     max_requests_per_second=0, progress=False)
+    assert summary.sent == 3
+    assert [n for n, _ in summary.bad_rows] == [3, 4, 5]
+    assert "line 3:" in str(summary) and "3 columns" in summary.bad_rows[1][1]
+    got = rx.events()
+    assert [(e["epoch"], e["key"], e["value"]) for e in got] == [
+        (1795000000.25, "temperature", 21.5), (1795000001.5, "status", "warming up"),
+        (1795000004.0, "temperature", 22)]
+    assert set(rx.buckets.values()) == {"Old run"}
+
+
+def test_interrupted_upload_resumes_and_sends_nothing_twice(env, make_receiver):
+    rx = make_receiver(faults=Faults(latency=0.05))
+    recording = write(env / "long.csv", "".join(
+        f"{1795000000 + i},n,{i}\n" for i in range(300)))
+    child_env = dict(os.environ, IS_ACCESS_KEY=KEY, IS_API_BASE=rx.api_base, IS_MAX_RPS="0")
+    cmd = [sys.executable, "-m", "isstreamer_jupyter", "upload", str(recording),
+           "--bucket-name", "Long", "--quiet"]
+    child = subprocess.Popen(cmd, env=child_env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    rx.wait_for(50, timeout=30)
+    time.sleep(0.02)  # kill it mid-request
+    child.kill()
+    child.wait(timeout=10)
+    partial = len(rx.events())
+    assert 50 <= partial < 300
+    rx.set_faults(latency=0)
+    done = subprocess.run(cmd, env=child_env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "were sent by an earlier run" in done.stdout
+    got = [e["value"] for e in rx.events()]
+    assert sorted(set(got)) == list(range(300))  # all of them
+    # resumed where it was: at most the one batch whose answer the kill cut off comes twice
+    # (at-least-once: the service has no idempotency key), not the 50+ sent before
+    assert len(got) - 300 <= 10
+    assert KEY not in done.stdout + done.stderr
+
+
+def test_upload_without_a_key_is_a_clear_error(env):
+    recording = write(env / "r.csv", "1795000000,a,1\n")
+    done = subprocess.run([sys.executable, "-m", "isstreamer_jupyter", "upload", str(recording)],
+                          capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("IS_")})
+    assert done.returncode == 2
+    assert "upload needs an access key" in done.stderr
+
+
+def test_demo_is_the_main_job_and_needs_no_account(env):
+    done = subprocess.run([sys.executable, "-m", "isstreamer_jupyter", "demo", "--points", "5"],
+                          capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("IS_")})
+    assert done.returncode == 0, done.stderr
+    assert "logged 16 events" in done.stdout
+    assert "recorded locally to build/demo_recording.csv" in done.stdout
+    rows = [r for r in (env / "build/demo_recording.csv").read_text().splitlines()
+            if not r.startswith("#")]
+    assert len(rows) == 16
