@@ -127,10 +127,13 @@ def coerce_epoch(key: str, epoch: Any, now: float | None = None) -> float:
     """
     if isinstance(epoch, bool):
         raise RefusedValue(f"epoch for key {_shorten(key)!r} is a bool; give seconds since 1970")
-    if isinstance(epoch, _dt.datetime):
-        seconds = epoch.timestamp()
-    elif isinstance(epoch, _dt.date):
-        seconds = _dt.datetime(epoch.year, epoch.month, epoch.day).timestamp()
+    if isinstance(epoch, _dt.date):
+        if not isinstance(epoch, _dt.datetime):
+            epoch = _dt.datetime(epoch.year, epoch.month, epoch.day)
+        try:
+            seconds = epoch.timestamp()
+        except (ValueError, OverflowError, OSError):  # year 1 in a zone east of UTC, ...
+            seconds = -math.inf
     elif isinstance(epoch, str):
         seconds = _parse_epoch_text(key, epoch)
     elif isinstance(epoch, numbers.Real | Decimal) or hasattr(epoch, "item"):
@@ -143,7 +146,7 @@ def coerce_epoch(key: str, epoch: Any, now: float | None = None) -> float:
             f"epoch for key {_shorten(key)!r} is a {describe(epoch)}; give seconds since 1970 "
             f"(a number), a datetime or an ISO 8601 string"
         )
-    if not math.isfinite(seconds):
+    if math.isnan(seconds) or seconds == math.inf:
         raise RefusedValue(f"epoch for key {_shorten(key)!r} is not a finite number")
     for scale in (1e3, 1e3, 1e3):  # ms, then µs, then ns
         if seconds < 1e11:
@@ -171,7 +174,10 @@ def _parse_epoch_text(key: str, text: str) -> float:
             f"epoch {_shorten(text)!r} for key {_shorten(key)!r} is neither a number nor an "
             f"ISO 8601 time such as '2026-11-28T12:00:00Z'"
         ) from None
-    return parsed.timestamp()
+    try:
+        return parsed.timestamp()
+    except (ValueError, OverflowError, OSError):
+        return -math.inf  # refused below as too old
 
 
 _encode_str = json.encoder.encode_basestring  # the C encoder, ensure_ascii=False

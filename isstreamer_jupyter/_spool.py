@@ -191,6 +191,7 @@ CREATE TABLE IF NOT EXISTS events(
     holder INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS events_ns ON events(ns, id);
+CREATE INDEX IF NOT EXISTS events_leased ON events(ns, bucket_key) WHERE lease > 0;
 CREATE TABLE IF NOT EXISTS denied(ns TEXT PRIMARY KEY, api_base TEXT NOT NULL, at REAL NOT NULL);
 """
 
@@ -322,6 +323,13 @@ class SqliteSpool:
             try:
                 db.execute("BEGIN IMMEDIATE")
                 self._free_dead_leases(db, now)
+                # one batch of a bucket in flight at a time, across processes: keeps the order
+                busy = [k for (k,) in db.execute(
+                    "SELECT DISTINCT bucket_key FROM events WHERE ns=? AND lease>0 AND lease>=?",
+                    (self.ns, now))]
+                if busy:
+                    skip = {*skip, *busy}
+                    skip_sql = f" AND bucket_key NOT IN ({','.join('?' * len(skip))})"
                 head = db.execute(
                     "SELECT bucket_key, bucket_name FROM events WHERE ns=? AND lease<?"
                     + skip_sql + " ORDER BY id LIMIT 1", (self.ns, now, *skip)).fetchone()
