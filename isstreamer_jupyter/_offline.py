@@ -78,12 +78,13 @@ def parse_value(text: str) -> str | int | float | bool:
 
 
 def read_rows(path: Path, bucket_name: str = "", bucket_key: str = "",
-              ) -> Iterator[Row | tuple[int, str]]:
+              fallback: tuple[str, str] = ("", "")) -> Iterator[Row | tuple[int, str]]:
     """Rows of a recording, or ``(line, reason)`` for a row that cannot be sent.
 
-    An explicit bucket overrides the file's ``# bucket:`` lines.
+    An explicit bucket overrides the file's ``# bucket:`` lines; `fallback` (name, key) serves
+    rows before any such line.
     """
-    current = (bucket_name, bucket_key)
+    current = (bucket_name, bucket_key) if bucket_name or bucket_key else fallback
     with path.open(newline="", encoding="utf-8") as fh:
         for number, line in enumerate(fh, start=1):
             if not line.strip():
@@ -135,7 +136,8 @@ def _save_state(state_path: Path, target: str, line: int, size: int) -> None:
 
 
 def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: str = "",
-           progress: bool = True, timeout: float = 600.0, **settings: Any) -> UploadSummary:
+           fallback: tuple[str, str] = ("", ""), progress: bool = True, timeout: float = 600.0,
+           **settings: Any) -> UploadSummary:
     """Upload an offline recording; `settings` are Streamer keyword settings (access key, ...).
 
     Sends in order, one acknowledged batch at a time, and remembers after each how far it
@@ -162,7 +164,7 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
     summary = UploadSummary(str(source))
     started = time.monotonic()
     streamer: Streamer | None = None
-    total = sum(1 for _ in read_rows(source, bucket_name, bucket_key))
+    total = sum(1 for _ in read_rows(source, bucket_name, bucket_key, fallback))
     bar = tqdm(total=total, disable=not progress, unit="ev", desc=source.name)
     pending: list[Row] = []
 
@@ -187,7 +189,7 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for row in read_rows(source, bucket_name, bucket_key):
+            for row in read_rows(source, bucket_name, bucket_key, fallback):
                 if not isinstance(row, Row):
                     summary.bad_rows.append(row)
                     continue

@@ -13,7 +13,7 @@ import warnings
 import weakref
 from collections import deque
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _config
 from ._config import Settings, check_bucket, derive_bucket_key
@@ -31,6 +31,9 @@ from ._sender import Bucket, Clock, Marker, Sender
 from ._spool import MemoryStore, SqliteSpool, Store
 from ._stats import State, Stats
 from ._transport import CsvTransport, HttpTransport, Transport
+
+if TYPE_CHECKING:
+    from ._offline import UploadSummary
 
 logger = logging.getLogger("isstreamer_jupyter")
 logger.addHandler(logging.NullHandler())  # a library shows nothing unless the app asks
@@ -305,6 +308,20 @@ class Streamer:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def upload(self, path: str | os.PathLike[str], bucket_name: str = "", bucket_key: str = "",
+               progress: bool = True, timeout: float = 600.0) -> UploadSummary:
+        """Upload an offline recording (ours or ISStreamer's CSV) with this streamer's access
+        key and API, keeping the original timestamps, within the rate limits. Rows go to the
+        given bucket, else to the buckets the file names, else to this streamer's bucket.
+        Interrupted and run again, it sends nothing twice. Returns a summary."""
+        from ._offline import upload
+
+        s = self.settings
+        return upload(path, bucket_name=bucket_name, bucket_key=bucket_key,
+                      fallback=(self.BucketName, self.BucketKey), progress=progress,
+                      timeout=timeout, access_key=s.access_key, api_base=s.api_base,
+                      batch_size=s.batch_size, max_requests_per_second=s.max_requests_per_second)
+
     # ---------------------------------------------------------------- buckets
     def set_bucket(self, bucket_name: str = "", bucket_key: str = "", retries: int = 3) -> None:
         """Send the next events to another bucket (created if needed); the old bucket's queued
@@ -331,8 +348,7 @@ class Streamer:
         common: dict[str, Any] = {
             "bucket_name": self._bucket.name, "bucket_key": self._bucket.key,
             "buckets": tuple((b.name, b.key) for b in self._buckets),
-            "logged": self._sender.drained + sum(1 for i in list(self._queue)
-                                                 if type(i) is tuple),
+            "logged": self._sender.drained + len(self._queue),  # (a flush marker may count)
             "recovered": self.recovered, "debug_level": self.DebugLevel,
             "offline_file": str(getattr(self._sender.transport, "path", "")),
             "spool_path": self._sender.store.path,

@@ -137,3 +137,16 @@ def test_demo_is_the_main_job_and_needs_no_account(env):
     rows = [r for r in (env / "build/demo_recording.csv").read_text().splitlines()
             if not r.startswith("#")]
     assert len(rows) == 16
+
+
+def test_streamer_upload_uses_its_key_and_bucket(env, make_receiver):
+    rx = make_receiver()
+    recording = write(env / "plain.csv", "1795000000,a,1\n1795000001,b,2\n")
+    s = Streamer(bucket_name="Target", access_key=KEY, api_base=rx.api_base,
+                 max_requests_per_second=0, spool=False)
+    summary = s.upload(recording, progress=False)
+    assert summary.ok and summary.sent == 2
+    assert [e["value"] for e in rx.events(s.BucketKey)] == [1, 2]
+    assert s.upload(recording, progress=False).already_sent == 2  # nothing twice
+    assert len(rx.events()) == 2
+    s.close()
