@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import enum
-import json
 import math
 import numbers
 import time
@@ -180,9 +179,6 @@ def _parse_epoch_text(key: str, text: str) -> float:
         return -math.inf  # refused below as too old
 
 
-_encode_str = json.encoder.encode_basestring  # the C encoder, ensure_ascii=False
-
-
 def iter_items(obj: Any) -> Iterator[tuple[Any, Any]]:
     """(name, value) pairs of a container or object, for ``log_object``."""
     kind = type(obj)
@@ -207,21 +203,3 @@ def iter_items(obj: Any) -> Iterator[tuple[Any, Any]]:
         for name in dir(obj):
             if isinstance(getattr(kind, name, None), property):
                 yield name, getattr(obj, name)
-
-
-def fragment(key: str, value: Value, epoch: float) -> str:
-    """One event as the JSON text the events API takes; batches are these joined by commas.
-
-    Written by hand for speed (the sender runs this for every event); equal to
-    ``json.dumps({"key": key, "value": value, "epoch": epoch}, ensure_ascii=False)`` minus
-    the spaces.
-    """
-    if value is True:
-        text = "true"
-    elif value is False:
-        text = "false"
-    elif type(value) is str:
-        text = _encode_str(value)
-    else:
-        text = repr(value)
-    return f'{{"key":{_encode_str(key)},"value":{text},"epoch":{epoch!r}}}'

@@ -31,8 +31,17 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic import (
+    Magics,
+    cell_magic,
+    line_magic,
+    magics_class,
+    needs_local_scope,
+    no_var_expand,
+    output_can_be_silenced,
+)
 from IPython.core.magic_arguments import argument, magic_arguments
+from IPython.utils.text import DollarFormatter
 from traitlets import Bool, Float, Int, TraitError, Unicode, observe, validate
 from traitlets.config import Configurable
 
@@ -47,8 +56,6 @@ __all__ = ["IsStreamMagics", "load", "parse_value", "split_line", "unload"]
 #: the settings ``%config IsStreamMagics.<name>`` sets (all but the access key, on purpose)
 SETTING_TRAITS = ("bucket_name", "bucket_key", "debug_level", "batch_size", "flush_interval",
                   "offline", "api_base", "max_requests_per_second", "spool", "spool_dir")
-#: of those, the ones a live streamer takes at once; the others need a new streamer
-LIVE_TRAITS = frozenset({"bucket_name", "bucket_key", "debug_level", "batch_size"})
 #: the key ``--time`` logs the cell's duration under (after ``--prefix``), in seconds
 CELL_SECONDS = "cell_seconds"
 NOTE = "isstream:"
@@ -135,11 +142,13 @@ def _unquote(word: str) -> str:
     return word
 
 
-def parse_value(text: str, namespace: dict[str, Any] | None = None) -> Any:
+def parse_value(text: str, namespace: dict[str, Any] | None = None,
+                local_ns: dict[str, Any] | None = None) -> Any:
     """Read a value as the magics do, trying in order:
 
     1. a Python literal (``32``, ``0.41``, ``True``, ``"32"``, ``'warming up'``);
-    2. else a Python expression evaluated in `namespace` (the user's: ``x``, ``np.mean(a)``);
+    2. else a Python expression evaluated in `namespace` (the user's: ``x``, ``np.mean(a)``),
+       with `local_ns` as its locals (those of a function that runs the magic);
     3. else, when the text is not valid Python or names something undefined, the bare text
        (``warming``, ``v1.2.3``).
 
@@ -153,7 +162,7 @@ def parse_value(text: str, namespace: dict[str, Any] | None = None) -> Any:
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         pass
     try:
-        return eval(text, namespace if namespace is not None else {})
+        return eval(text, namespace if namespace is not None else {}, local_ns)
     except (SyntaxError, NameError):
         return text
     except Exception as exc:
@@ -359,13 +368,14 @@ class IsStreamMagics(Magics, Configurable):
             print(f"{NOTE} closed the session streamer{left}")
 
     # ------------------------------------------------------------------ logging
-    def _read(self, pairs: Iterable[tuple[str, str]], prefix: str = "") -> list[tuple[str, Any]]:
+    def _read(self, pairs: Iterable[tuple[str, str]], prefix: str = "",
+              local_ns: dict[str, Any] | None = None) -> list[tuple[str, Any]]:
         """Checked (key, value) events from (key, value text) pairs; refusals are UsageErrors
         with the core's message."""
         namespace = self.shell.user_ns
         events = []
         for key, text in pairs:
-            value = parse_value(text, namespace)
+            value = parse_value(text, namespace, local_ns)
             events.append(_checked(prefix + key, value))
         return events
 
@@ -414,7 +424,9 @@ class IsStreamMagics(Magics, Configurable):
               help="make your Streamer NAME the session streamer (it stays yours: unloading "
                    "the extension does not close it)")
     @line_magic
-    def isstream(self, line: str = "") -> None:
+    @no_var_expand  # expanded below, only when the line has something to expand
+    @needs_local_scope
+    def isstream(self, line: str = "", local_ns: dict[str, Any] | None = None) -> None:
         """Stream values to Initial State from one line.
 
         ``%isstream temp 32`` logs one value; ``%isstream temp=32 status="warming up"`` logs
@@ -427,15 +439,17 @@ class IsStreamMagics(Magics, Configurable):
         widgets cannot show). Options combine: ``--bucket`` applies before the values are
         logged, ``--flush``/``--close`` and ``--status`` after.
         """
+        if "$" in line or "{" in line or "}" in line:
+            line = _expand(line, self.shell.user_ns, local_ns)
         words = split_line(line)
         if not words:
             self._show_panel()
             return
-        if any(word[0] == "-" for word in words):
-            args = _parse(self.isstream.parser, words, "%isstream")
-        else:  # the common case, no options: argparse would cost more than all the rest
-            args = _no_options(self.isstream.parser)
-            args.items = words
+        if all(word[0] != "-" for word in words):  # the common case: values, no options
+            events = self._read(_pairs(words), "", local_ns)
+            self._log(events, time.time() if len(events) > 1 else None)  # one line, one time
+            return
+        args = _parse(self.isstream.parser, words, "%isstream")
         if args.bucket_key is not None and args.bucket is None:
             raise UsageError("--bucket-key goes with --bucket NAME: "
                              "%isstream --bucket NAME --bucket-key KEY")
@@ -443,7 +457,7 @@ class IsStreamMagics(Magics, Configurable):
             raise UsageError("--timeout goes with --flush or --close")
         if args.timeout is not None and not args.timeout >= 0:
             raise UsageError(f"--timeout {args.timeout:g}: give seconds, 0 or more")
-        events = self._read(_pairs(args.items))
+        events = self._read(_pairs(args.items), "", local_ns)
         epoch = time.time() if len(events) > 1 else None  # one line, one time
         if args.epoch is not None:
             if not events:
@@ -453,7 +467,7 @@ class IsStreamMagics(Magics, Configurable):
             except IsStreamerError as exc:
                 raise UsageError(str(exc)) from None
         if args.use is not None:
-            self._use(_unquote(args.use))
+            self._use(_unquote(args.use), local_ns)
         if args.debug is not None:
             self._set_trait("debug_level", args.debug, "--debug")
         if args.offline:
@@ -491,8 +505,8 @@ class IsStreamMagics(Magics, Configurable):
         stats = self.streamer.stats()
         print(f"{NOTE} streaming to bucket {stats.bucket_name!r} (key {stats.bucket_key})")
 
-    def _use(self, name: str) -> None:
-        namespace = self.shell.user_ns
+    def _use(self, name: str, local_ns: dict[str, Any] | None) -> None:
+        namespace = {**self.shell.user_ns, **(local_ns or {})}
         if not name.isidentifier() or name not in namespace:
             raise UsageError(f"--use {name}: there is no variable {name!r}; make one first: "
                              f"{name} = Streamer(...)")
@@ -553,6 +567,7 @@ class IsStreamMagics(Magics, Configurable):
               help="do not run the body: read it as data, one `KEY VALUE` (or KEY=VALUE ...) "
                    "per line; blank lines and # comments are skipped")
     @cell_magic("isstream")
+    @output_can_be_silenced  # a last expression ending in ";" is not displayed, as usual
     def isstream_cell(self, line: str, cell: str) -> Any:
         """Run the cell as a normal cell, then stream its results.
 
@@ -707,12 +722,20 @@ def _parse(parser: Any, words: list[str], magic: str) -> argparse.Namespace:
     return args
 
 
-def _no_options(parser: Any) -> argparse.Namespace:
-    """What parsing no options at all gives (computed once, copied per call)."""
-    defaults = getattr(parser, "isstream_defaults", None)
-    if defaults is None:
-        defaults = parser.isstream_defaults = vars(parser.parse_args([]))
-    return argparse.Namespace(**defaults)
+_DOLLAR = DollarFormatter()
+
+
+def _expand(line: str, user_ns: dict[str, Any], local_ns: dict[str, Any] | None) -> str:
+    """IPython's ``$var`` and ``{expr}`` expansion, as ``run_line_magic`` does it. Done here
+    rather than by IPython only because on a line with nothing to expand it would cost more
+    than all the rest of ``%isstream temp 32``."""
+    namespace = user_ns.copy()
+    if local_ns:
+        namespace.update(local_ns)
+    try:
+        return _DOLLAR.vformat(line, args=[], kwargs=namespace)
+    except Exception:  # as IPython: a line that does not format stays as it is
+        return line
 
 
 def _close(streamer: Streamer, timeout: float) -> str:

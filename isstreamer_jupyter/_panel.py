@@ -344,7 +344,7 @@ class Panel:
         self.switch_button = w.Button(description="Switch", icon="exchange",
                                       tooltip="send the next events to this bucket",
                                       layout=w.Layout(width="auto"))
-        self.bucket_menu = w.Dropdown(description="Used", layout=w.Layout(width="300px"))
+        self.bucket_menu = w.Dropdown(description="Used", layout=w.Layout(width="auto"))
         self.flush_button = w.Button(description="Flush", icon="paper-plane",
                                      tooltip="wait until everything logged is delivered",
                                      layout=w.Layout(width="auto"))

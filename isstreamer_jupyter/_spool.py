@@ -1,54 +1,74 @@
 """Stores of accepted events until the service acknowledges them.
 
 ``SqliteSpool`` keeps them on disk (SQLite in WAL mode), so a killed kernel loses nothing;
-``MemoryStore`` is the ``spool=False`` variant. Both hand out batches of one bucket's oldest
-events (``take``), then forget them on ``ack`` or hand them out again after ``release``.
+``MemoryStore`` is the ``spool=False`` variant. Both hold *segments*: runs of consecutive
+events of one bucket, as the sender drained them from the queue (one SQLite row per segment,
+its events JSON-encoded by the C encoder: this is what keeps the spool's cost per event far
+below a microsecond). ``take`` leases the next events of the oldest segment; ``ack`` forgets
+them, ``release`` hands them out again.
 
 Rows are keyed by a namespace: a one-way fingerprint of the API base and the access key. The
-key itself is never written. Several processes may share one spool file: a batch is leased to
-one sender while its request is under way, so no two processes send the same row.
+key itself is never written. Several processes may share one spool file: a segment is leased
+to one sender while its request is under way, one bucket has one batch in flight at a time
+(so each bucket's order holds), and a killed process's lease is freed once it is gone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import sqlite3
 import threading
 import time
-from collections import deque
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ._errors import SpoolError
 
 SCHEMA_VERSION = 1
 SPOOL_FILE = "spool.sqlite3"
+#: events per segment at most: a take decodes one segment
+SEGMENT_EVENTS = 2000
 
-Row = tuple[str, str, str]  # bucket key, bucket name, event JSON fragment
+Event = tuple[str, Any, float]  # key, value, epoch
+
+
+@dataclass
+class Segment:
+    """Consecutive events of one bucket."""
+
+    bucket_key: str
+    bucket_name: str
+    events: list[Event] = field(repr=False)
 
 
 @dataclass
 class Batch:
+    """Events leased for one request: `events[...]` are segment `segment_id`'s from `start`."""
+
     bucket_key: str
     bucket_name: str
-    ids: list[int]
-    fragments: list[str] = field(repr=False)
+    segment_id: int
+    start: int
+    events: list[Event] = field(repr=False)
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.events)
 
 
 class Store(Protocol):
     path: str  # "" for memory
 
-    def put(self, rows: Sequence[Row]) -> int:
-        """Add rows in order; returns how many old rows were dropped to stay within bounds."""
+    def put(self, segments: Sequence[Segment]) -> int:
+        """Add segments in order; returns how many old events were dropped to stay bounded."""
 
-    def take(self, limit: int, max_bytes: int, skip: Collection[str] = ()) -> Batch | None:
-        """Lease the oldest events of the bucket whose oldest event is oldest (not in `skip`)."""
+    def take(self, limit: int, skip: Collection[str] = ()) -> Batch | None:
+        """Lease up to `limit` next events of the oldest segment whose bucket is not in `skip`
+        and has no batch in flight."""
 
     def ack(self, batch: Batch) -> None: ...
 
@@ -58,11 +78,11 @@ class Store(Protocol):
         """Events of this namespace held, in flight or not."""
 
     def last_id(self) -> int:
-        """The highest id held: a flush waits for every row up to it."""
+        """The highest segment id held: a flush waits for every segment up to it."""
 
     def has_pending_upto(self, upto: int, skip: Collection[str] = ()) -> bool:
-        """Whether any row of this namespace with id <= upto is still held (outside `skip`):
-        rows recovered from earlier processes count, so a flush after recovery waits for them."""
+        """Whether any segment of this namespace with id <= upto is still held (outside
+        `skip`): events recovered from earlier processes count, so a flush waits for them."""
 
     def mark_denied(self) -> None:
         """The service refused this namespace's access key: let a fixed key adopt the rows."""
@@ -70,18 +90,13 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
-
-
-def encoded_size(body: str) -> int:
-    return len(body) if body.isascii() else len(body.encode())
+def split(segment: Segment) -> list[Segment]:
+    """Cut a long run into segments of at most SEGMENT_EVENTS events."""
+    events = segment.events
+    if len(events) <= SEGMENT_EVENTS:
+        return [segment]
+    return [Segment(segment.bucket_key, segment.bucket_name, events[i:i + SEGMENT_EVENTS])
+            for i in range(0, len(events), SEGMENT_EVENTS)]
 
 
 def fingerprint(api_base: str, access_key: str) -> str:
@@ -98,68 +113,56 @@ class MemoryStore:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._buckets: dict[str, tuple[str, deque[tuple[int, str]]]] = {}
+        self._segments: dict[int, tuple[Segment, int]] = {}  # id -> (segment, done)
+        self._leased: set[int] = set()
         self._count = 0
         self._next = 1
-        self._leased: dict[int, Batch] = {}
         self._lock = threading.Lock()  # the caller may put while the sender takes
 
-    def put(self, rows: Sequence[Row]) -> int:
+    def put(self, segments: Sequence[Segment]) -> int:
         with self._lock:
-            return self._put(rows)
+            for segment in segments:
+                for part in split(segment):
+                    self._segments[self._next] = (part, 0)
+                    self._next += 1
+                    self._count += len(part.events)
+            dropped = 0
+            while self._count > self.capacity:
+                oldest = next(i for i in self._segments if i not in self._leased)
+                segment, done = self._segments[oldest]
+                cut = min(len(segment.events) - done, self._count - self.capacity)
+                self._count -= cut
+                dropped += cut
+                if done + cut == len(segment.events):
+                    del self._segments[oldest]
+                else:
+                    self._segments[oldest] = (segment, done + cut)
+            return dropped
 
-    def _put(self, rows: Sequence[Row]) -> int:
-        for bucket_key, bucket_name, body in rows:
-            entry = self._buckets.get(bucket_key)
-            if entry is None:
-                entry = self._buckets[bucket_key] = (bucket_name, deque())
-            entry[1].append((self._next, body))
-            self._next += 1
-        self._count += len(rows)
-        dropped = 0
-        while self._count > self.capacity:
-            _, rows_of = min((v for v in self._buckets.values() if v[1]), key=lambda v: v[1][0][0])
-            dropped_n = min(len(rows_of), self._count - self.capacity)
-            for _ in range(dropped_n):
-                rows_of.popleft()
-            self._count -= dropped_n
-            dropped += dropped_n
-        return dropped
-
-    def take(self, limit: int, max_bytes: int, skip: Collection[str] = ()) -> Batch | None:
+    def take(self, limit: int, skip: Collection[str] = ()) -> Batch | None:
         with self._lock:
-            return self._take(limit, max_bytes, skip)
-
-    def _take(self, limit: int, max_bytes: int, skip: Collection[str]) -> Batch | None:
-        heads = [(rows[0][0], key) for key, (_, rows) in self._buckets.items()
-                 if rows and key not in skip]
-        if not heads:
+            if self._leased:  # one batch in flight (a single sender)
+                return None
+            for seg_id, (segment, done) in self._segments.items():
+                if segment.bucket_key not in skip:
+                    self._leased.add(seg_id)
+                    return Batch(segment.bucket_key, segment.bucket_name, seg_id, done,
+                                 segment.events[done:done + limit])
             return None
-        _, key = min(heads)
-        name, rows = self._buckets[key]
-        batch = Batch(key, name, [], [])
-        size = 2
-        while rows and len(batch.ids) < limit:
-            row_id, body = rows[0]
-            size += encoded_size(body) + 1
-            if batch.ids and size > max_bytes:
-                break
-            rows.popleft()
-            batch.ids.append(row_id)
-            batch.fragments.append(body)
-        self._leased[batch.ids[0]] = batch
-        return batch
 
     def ack(self, batch: Batch) -> None:
         with self._lock:
-            self._leased.pop(batch.ids[0], None)
+            self._leased.discard(batch.segment_id)
             self._count -= len(batch)
+            segment, _ = self._segments[batch.segment_id]
+            if batch.start + len(batch) >= len(segment.events):
+                del self._segments[batch.segment_id]
+            else:
+                self._segments[batch.segment_id] = (segment, batch.start + len(batch))
 
     def release(self, batch: Batch) -> None:
         with self._lock:
-            self._leased.pop(batch.ids[0], None)
-            rows = self._buckets[batch.bucket_key][1]
-            rows.extendleft(reversed(list(zip(batch.ids, batch.fragments, strict=True))))
+            self._leased.discard(batch.segment_id)
 
     def pending(self) -> int:
         return self._count
@@ -168,10 +171,9 @@ class MemoryStore:
         return self._next - 1
 
     def has_pending_upto(self, upto: int, skip: Collection[str] = ()) -> bool:
-        if any(b.ids[0] <= upto and b.bucket_key not in skip for b in self._leased.values()):
-            return True
-        return any(rows and rows[0][0] <= upto
-                   for key, (_, rows) in self._buckets.items() if key not in skip)
+        with self._lock:
+            return any(i <= upto and s.bucket_key not in skip
+                       for i, (s, _) in self._segments.items())
 
     def mark_denied(self) -> None:
         pass  # nothing outlives this process
@@ -181,25 +183,43 @@ class MemoryStore:
 
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS events(
+CREATE TABLE IF NOT EXISTS segments(
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     ns TEXT NOT NULL,
     bucket_key TEXT NOT NULL,
     bucket_name TEXT NOT NULL,
-    body TEXT NOT NULL,
+    events TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0,
     lease REAL NOT NULL DEFAULT 0,
     holder INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS events_ns ON events(ns, id);
-CREATE INDEX IF NOT EXISTS events_leased ON events(ns, bucket_key) WHERE lease > 0;
+CREATE INDEX IF NOT EXISTS segments_ns ON segments(ns, id);
+CREATE INDEX IF NOT EXISTS segments_leased ON segments(ns, bucket_key) WHERE lease > 0;
 CREATE TABLE IF NOT EXISTS denied(ns TEXT PRIMARY KEY, api_base TEXT NOT NULL, at REAL NOT NULL);
 """
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def default_spool_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir("isstreamer_jupyter", appauthor=False))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
 
 
 class SqliteSpool:
@@ -216,10 +236,10 @@ class SqliteSpool:
         self.lease_seconds = lease_seconds
         self._lock = threading.Lock()
         self._freed_at = 0.0
+        self._cache: tuple[int, list[Event]] | None = None  # the last segment decoded
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=10, isolation_level=None,
-                                       check_same_thread=False)
+            self._db = self._connect()
             self._open(adopt_bucket)
         except sqlite3.DatabaseError as exc:
             raise SpoolError(f"the spool {self.path} cannot be used: {exc}") from None
@@ -227,6 +247,10 @@ class SqliteSpool:
             raise SpoolError(f"the spool folder {folder} cannot be used: {exc.strerror}") from None
         #: events of this namespace found at start (left by an earlier process)
         self.recovered = self.pending()
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=10, isolation_level=None,
+                               check_same_thread=False)
 
     def _open(self, adopt_bucket: str) -> None:
         db = self._db
@@ -239,50 +263,50 @@ class SqliteSpool:
                 f"another folder"
             )
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        db.execute("PRAGMA synchronous=NORMAL")  # survives a killed process, not a power cut
+        with self._transaction():
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 db.execute(statement)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            if adopt_bucket:  # rows a refused key left for this bucket go to the fixed key
+            if adopt_bucket:  # what a refused key left for this bucket goes to the fixed key
                 db.execute(
-                    "UPDATE events SET ns=? WHERE bucket_key=? AND ns IN "
+                    "UPDATE segments SET ns=? WHERE bucket_key=? AND ns IN "
                     "(SELECT ns FROM denied WHERE api_base=? AND ns != ?)",
                     (self.ns, adopt_bucket, self.api_base, self.ns))
             db.execute("DELETE FROM denied WHERE ns=?", (self.ns,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
-    def _run(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:
-        with self._lock:
-            try:
-                return self._db.execute(sql, args).fetchall()
-            except sqlite3.Error as exc:
-                raise SpoolError(f"the spool {self.path} failed: {exc}") from None
-
-    def put(self, rows: Sequence[Row]) -> int:
-        if not rows:
-            return 0
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One locked, immediate transaction; SQLite errors become SpoolError."""
         with self._lock:
             db = self._db
             try:
                 db.execute("BEGIN IMMEDIATE")
-                db.executemany(
-                    "INSERT INTO events(ns, bucket_key, bucket_name, body) VALUES (?, ?, ?, ?)",
-                    [(self.ns, k, n, b) for k, n, b in rows])
-                dropped = self._trim(db)
+                yield db
                 db.execute("COMMIT")
-            except sqlite3.Error as exc:
+            except BaseException as exc:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
-                raise SpoolError(f"the spool {self.path} failed: {exc}") from None
-        return dropped
+                if isinstance(exc, sqlite3.Error):
+                    raise SpoolError(f"the spool {self.path} failed: {exc}") from None
+                raise
+
+    def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:
+        with self._transaction() as db:
+            return db.execute(sql, args).fetchall()
+
+    def put(self, segments: Sequence[Segment]) -> int:
+        rows = [(self.ns, part.bucket_key, part.bucket_name, _encode(part.events),
+                 len(part.events)) for segment in segments for part in split(segment)]
+        if not rows:
+            return 0
+        with self._transaction() as db:
+            db.executemany("INSERT INTO segments(ns, bucket_key, bucket_name, events, count) "
+                           "VALUES (?, ?, ?, ?, ?)", rows)
+            return self._trim(db)
 
     def _trim(self, db: sqlite3.Connection) -> int:
-        """Past ``max_bytes``, drop the oldest rows (of any namespace) until under it."""
+        """Past ``max_bytes``, drop the oldest segments (of any namespace) until under it."""
         page_size = db.execute("PRAGMA page_size").fetchone()[0]
 
         def used() -> int:
@@ -292,109 +316,92 @@ class SqliteSpool:
         dropped = 0
         size = used()
         while size > self.max_bytes:
-            rows = db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-            if rows == 0:
+            oldest = db.execute("SELECT id, count - done FROM segments WHERE lease=0 "
+                                "ORDER BY id LIMIT 1").fetchone()
+            if oldest is None:
                 break
-            share = min(0.5, (size - self.max_bytes) / size)
-            cursor = db.execute("DELETE FROM events WHERE id IN "
-                                "(SELECT id FROM events ORDER BY id LIMIT ?)",
-                                (max(1, int(rows * share)),))
-            dropped += cursor.rowcount
+            db.execute("DELETE FROM segments WHERE id=?", (oldest[0],))
+            dropped += oldest[1]
             size = used()
         return dropped
 
     def _free_dead_leases(self, db: sqlite3.Connection, now: float) -> None:
-        """A process killed mid-request leaves its batch leased: free it at once if that
-        process is gone (checked at most every few seconds)."""
+        """A process killed mid-request leaves its batch leased: free it once that process
+        is gone (checked at most every few seconds)."""
         if now - self._freed_at < 5.0:
             return
         self._freed_at = now
-        holders = db.execute("SELECT DISTINCT holder FROM events WHERE ns=? AND lease>=? "
-                             "AND holder!=?", (self.ns, now, os.getpid())).fetchall()
+        holders = db.execute("SELECT DISTINCT holder FROM segments WHERE ns=? AND lease>0 "
+                             "AND holder!=?", (self.ns, os.getpid())).fetchall()
         for (pid,) in holders:
             if not _alive(pid):
-                db.execute("UPDATE events SET lease=0 WHERE ns=? AND holder=?", (self.ns, pid))
+                db.execute("UPDATE segments SET lease=0 WHERE ns=? AND holder=?", (self.ns, pid))
 
-    def take(self, limit: int, max_bytes: int, skip: Collection[str] = ()) -> Batch | None:
+    def take(self, limit: int, skip: Collection[str] = ()) -> Batch | None:
         now = time.time()
-        skip_sql = f" AND bucket_key NOT IN ({','.join('?' * len(skip))})" if skip else ""
-        with self._lock:
-            db = self._db
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                self._free_dead_leases(db, now)
-                # one batch of a bucket in flight at a time, across processes: keeps the order
-                busy = [k for (k,) in db.execute(
-                    "SELECT DISTINCT bucket_key FROM events WHERE ns=? AND lease>0 AND lease>=?",
-                    (self.ns, now))]
-                if busy:
-                    skip = {*skip, *busy}
-                    skip_sql = f" AND bucket_key NOT IN ({','.join('?' * len(skip))})"
-                head = db.execute(
-                    "SELECT bucket_key, bucket_name FROM events WHERE ns=? AND lease<?"
-                    + skip_sql + " ORDER BY id LIMIT 1", (self.ns, now, *skip)).fetchone()
-                if head is None:
-                    db.execute("COMMIT")
-                    return None
-                batch = Batch(head[0], head[1], [], [])
-                size = 2
-                for row_id, body in db.execute(
-                        "SELECT id, body FROM events WHERE ns=? AND bucket_key=? AND lease<? "
-                        "ORDER BY id LIMIT ?", (self.ns, head[0], now, limit)):
-                    size += encoded_size(body) + 1
-                    if batch.ids and size > max_bytes:
-                        break
-                    batch.ids.append(row_id)
-                    batch.fragments.append(body)
-                db.execute(
-                    f"UPDATE events SET lease=?, holder=? "
-                    f"WHERE id IN ({','.join('?' * len(batch.ids))})",
-                    (now + self.lease_seconds, os.getpid(), *batch.ids))
-                db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise SpoolError(f"the spool {self.path} failed: {exc}") from None
-        return batch
+        with self._transaction() as db:
+            self._free_dead_leases(db, now)
+            busy = {k for (k,) in db.execute(
+                "SELECT DISTINCT bucket_key FROM segments WHERE ns=? AND lease>0 AND lease>=?",
+                (self.ns, now))}
+            avoid = [*skip, *busy]
+            row = db.execute(
+                "SELECT id, bucket_key, bucket_name, done FROM segments WHERE ns=? AND lease<?"
+                f" AND bucket_key NOT IN ({_marks(len(avoid))}) ORDER BY id LIMIT 1",
+                (self.ns, now, *avoid)).fetchone()
+            if row is None:
+                return None
+            seg_id, bucket_key, bucket_name, done = row
+            if self._cache is None or self._cache[0] != seg_id:
+                text = db.execute("SELECT events FROM segments WHERE id=?", (seg_id,)).fetchone()
+                self._cache = (seg_id, [tuple(e) for e in json.loads(text[0])])
+            db.execute("UPDATE segments SET lease=?, holder=? WHERE id=?",
+                       (now + self.lease_seconds, os.getpid(), seg_id))
+        events = self._cache[1][done:done + limit]
+        return Batch(bucket_key, bucket_name, seg_id, done, events)  # type: ignore[arg-type]
 
     def ack(self, batch: Batch) -> None:
-        self._run(f"DELETE FROM events WHERE id IN ({','.join('?' * len(batch.ids))})",
-                  batch.ids)
+        with self._transaction() as db:
+            db.execute("DELETE FROM segments WHERE id=? AND count<=?",
+                       (batch.segment_id, batch.start + len(batch)))
+            db.execute("UPDATE segments SET done=?, lease=0 WHERE id=?",
+                       (batch.start + len(batch), batch.segment_id))
 
     def release(self, batch: Batch) -> None:
-        self._run(f"UPDATE events SET lease=0 WHERE id IN ({','.join('?' * len(batch.ids))})",
-                  batch.ids)
+        self._query("UPDATE segments SET lease=0 WHERE id=?", (batch.segment_id,))
 
     def pending(self) -> int:
-        return self._run("SELECT COUNT(*) FROM events WHERE ns=?", (self.ns,))[0][0]
+        return self._query("SELECT COALESCE(SUM(count - done), 0) FROM segments WHERE ns=?",
+                           (self.ns,))[0][0]
 
     def last_id(self) -> int:
-        return self._run("SELECT COALESCE(MAX(id), 0) FROM events")[0][0]
+        return self._query("SELECT COALESCE(MAX(id), 0) FROM segments")[0][0]
 
     def has_pending_upto(self, upto: int, skip: Collection[str] = ()) -> bool:
-        skip_sql = f" AND bucket_key NOT IN ({','.join('?' * len(skip))})" if skip else ""
-        return bool(self._run(
-            "SELECT 1 FROM events WHERE ns=? AND id<=?" + skip_sql + " LIMIT 1",
-            (self.ns, upto, *skip)))
+        return bool(self._query(
+            f"SELECT 1 FROM segments WHERE ns=? AND id<=? AND bucket_key NOT IN "
+            f"({_marks(len(skip))}) LIMIT 1", (self.ns, upto, *skip)))
 
     def mark_denied(self) -> None:
-        self._run("INSERT OR REPLACE INTO denied(ns, api_base, at) VALUES (?, ?, ?)",
-                  (self.ns, self.api_base, time.time()))
+        self._query("INSERT OR REPLACE INTO denied(ns, api_base, at) VALUES (?, ?, ?)",
+                    (self.ns, self.api_base, time.time()))
 
     def rekey(self, api_base: str, access_key: str) -> None:
-        """The access key was fixed: this namespace's rows belong to the new key."""
+        """The access key was fixed: this namespace's segments belong to the new key."""
         new = fingerprint(api_base, access_key)
-        self._run("UPDATE events SET ns=? WHERE ns=?", (new, self.ns))
-        self._run("DELETE FROM denied WHERE ns=?", (self.ns,))
+        with self._transaction() as db:
+            db.execute("UPDATE segments SET ns=? WHERE ns=?", (new, self.ns))
+            db.execute("DELETE FROM denied WHERE ns=?", (self.ns,))
         self.ns = new
 
     def reopen(self) -> None:
-        """After fork: a connection of our own (leases keep the parent's batches its own)."""
-        self._freed_at = 0.0
-        self._db = sqlite3.connect(self.path, timeout=10, isolation_level=None,
-                                   check_same_thread=False)
+        """After fork: a connection of our own (the parent's leases stay its own)."""
+        self._db = self._connect()
         self._lock = threading.Lock()
+        self._freed_at = 0.0
+        self._cache = None
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+

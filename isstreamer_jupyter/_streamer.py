@@ -161,7 +161,7 @@ class Streamer:
             if ((kind is float and value - value == 0.0) or kind is int or kind is bool
                     or (kind is str and len(value) <= 2000)):
                 queue = self._queue
-                queue.append((key, value, _time(), self._bucket))
+                queue.append((key, value, _time()))
                 if len(queue) >= self._spill_at:
                     self._overflow()
                 return
@@ -187,7 +187,7 @@ class Streamer:
             warnings.warn(f"key {key[:40]!r}… is {len(key)} characters: the API reference allows "
                           f"{KEY_WARN}, some accounts 250; shorter keys are safer",
                           IsStreamerWarning, stacklevel=3)
-        self._queue.append((key, value, epoch, self._bucket))
+        self._queue.append((key, value, epoch))
         if self.DebugLevel >= 1:
             when = _dt.datetime.fromtimestamp(epoch).isoformat(sep=" ", timespec="milliseconds")
             print(f"{when} {self._bucket.name}: {key} = {value!r}")
@@ -335,6 +335,7 @@ class Streamer:
         if bucket not in self._buckets:
             self._buckets.append(bucket)
         self._bucket = bucket
+        self._queue.append(bucket)  # the events logged from now on go to it
         self._say(logging.INFO, f"switched to bucket {name!r} ({key})")
         self._sender.wake.set()
 

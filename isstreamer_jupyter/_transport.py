@@ -1,7 +1,7 @@
 """Transports: one HTTP session to the events API, and the service's answers as typed outcomes.
 
-A transport takes already-serialized event fragments (see ``_events.fragment``) and answers with
-an :class:`Answer`; the sender decides what to do with it. ``HttpTransport`` is the real one,
+A transport takes a batch of ``(key, value, epoch)`` events and answers with an
+:class:`Answer`; the sender decides what to do with it. ``HttpTransport`` is the real one,
 ``CsvTransport`` records locally (offline mode), and ``isstreamer_jupyter.testing.FakeTransport``
 is for unit tests.
 """
@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import requests
 
@@ -26,6 +26,7 @@ from ._version import __version__
 
 #: the service answers 413 past this body size
 MAX_BODY = 1_000_000
+Event = tuple[str, Any, float]  # key, value, epoch
 
 
 class Outcome(enum.Enum):
@@ -64,13 +65,17 @@ class Transport(Protocol):
 
     def create_bucket(self, bucket_key: str, bucket_name: str) -> Answer: ...
 
-    def post_events(self, bucket_key: str, fragments: Sequence[str]) -> Answer: ...
+    def post_events(self, bucket_key: str, events: Sequence[Event]) -> Answer: ...
 
     def close(self) -> None: ...
 
 
-def body_of(fragments: Sequence[str]) -> bytes:
-    return ("[" + ",".join(fragments) + "]").encode()
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def body_of(events: Sequence[Event]) -> bytes:
+    """The events API's JSON body for a batch."""
+    return _encode([{"key": k, "value": v, "epoch": e} for k, v, e in events]).encode()
 
 
 def classify(status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> Answer:
@@ -157,8 +162,8 @@ class HttpTransport:
         body = json.dumps({"bucketKey": bucket_key, "bucketName": bucket_name}).encode()
         return self._post("/buckets", body, {})
 
-    def post_events(self, bucket_key: str, fragments: Sequence[str]) -> Answer:
-        body = body_of(fragments)
+    def post_events(self, bucket_key: str, events: Sequence[Event]) -> Answer:
+        body = body_of(events)
         if len(body) > self.max_body:
             return Answer(Outcome.TOO_LARGE, None, detail=f"{len(body)} bytes over the 1 MB limit")
         return self._post("/events", body, {"X-IS-BucketKey": bucket_key})
@@ -222,14 +227,13 @@ class CsvTransport:
         self._names[bucket_key] = bucket_name
         return Answer(Outcome.ACCEPTED, None)
 
-    def post_events(self, bucket_key: str, fragments: Sequence[str]) -> Answer:
-        rows = [json.loads(f) for f in fragments]
+    def post_events(self, bucket_key: str, events: Sequence[Event]) -> Answer:
         with self._lock, self.path.open("a", newline="", encoding="utf-8") as fh:
             if bucket_key != self._bucket:
                 fh.write(f"# bucket: {bucket_key} {self._names.get(bucket_key, bucket_key)}\n")
                 self._bucket = bucket_key
             writer = csv.writer(fh)
-            writer.writerows((repr(r["epoch"]), r["key"], r["value"]) for r in rows)
+            writer.writerows((repr(e), k, v) for k, v, e in events)
         return Answer(Outcome.ACCEPTED, None)
 
     def close(self) -> None:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ._sender import Clock
-from ._transport import Answer, Outcome, RateBudget, classify
+from ._transport import Answer, Outcome, RateBudget, body_of, classify
 
 __all__ = ["Answer", "FakeClock", "FakeTransport", "Outcome", "RateBudget", "answer"]
 
@@ -73,8 +73,9 @@ class FakeTransport:
             self.buckets.setdefault(bucket_key, bucket_name)
         return result
 
-    def post_events(self, bucket_key: str, fragments: Sequence[str]) -> Answer:
-        events = [dict(json.loads(f), bucket_key=bucket_key) for f in fragments]
+    def post_events(self, bucket_key: str, events: Sequence[tuple[str, Any, float]]) -> Answer:
+        sent = json.loads(body_of(events))  # exactly what would go over the wire
+        events = [dict(e, bucket_key=bucket_key) for e in sent]
         result = self._next("events", bucket_key, events)
         if result.outcome is Outcome.ACCEPTED:
             with self._lock:

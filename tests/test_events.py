@@ -17,13 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from isstreamer_jupyter import RefusedValue
-from isstreamer_jupyter._events import (
-    check_key,
-    coerce_epoch,
-    coerce_value,
-    fragment,
-    iter_items,
-)
+from isstreamer_jupyter._events import check_key, coerce_epoch, coerce_value, iter_items
+from isstreamer_jupyter._transport import body_of
 
 NOW = 1_800_000_000.0
 
@@ -115,12 +110,12 @@ json_values = st.one_of(
 )
 
 
-@given(key=st.text(min_size=1, max_size=30), value=json_values,
-       epoch=st.floats(min_value=1.5e9, max_value=4e9))
-def test_fragment_is_exactly_the_json_of_the_event(key, value, epoch):
-    parsed = json.loads(fragment(key, value, epoch))
-    assert parsed == {"key": key, "value": value, "epoch": epoch}
-    assert type(parsed["value"]) is type(value)
+@given(events=st.lists(st.tuples(st.text(min_size=1, max_size=30), json_values,
+                                 st.floats(min_value=1.5e9, max_value=4e9)), max_size=5))
+def test_body_is_exactly_the_json_of_the_events(events):
+    parsed = json.loads(body_of(events))
+    assert parsed == [{"key": k, "value": v, "epoch": e} for k, v, e in events]
+    assert [type(p["value"]) for p in parsed] == [type(v) for _, v, _ in events]
 
 
 Point = namedtuple("Point", "x y")

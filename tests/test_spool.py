@@ -142,8 +142,10 @@ def test_full_spool_drops_oldest_and_reports(make_receiver, env):
     rx.outage(3600)
     s = Streamer(**settings(rx, env / "spool", spool_max_bytes=64 * 1024))
     for i in range(5000):
-        s.log("padding", "x" * 100 + str(i))
-    time.sleep(0.5)
+        s.log("padding", "x" * 20 + str(i))
+        if i % 250 == 249:
+            time.sleep(0.08)  # let the sender write a segment
+    time.sleep(0.3)
     stats = s.stats()
     assert stats.dropped > 0
     assert 0 < stats.dropped < 5000  # the oldest only
