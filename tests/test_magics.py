@@ -1,0 +1,604 @@
+"""%isstream and %%isstream against a fresh InteractiveShell and the loopback receiver.
+
+Each test gets its own shell: ``InteractiveShell.clear_instance()`` then ``.instance()``
+(history in memory, so no history thread or file). Making it *the* singleton, rather than a
+loose ``InteractiveShell()``, matters: ``display()`` and ``capture_output`` find the shell
+through the singleton. ``globalipapp`` was not used: it keeps one shell for the whole session,
+and state (user namespace, registered magics, %config) would leak between tests. Teardown
+unloads the extension (closing the session streamer), restores ``sys`` (``__main__``...) and
+drops the shell's exit hook (a reset with a ``gc.collect()`` per shell at interpreter exit).
+
+Every streamer the magics make talks over real HTTP to the test's receiver: the environment
+gives the access key, the API base, no pacing, a short flush interval and a spool in
+``tmp_path``. Every output of every test (stdout, stderr, displayed data) is checked at
+teardown for the access key.
+"""
+
+from __future__ import annotations
+
+import atexit
+import re
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+from traitlets.config import Config
+
+import isstreamer_jupyter
+from isstreamer_jupyter import Streamer
+from isstreamer_jupyter._config import SETTINGS, derive_bucket_key
+from isstreamer_jupyter._magics import (
+    CELL_SECONDS,
+    SETTING_TRAITS,
+    IsStreamMagics,
+    assigned_names,
+    parse_value,
+    split_line,
+)
+
+SECRET = "ik_S3CRET_access_key_7f3a9c1e"
+DEFAULT_BUCKET = derive_bucket_key("isstreamer_jupyter")
+
+
+@dataclass
+class Ran:
+    """One cell's run: its result, the exception it raised (if any) and everything it
+    printed or displayed."""
+
+    result: Any
+    error: BaseException | None
+    text: str
+
+
+class Session:
+    """A fresh shell with the extension loaded, and helpers to run cells in it."""
+
+    def __init__(self, shell: InteractiveShell, receiver: Any) -> None:
+        self.shell = shell
+        self.rx = receiver
+        self.outputs: list[str] = []
+
+    @property
+    def magics(self) -> IsStreamMagics:
+        return self.shell.magics_manager.registry["IsStreamMagics"]
+
+    def run(self, source: str) -> Ran:
+        with capture_output() as cap:
+            result = self.shell.run_cell(source)
+        shown = "".join(repr(o.data) + repr(o.metadata) for o in cap.outputs)
+        text = cap.stdout + cap.stderr + shown
+        self.outputs.append(text)
+        return Ran(result.result, result.error_before_exec or result.error_in_exec, text)
+
+    def ok(self, source: str) -> Ran:
+        ran = self.run(source)
+        assert ran.error is None, f"{source!r} raised {ran.error!r}; output:\n{ran.text}"
+        return ran
+
+    def usage_error(self, source: str) -> str:
+        """Run a mistake: it must be one UsageError line, never a traceback."""
+        ran = self.run(source)
+        assert isinstance(ran.error, UsageError), f"{source!r}: {ran.error!r}\n{ran.text}"
+        assert "Traceback" not in ran.text and "UsageError: " in ran.text, ran.text
+        assert ran.text.count("\n") <= 1, f"not one line:\n{ran.text}"
+        return str(ran.error)
+
+    def flushed(self, n: int | None = None, bucket_key: str | None = None) -> list[dict]:
+        """Flush through the magic; return the receiver's events (at least `n`)."""
+        assert "delivered" in self.ok("%isstream --flush").text
+        if n is not None:
+            return self.rx.wait_for(n, bucket_key, timeout=5)
+        return self.rx.events(bucket_key)
+
+
+def typed(events: list[dict]) -> list[tuple[str, Any, type]]:
+    return [(e["key"], e["value"], type(e["value"])) for e in events]
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, receiver: Any) -> Path:
+    """No stray settings: a clean environment, an empty home and working folder."""
+    for setting in SETTINGS:
+        for name in setting.env:
+            monkeypatch.delenv(name, raising=False)
+    (tmp_path / "home").mkdir()
+    (tmp_path / "work").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.setenv("IS_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("IS_API_BASE", receiver.api_base)
+    monkeypatch.setenv("IS_MAX_RPS", "0")
+    monkeypatch.setenv("IS_FLUSH_INTERVAL", "0.02")
+    monkeypatch.setenv("IS_SPOOL_DIR", str(tmp_path / "spool"))
+    return tmp_path
+
+
+@pytest.fixture
+def session(env: Path, receiver: Any) -> Any:
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"
+    config.InteractiveShell.colors = "nocolor"  # tracebacks as plain text
+    InteractiveShell.clear_instance()
+    shell = InteractiveShell.instance(config=config)
+    s = Session(shell, receiver)
+    s.ok("%load_ext isstreamer_jupyter")
+    yield s
+    try:
+        s.run("%unload_ext isstreamer_jupyter")
+        leaks = [text for text in s.outputs if SECRET in text]
+        assert not leaks, f"the access key was shown: {leaks}"
+    finally:
+        shell.cleanup()
+        # the shell's exit hook resets its namespace with a gc.collect(): ~0.15 s a shell at
+        # interpreter exit. Nothing of it is needed here (its history is in memory).
+        atexit.unregister(shell.atexit_operations)
+        InteractiveShell.clear_instance()
+
+
+# ------------------------------------------------------------------------------ line magic
+def test_key_value(session: Session) -> None:
+    session.ok("%isstream temp 32")
+    session.ok("%isstream temp -2.5e-05")  # one leading dash: a value, not an option
+    assert typed(session.flushed(2)) == [("temp", 32, int), ("temp", -2.5e-05, float)]
+    assert session.rx.events()[0]["bucket_key"] == DEFAULT_BUCKET
+
+
+def test_key_equals_value_pairs_and_json_types(session: Session) -> None:
+    session.ok('%isstream temp=32 humidity=0.41 status="warming up" ok=True code="32"')
+    assert typed(session.flushed(5)) == [
+        ("temp", 32, int), ("humidity", 0.41, float), ("status", "warming up", str),
+        ("ok", True, bool), ("code", "32", str)]
+    epochs = {e["epoch"] for e in session.rx.events()}
+    assert len(epochs) == 1 and abs(epochs.pop() - time.time()) < 30  # one line, one time
+
+
+def test_values_are_literal_then_expression_then_bare_text(session: Session) -> None:
+    session.ok("import numpy as np\nload = 7\nf32 = np.float32(1.5)\ni64 = np.int64(3)")
+    session.ok("%isstream a=load b='load' c=warming d=load*2 e=f32 f=i64 g=np.bool_(True) "
+               "h=v1.2.3 i=(load > 3)")
+    assert typed(session.flushed(9)) == [
+        ("a", 7, int), ("b", "load", str), ("c", "warming", str), ("d", 14, int),
+        ("e", 1.5, float), ("f", 3, int), ("g", True, bool), ("h", "v1.2.3", str),
+        ("i", True, bool)]
+
+
+def test_ipython_expansion(session: Session) -> None:
+    session.ok("n = 5\nname = 'volts'")
+    session.ok("%isstream k{n} $n")
+    session.ok("%isstream {name}_x={n * 2}")
+    assert typed(session.flushed(2)) == [("k5", 5, int), ("volts_x", 10, int)]
+
+
+def test_a_function_s_locals_are_seen(session: Session) -> None:
+    session.ok("def f():\n    x = 41\n"
+               "    get_ipython().run_line_magic('isstream', 'a x+1')\n"
+               "    get_ipython().run_line_magic('isstream', 'b $x')\nf()")
+    assert typed(session.flushed(2)) == [("a", 42, int), ("b", 41, int)]
+
+
+def test_epoch(session: Session) -> None:
+    when = time.time() - 3600
+    session.ok(f"%isstream --epoch {when} temp 1")
+    session.ok('%isstream a=2 --epoch "2026-01-02T03:04:05Z"')
+    events = session.flushed(2)
+    assert events[0]["epoch"] == pytest.approx(when)
+    assert events[1]["epoch"] == pytest.approx(1767323045.0)
+    assert "more than 10 years ago" in session.usage_error("%isstream temp 1 --epoch 1000")
+    assert "goes with values" in session.usage_error("%isstream --epoch 1")
+
+
+def test_bucket_switch_derived_and_given_key(session: Session) -> None:
+    out = session.ok('%isstream --bucket "Run 7"').text
+    run7 = derive_bucket_key("Run 7")
+    assert f"'Run 7' (key {run7})" in out
+    session.ok("%isstream temp 1")
+    session.ok('%isstream --bucket "Run 8" --bucket-key run8 temp=2')
+    session.flushed(2)
+    assert session.rx.buckets == {run7: "Run 7", "run8": "Run 8"}  # no default bucket made
+    assert typed(session.rx.events(run7)) == [("temp", 1, int)]
+    assert typed(session.rx.events("run8")) == [("temp", 2, int)]
+
+
+def test_flush_with_timeout_status_and_debug(session: Session) -> None:
+    session.ok("%isstream temp 1")
+    assert "delivered (1 events sent" in session.ok("%isstream --flush --timeout 5").text
+    status = session.ok("%isstream --status").text
+    assert "online" in status and "isstreamer_jupyter" in status and "1 sent" in status
+    assert "0 queued" in status
+    session.ok("%isstream --debug 1")
+    assert session.magics.streamer.DebugLevel == 1 and session.magics.debug_level == 1
+    assert "humidity = 3" in session.ok("%isstream humidity 3").text  # the core's echo
+    session.ok("%isstream --debug 0")
+    assert session.ok("%isstream humidity 4").text == ""
+
+
+def test_status_shows_the_last_error_and_its_fix(session: Session, make_receiver: Any) -> None:
+    strict = make_receiver(access_keys=["another key"])
+    session.ok(f"%config IsStreamMagics.api_base = {strict.api_base!r}")
+    session.ok("%isstream temp 1")
+    out = session.ok("%isstream --flush --timeout 3").text
+    assert "delivered" not in out and out.count("\n") == 1
+    status = session.ok("%isstream --status").text
+    assert "stopped" in status and "fix:" in status and "access key" in status
+
+
+def test_offline_records_locally(session: Session, env: Path) -> None:
+    session.ok("%isstream temp 1 --flush")
+    session.ok("%isstream --offline")
+    assert session.magics.offline is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the core's one notice: "recording locally to ..."
+        session.ok("%isstream temp 2 --flush")
+    assert session.magics.streamer.Offline
+    assert [e["value"] for e in session.rx.events()] == [1]  # nothing sent after --offline
+    csv = (env / "work" / "isstreamer_out.csv").read_text()
+    assert "temp" in csv and "2" in csv
+
+
+def test_close_then_a_new_streamer(session: Session) -> None:
+    session.ok("%isstream temp 1")
+    first = session.magics.streamer
+    out = session.ok("%isstream --close --timeout 5").text
+    assert "closed the session streamer; everything was delivered" in out
+    assert first.IsClosed and session.magics._streamer is None
+    assert typed(session.rx.events()) == [("temp", 1, int)]
+    assert "no session streamer" in session.ok("%isstream --close").text
+    session.ok("%isstream temp 2")
+    assert session.magics.streamer is not first
+    assert [e["value"] for e in session.flushed(2)] == [1, 2]
+
+
+def test_use_my_streamer(session: Session, receiver: Any, env: Path) -> None:
+    session.ok("%isstream temp 0")  # the magics' own streamer, replaced below
+    own = session.magics.streamer
+    session.shell.user_ns["mine"] = mine = Streamer(
+        bucket_name="mine", api_base=receiver.api_base, max_requests_per_second=0,
+        spool_dir=env / "mine", flush_interval=0.02)
+    assert "now using mine (bucket 'mine')" in session.ok("%isstream --use mine").text
+    assert own.IsClosed and session.magics.streamer is mine
+    session.ok("%isstream temp 1 --flush")
+    assert typed(session.rx.events(derive_bucket_key("mine"))) == [("temp", 1, int)]
+    session.ok("%config IsStreamMagics.debug_level = 1")  # live settings apply to it too
+    assert mine.DebugLevel == 1
+    assert "keeps its own settings" in session.ok(
+        "%config IsStreamMagics.flush_interval = 0.5").text
+    session.ok("%unload_ext isstreamer_jupyter")
+    assert not mine.IsClosed  # the user's streamer stays theirs
+    mine.close()
+    session.ok("%load_ext isstreamer_jupyter")
+
+
+def test_use_mistakes(session: Session) -> None:
+    assert "no variable 'nothing'" in session.usage_error("%isstream --use nothing")
+    session.ok("x = 3")
+    assert "is a int, not an isstreamer_jupyter Streamer" in session.usage_error(
+        "%isstream --use x")
+
+
+# ------------------------------------------------------------------------------ panel
+def test_bare_and_panel_call_the_panel_show(session: Session, monkeypatch: Any) -> None:
+    from isstreamer_jupyter import _panel
+
+    shown: list[Any] = []
+    monkeypatch.setattr(_panel, "show", shown.append)
+    session.ok("%isstream")
+    session.ok("%isstream --panel")
+    assert shown == [session.magics.streamer] * 2
+
+
+def test_bare_isstream_outside_a_kernel_prints_the_text_status(session: Session) -> None:
+    out = session.ok("%isstream").text
+    assert "bucket" in out and "'isstreamer_jupyter'" in out
+
+
+def test_unload_stops_the_panels(session: Session) -> None:
+    panel = session.magics.streamer.panel()
+    assert not panel.closed
+    session.ok("%unload_ext isstreamer_jupyter")
+    assert panel.closed
+    session.ok("%load_ext isstreamer_jupyter")
+
+
+# ------------------------------------------------------------------------------ cell magic
+def test_cell_named_with_prefix_and_last_expression(session: Session) -> None:
+    ran = session.ok("%%isstream loss accuracy --prefix train_\n"
+                     "loss, accuracy = 0.25, 0.9\nextra = 3\nloss * 2\n")
+    assert ran.result == 0.5 and "0.5" in ran.text  # displayed as a normal cell's Out
+    assert session.shell.user_ns["extra"] == 3  # same namespace
+    events = session.flushed(2)
+    assert typed(events) == [("train_loss", 0.25, float), ("train_accuracy", 0.9, float)]
+    assert events[0]["epoch"] == events[1]["epoch"]  # one cell, one time
+
+
+def test_cell_last_expression_with_a_semicolon_is_not_displayed(session: Session) -> None:
+    ran = session.ok("%%isstream x\nx = 12345\nx;")
+    assert ran.result is None and "12345" not in ran.text
+    assert typed(session.flushed(1)) == [("x", 12345, int)]
+
+
+def test_cell_without_names_logs_assigned_loggable_values(session: Session) -> None:
+    ran = session.ok(
+        "%%isstream\n"
+        "import numpy as np\n"
+        "a = np.float32(1.5)\n"
+        "b, (c, *d) = 1, ('x', 2, 3)\n"
+        "e: int = 4\n"
+        "e += 1\n"
+        "f = [1, 2]\n"
+        "g = float('nan')\n"
+        "h = 'y' * 2001\n"
+        "i = j = True\n"
+        "k = np.int64(7)\n"
+        "for loop in range(3):\n    inner = loop\n"
+        "class Obj: pass\n"
+        "obj = Obj()\n"
+        "obj.attr = 5\n"
+        "def fn(): return 1\n"
+        "import datetime, decimal\n"
+        "day = datetime.date(2026, 1, 2)\n"  # the core would take these when named
+        "dec = decimal.Decimal('1.5')\n")
+    assert typed(session.flushed(7)) == [
+        ("a", 1.5, float), ("b", 1, int), ("c", "x", str), ("e", 5, int), ("i", True, bool),
+        ("j", True, bool), ("k", 7, int)]
+    notes = [line for line in ran.text.splitlines() if line.startswith("isstream:")]
+    assert len(notes) == 1 and notes[0].endswith(": d, f, g, h, obj, day, dec")
+
+
+def test_cell_named_values_follow_the_core_rules(session: Session) -> None:
+    session.ok("%%isstream day dec\nimport datetime, decimal\n"
+               "day = datetime.date(2026, 1, 2)\ndec = decimal.Decimal('1.5')\n")
+    assert typed(session.flushed(2)) == [("day", "2026-01-02", str), ("dec", 1.5, float)]
+
+
+def test_cell_time(session: Session) -> None:
+    session.ok("%%isstream --time --prefix run_\nimport time\nx = 2\ntime.sleep(0.05)\n")
+    events = session.flushed(2)
+    assert typed(events)[0] == ("run_x", 2, int)
+    key, seconds, kind = typed(events)[1]
+    assert key == f"run_{CELL_SECONDS}" and kind is float and 0.05 <= seconds < 2
+
+
+def test_cell_exception_propagates_and_logs_nothing(session: Session) -> None:
+    ran = session.run("%%isstream x\nx = 1\ny = 1 / 0\n")
+    assert isinstance(ran.error, ZeroDivisionError)
+    assert "y = 1 / 0" in ran.text  # the user's line is in the traceback
+    assert session.shell.user_ns["x"] == 1
+    assert session.flushed() == []
+
+
+def test_cell_runs_magics_inside(session: Session) -> None:
+    ran = session.ok("%%isstream\nv = 3\n%isstream w 4\nv + 1\n")
+    assert ran.result == 4
+    assert typed(session.flushed(2)) == [("w", 4, int), ("v", 3, int)]
+
+
+def test_cell_missing_and_refused_names(session: Session) -> None:
+    message = session.usage_error("%%isstream a nope lst\na = 1\nlst = [1, 2]\n")
+    assert "no variable 'nope' after the cell ran" in message
+    assert "log_object" in message and "(logged: a)" in message
+    assert session.shell.user_ns["lst"] == [1, 2]  # the cell ran
+    assert typed(session.flushed(1)) == [("a", 1, int)]
+
+
+def test_cell_bucket(session: Session) -> None:
+    session.ok('%%isstream --bucket "Cell run" x\nx = 1\n')
+    key = derive_bucket_key("Cell run")
+    assert typed(session.flushed(1, key)) == [("x", 1, int)]
+    assert session.magics.streamer.BucketName == "Cell run"  # like the line's --bucket
+
+
+def test_cell_lines(session: Session) -> None:
+    session.ok("base = 10")
+    message = session.usage_error(
+        "%%isstream --lines --prefix L_\n"
+        "# a comment\n"
+        "temp 3\n"
+        "\n"
+        'hum=0.5 s="a b"\n'
+        "bad\n"
+        "v=[1]\n"
+        "calc base+1\n")
+    assert message.startswith("--lines: 2 bad lines (the other 4 events were logged)")
+    assert "line 5: no value for 'bad'" in message and "line 6: value for key 'L_v'" in message
+    assert typed(session.flushed(4)) == [
+        ("L_temp", 3, int), ("L_hum", 0.5, float), ("L_s", "a b", str), ("L_calc", 11, int)]
+    assert "x" not in session.shell.user_ns
+
+
+def test_cell_mistakes(session: Session) -> None:
+    assert "not a variable name" in session.usage_error("%%isstream a.b\na = 1\n")
+    assert "no NAMEs" in session.usage_error("%%isstream --lines x\nx 1\n")
+    assert "unrecognized arguments: --nope" in session.usage_error("%%isstream --nope\nx=1\n")
+    assert "a" not in session.shell.user_ns and "x" not in session.shell.user_ns  # not run
+
+
+# ------------------------------------------------------------------------------ %config
+def test_config_before_first_use(session: Session) -> None:
+    for line in ("bucket_name = 'From config'", "batch_size = 3", "debug_level = 0",
+                 "flush_interval = 0.05", "spool = False"):
+        session.ok(f"%config IsStreamMagics.{line}")
+    session.ok("%isstream temp 1")
+    settings = session.magics.streamer.settings
+    assert settings.batch_size == 3 and settings.flush_interval == 0.05
+    assert settings.spool is False and settings.bucket_name == "From config"
+    assert typed(session.flushed(1, derive_bucket_key("From config"))) == [("temp", 1, int)]
+
+
+def test_config_unset_traits_leave_env_and_ini(session: Session, monkeypatch: Any,
+                                               env: Path) -> None:
+    monkeypatch.setenv("IS_BUCKET_NAME", "from env")
+    (env / "work" / "isstreamer.ini").write_text(
+        "[isstreamer.client_config]\nbatch_size = 4\n")
+    settings = session.magics.streamer.settings
+    assert settings.bucket_name == "from env" and settings.batch_size == 4
+    assert settings.flush_interval == 0.02  # IS_FLUSH_INTERVAL
+    assert all(getattr(session.magics, name) is None for name in SETTING_TRAITS)
+
+
+def test_config_on_a_live_streamer(session: Session, make_receiver: Any) -> None:
+    session.ok("%isstream temp 1 --flush")
+    first = session.magics.streamer
+    session.ok("%config IsStreamMagics.batch_size = 7")
+    session.ok("%config IsStreamMagics.bucket_name = 'Live'")
+    assert first.BufferSize == 7 and first.BucketName == "Live"
+    session.ok("%isstream temp 2 --flush")
+    assert [e["value"] for e in session.rx.events(derive_bucket_key("Live"))] == [2]
+    other = make_receiver()
+    out = session.ok(f"%config IsStreamMagics.api_base = {other.api_base!r}").text
+    assert "api_base changed: closed the session streamer" in out and first.IsClosed
+    session.ok("%isstream temp 3 --flush")
+    assert typed(other.wait_for(1)) == [("temp", 3, int)]
+    assert session.magics.streamer.BucketName == "Live"  # the %config bucket carries over
+
+
+def test_config_refuses_bad_values(session: Session, caplog: Any) -> None:
+    for line, words in (("batch_size = 0", "at least 1"), ("debug_level = -1", "at least 0"),
+                        ("api_base = 'ftp://x'", "http"), ("bucket_key = 'a:b'", "cannot be"),
+                        ("flush_interval = 0", "above 0")):
+        caplog.clear()
+        session.run(f"%config IsStreamMagics.{line}")  # %config logs the error, then goes on
+        assert f"IsStreamMagics.{line.split(' = ')[0]} = " in caplog.text, caplog.text
+        assert words in caplog.text, (line, caplog.text)
+        assert getattr(session.magics, line.split()[0]) is None
+
+
+def test_config_help_comes_from_the_settings_table(session: Session) -> None:
+    text = session.ok("%config IsStreamMagics").text
+    for name in SETTING_TRAITS:
+        doc = next(s.doc for s in SETTINGS if s.name == name)
+        assert f"IsStreamMagics.{name}=" in text
+        assert doc.split()[0] in text
+    assert "access_key" not in text and "access_key" not in IsStreamMagics.class_trait_names()
+
+
+# ------------------------------------------------------------------------------ load / unload
+def test_load_twice_registers_once(session: Session) -> None:
+    magics = session.magics
+    isstreamer_jupyter.load_ipython_extension(session.shell)
+    assert session.magics is magics
+    assert session.shell.configurables.count(magics) == 1
+
+
+def test_unload_closes_and_unregisters(session: Session) -> None:
+    session.ok("%isstream temp 1")
+    streamer = session.magics.streamer
+    session.ok("%unload_ext isstreamer_jupyter")
+    assert streamer.IsClosed
+    assert typed(session.rx.events()) == [("temp", 1, int)]  # close delivered it
+    assert "IsStreamMagics" not in session.shell.magics_manager.registry
+    assert not any(isinstance(c, IsStreamMagics) for c in session.shell.configurables)
+    ran = session.run("%isstream temp 2")
+    assert ran.error is not None and "not found" in ran.text
+    session.ok("%load_ext isstreamer_jupyter")
+    session.ok("%isstream temp 2")
+    assert [e["value"] for e in session.flushed(2)] == [1, 2]
+
+
+def test_reload_ext_keeps_config_and_replaces_the_streamer(session: Session) -> None:
+    session.ok("%config IsStreamMagics.bucket_name = 'Kept'")
+    session.ok("%isstream temp 1")
+    old_magics, old_streamer = session.magics, session.magics.streamer
+    session.ok("%reload_ext isstreamer_jupyter")
+    assert session.magics is not old_magics and old_streamer.IsClosed
+    assert session.magics.bucket_name == "Kept"
+    session.ok("%isstream temp 2 --flush")
+    assert [e["value"] for e in session.rx.events(derive_bucket_key("Kept"))] == [1, 2]
+    assert sum(isinstance(c, IsStreamMagics) for c in session.shell.configurables) == 1
+
+
+# ------------------------------------------------------------------------------ mistakes
+@pytest.mark.parametrize(("line", "words"), [
+    ("--nope", "unrecognized arguments: --nope; see %isstream? for the options"),
+    ("temp", "no value for 'temp'"),
+    ("temp=", "no value after temp="),
+    ("--debug", "expected one argument"),
+    ("--debug x", "invalid int value"),
+    ("--debug -1", "--debug -1: expected a number at least 0"),
+    ("note warming up", 'quote text with spaces (note "warming up")'),
+    ("a=1 b", "'b' is not KEY=VALUE"),
+    ('x="open', "unclosed \""),
+    ("x=f(1", "unclosed bracket"),
+    ("x 1/0", "raised ZeroDivisionError"),
+    ("x=[1,2]", "is a list; values are numbers, booleans or strings: log its items with"),
+    ("x=float('nan')", "JSON has no NaN"),
+    ("x='y'*2001", "2001 characters; the limit is 2000"),
+    ("k" * 251 + " 1", "the limit is 250: shorten it"),
+    ("--bucket x --bucket-key 'a:b'", "bucket key 'a:b' cannot be used"),
+    ("--bucket-key k", "--bucket-key goes with --bucket NAME"),
+    ("--timeout 3", "--timeout goes with --flush or --close"),
+    ("--timeout -1 --flush", "give seconds, 0 or more"),
+])
+def test_mistakes_are_one_usage_error_line(session: Session, line: str, words: str) -> None:
+    assert words in session.usage_error(f"%isstream {line}")
+
+
+def test_refusals_raise_at_any_debug_level_and_log_nothing(session: Session) -> None:
+    for level in (0, 2):
+        session.ok(f"%isstream --debug {level}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", isstreamer_jupyter.IsStreamerWarning)
+            session.usage_error("%isstream good=1 bad=[1]")
+    assert session.flushed() == []
+
+
+def test_a_bad_environment_is_a_usage_error(session: Session, monkeypatch: Any) -> None:
+    monkeypatch.setenv("IS_BATCH_SIZE", "lots")
+    message = session.usage_error("%isstream temp 1")
+    assert "batch_size = 'lots' from environment variable IS_BATCH_SIZE" in message
+
+
+# ------------------------------------------------------------------------------ the access key
+def test_no_form_shows_the_access_key(session: Session, monkeypatch: Any) -> None:
+    from isstreamer_jupyter import _panel
+
+    monkeypatch.setattr(_panel, "show", lambda s: print(repr(s), s.settings, s.AccessKey))
+    forms = ["%isstream --debug 3", "%isstream temp 32", "%isstream a=1 b='x'",
+             "%isstream --status", "%isstream", "%isstream --panel", "%isstream --flush",
+             '%isstream --bucket "K"', "%isstream x=[1]", "%isstream --nope",
+             "%%isstream --time\nq = 1\nr = [1]\n", "%%isstream --lines\nz 1\nbad\n",
+             "%config IsStreamMagics", "%config IsStreamMagics.debug_level = 1",
+             "%isstream?", "%%isstream?", "%isstream --close", "%reload_ext isstreamer_jupyter"]
+    texts = [session.run(form).text for form in forms]
+    assert any("temp = 32" in t for t in texts)  # the debug echo did print
+    assert any("********" in t for t in texts)  # the masked key did print
+    for form, text in zip(forms, texts, strict=True):
+        assert SECRET not in text, form
+
+
+# ------------------------------------------------------------------------------ helpers
+def test_split_line_keeps_quotes_and_brackets() -> None:
+    assert split_line('a=1 s="x y" f=g(1, 2) "k k"=3  # note') == [
+        "a=1", 's="x y"', "f=g(1, 2)", '"k k"=3']
+    assert split_line("temp 32") == ["temp", "32"]
+    with pytest.raises(UsageError):
+        split_line("x='open")
+
+
+def test_parse_value_order() -> None:
+    ns = {"x": 4}
+    assert parse_value("32", ns) == 32 and parse_value("0x10", ns) == 16
+    assert parse_value("'x'", ns) == "x" and parse_value("x", ns) == 4
+    assert parse_value("x + 1", ns) == 5 and parse_value("word", ns) == "word"
+    assert parse_value("007", ns) == "007"  # not a literal, not Python: text
+    with pytest.raises(UsageError, match="AttributeError"):
+        parse_value("x.nope", ns)
+
+
+def test_assigned_names_are_top_level_assignments_only() -> None:
+    import ast
+
+    tree = ast.parse("a = 1\nb, [c, *d] = x\ne: int\nf: int = 1\ng += 1\nh.i = 1\nj[0] = 1\n"
+                     "for k in x: l = 1\nwith x as m: pass\n(n := 1)\nimport o\na = 2\n")
+    assert assigned_names(tree) == ["a", "b", "c", "d", "f", "g"]
+
+
+def test_the_panel_is_imported_only_when_shown() -> None:
+    assert re.search(r"^from \._panel|^import ipywidgets", Path(
+        sys.modules["isstreamer_jupyter._magics"].__file__).read_text(), re.M) is None
