@@ -219,9 +219,9 @@ def resolve(
     if offline is None:
         offline = not values["access_key"]
         if offline:
-            reason = "no access key (set IS_ACCESS_KEY or access_key=... to stream)"
+            reason = "no access key"
     elif offline:
-        reason = f"offline is on ({sources['offline']})"
+        reason = f"offline mode is on ({sources['offline']})"
     values["offline"] = offline
     return Settings(**values, offline_reason=reason, sources=sources)
 

@@ -476,7 +476,8 @@ class Sender:
         with self.lock:
             return Stats(
                 state=common.pop("state", state), reason=common.pop("reason", reason),
-                remedy=(remedy or self.last_remedy) if state is not State.ONLINE else "",
+                remedy=common.pop("remedy", (remedy or self.last_remedy)
+                                  if state is not State.ONLINE else ""),
                 until=until, queued=len(self.queue) + max(0, self._pending - self.in_flight),
                 in_flight=self.in_flight,
                 spooled=max(0, self._pending - self.in_flight) if self.store.path else 0,

@@ -40,6 +40,9 @@ logger.addHandler(logging.NullHandler())  # a library shows nothing unless the a
 _time = time.time
 _live: weakref.WeakSet[Streamer] = weakref.WeakSet()
 RING_SIZE = 500
+OFFLINE_REMEDY = ("to stream, set IS_ACCESS_KEY (or access_key=... / isstreamer.ini); upload "
+                  "what was recorded with Streamer.upload(path) or `python -m isstreamer_jupyter "
+                  "upload FILE`")
 
 
 class Streamer:
@@ -122,8 +125,8 @@ class Streamer:
         _live.add(self)
         if settings.offline and not self._custom_transport:  # say so once, in the caller
             path = self._sender.transport.path  # type: ignore[attr-defined]
-            print(f"isstreamer_jupyter: recording locally to {path} ({settings.offline_reason})"
-                  f"; upload it later with: python -m isstreamer_jupyter upload {path}")
+            print(f"isstreamer_jupyter: {settings.offline_reason}, so recording locally to "
+                  f"{path}; upload it later with: python -m isstreamer_jupyter upload {path}")
         recovered = getattr(store, "recovered", 0)
         if recovered:
             self._say(logging.WARNING, f"resuming {recovered} events left in the spool by an "
@@ -361,6 +364,7 @@ class Streamer:
             common["state"], common["reason"] = State.STOPPED, "closed"
         elif self.settings.offline:
             common["state"], common["reason"] = State.OFFLINE, self.settings.offline_reason
+            common["remedy"] = OFFLINE_REMEDY
         return self._sender.fill(**common)
 
     def panel(self) -> Any:
