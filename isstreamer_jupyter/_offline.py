@@ -56,7 +56,8 @@ class UploadSummary:
         for key, name in self.buckets.items():
             lines.append(f"  bucket {name!r} ({key})")
         if self.bad_rows:
-            lines.append(f"  {len(self.bad_rows)} rows skipped:")
+            rows = "row" if len(self.bad_rows) == 1 else "rows"
+            lines.append(f"  {len(self.bad_rows)} {rows} skipped:")
             lines += [f"    line {n}: {why}" for n, why in self.bad_rows[:20]]
             if len(self.bad_rows) > 20:
                 lines.append(f"    … and {len(self.bad_rows) - 20} more")

@@ -13,13 +13,18 @@ How it stays live, once displayed in a kernel:
   it at most 4 times a second. That loop runs between cells and while a cell ``await``\\ s, so
   the panel moves while the kernel is idle and during ``await asyncio.sleep(...)``.
 * **While a cell is busy.** A synchronous cell (``for ...: log(); time.sleep()``) blocks that
-  loop until it ends, and callbacks scheduled on it wait with it. So one small daemon thread
-  (shared by all panels) watches each panel's loop heartbeat; when the loop has not ticked for
-  :data:`BLOCKED_AFTER` seconds it refreshes the panel itself, at the same rate and under the
-  panel's lock, until the loop ticks again. Widget updates are comm messages that ipykernel
-  sends through its IOPub thread, so they reach the browser while the cell runs. Button clicks
-  and other input from the browser still wait for the cell to end (ipykernel handles them on
-  the main thread); set :data:`LIVE_WHILE_BUSY` to False to refresh on the loop only.
+  loop until it ends, and callbacks scheduled on it wait with it: on the loop alone the panel
+  would freeze until the cell ends. So one small daemon thread (shared by all panels) watches
+  each panel's loop heartbeat; when the loop has not ticked for :data:`BLOCKED_AFTER` seconds
+  it refreshes the panel itself, at the same rate and under the panel's lock, until the loop
+  ticks again. Widget updates are comm messages that ipykernel hands to its IOPub thread, so
+  they reach the browser while the cell runs (``tests/test_panel.py`` checks this in a real
+  kernel). Set :data:`LIVE_WHILE_BUSY` to False to refresh on the loop only.
+* Input from the browser (a click, a bucket name, the debug level) is handled by the shell
+  that last sent on that widget, the kernel's main one, so during a synchronous cell it waits
+  for the cell to end (ipykernel 7 routes widget replies so; JupyterLab 4.6 sends them over a
+  subshell, which may also show the kernel "idle" while the cell still runs). The flush
+  button's wait runs in a worker thread, so a click never holds the kernel.
 * Each refresh sets only the widget values that changed (every set is a comm message) and
   reuses the HTML of signals whose values did not move; the debug log is rebuilt only while
   its section is open. See ``benchmarks/bench_panel.py``.
@@ -309,7 +314,7 @@ class Panel:
     def __init__(self, streamer: Streamer) -> None:
         if widgets is None:
             raise ImportError("the panel needs ipywidgets: pip install 'isstreamer_jupyter"
-                              "[jupyter]' (or use print(streamer) for a text status)")
+                              "[jupyter]'; without it, displaying a Streamer shows a text status")
         self.streamer = streamer
         self.closed = False
         self._lock = threading.RLock()
@@ -317,7 +322,9 @@ class Panel:
         self._handle: asyncio.TimerHandle | None = None
         self._beat = float("inf")  # monotonic time of the last loop tick; inf: not started
         self._last_refresh = 0.0
-        self._syncing = False
+        # the thread now writing widgets from a snapshot: the change observers ignore its
+        # writes, not a user's choice arriving at the same time on another thread
+        self._syncing: int | None = None
         # signal key -> [count, last_time, row head html, sparkline, count drawn, key html]
         self._rows: dict[str, list[Any]] = {}
         self._spark_turn = 0
@@ -484,7 +491,7 @@ class Panel:
             if self.closed:
                 return stats
             now = time.time()
-            self._syncing = True
+            self._syncing = threading.get_ident()
             try:
                 self._apply_flush_result(stats)
                 memo = self._memo
@@ -499,15 +506,18 @@ class Panel:
                 if memo.get("error") != error:
                     memo["error"] = error
                     self._set(self.error, _error_html(*error))
-                if memo.get("menus") != (stats.buckets, stats.bucket_key, stats.debug_level):
-                    memo["menus"] = (stats.buckets, stats.bucket_key, stats.debug_level)
+                menus = (stats.buckets, stats.bucket_key, stats.debug_level,
+                         self.bucket_menu.value, self.debug_level.value)
+                if memo.get("menus") != menus:
                     self._set_menus(stats)
+                    memo["menus"] = (stats.buckets, stats.bucket_key, stats.debug_level,
+                                     self.bucket_menu.value, self.debug_level.value)
                 self._set(self.note, self._note_html())
                 self._set(self.signals, self._signals_html(stats))
                 if self.log_section.selected_index == 0:
                     self._refresh_log()
             finally:
-                self._syncing = False
+                self._syncing = None
             self._last_refresh = time.monotonic()
             return stats
 
@@ -639,7 +649,7 @@ class Panel:
         self._switch(name, "")
 
     def _on_menu(self, change: dict[str, Any]) -> None:
-        if self._syncing or change["new"] is None:
+        if self._syncing == threading.get_ident() or change["new"] is None:
             return
         name, key = change["new"]
         if (name, key) != (self.streamer.BucketName, self.streamer.BucketKey):
@@ -718,7 +728,7 @@ class Panel:
             self.flush_button.description = "Flush"
 
     def _on_debug_level(self, change: dict[str, Any]) -> None:
-        if self._syncing or change["new"] is None:
+        if self._syncing == threading.get_ident() or change["new"] is None:
             return
         self.streamer.DebugLevel = int(change["new"])
         self._say(f"debug level {change['new']}")

@@ -23,11 +23,11 @@ from typing import Any
 
 from ._config import Settings
 from ._errors import AccessDenied, BucketRemoved, CapReached, DeliveryError, SpoolError
-from ._spool import Batch, Event, Segment, Store
+from ._spool import SEGMENT_EVENTS, Batch, Event, Segment, Store
 from ._stats import SignalStat, State, Stats
 from ._transport import Answer, Outcome, RateBudget, Transport
 
-BACKOFF_BASE = 0.5
+BACKOFF_BASE = 0.2
 BACKOFF_CAP = 60.0
 #: after a 402 the sender asks again this often, so a monthly reset lets events go out
 CAP_PROBE_INTERVAL = 600.0
@@ -221,18 +221,24 @@ class Sender:
             return self._create(Bucket(batch.bucket_name, batch.bucket_key), now)
         return self._send(batch, now)
 
-    def drain(self) -> None:
-        """Move what log() queued into the store, noting bucket switches and flush markers in
-        order. Costs well under a microsecond an event: no per-event encoding in Python."""
-        with self._drain_lock:
-            self._drain()
+    def drain(self, most: int | None = None) -> None:
+        """Move what log() queued into the store (at most `most` items), noting bucket
+        switches and flush markers in order. No per-event encoding in Python; the lock is
+        held one segment's worth at a time, so a caller spilling never waits long."""
+        left = len(self.queue) if most is None else min(most, len(self.queue))
+        while left > 0:
+            chunk = min(left, SEGMENT_EVENTS)
+            with self._drain_lock:
+                self._drain(chunk)
+            left -= chunk
+        self._check_markers()
 
-    def _drain(self) -> None:
+    def _drain(self, count: int) -> None:
         popleft = self.queue.popleft
         segments: list[Segment] = []
         events: list[Event] = []
         append = events.append
-        for _ in range(len(self.queue)):  # what is there now; more may arrive meanwhile
+        for _ in range(count):
             item = popleft()
             if type(item) is tuple:
                 append(item)
@@ -251,7 +257,6 @@ class Sender:
         if events:
             segments.append(Segment(self.queue_bucket.key, self.queue_bucket.name, events))
         self._put(segments)
-        self._check_markers()
 
     def _put(self, segments: list[Segment]) -> None:
         if not segments:
@@ -379,15 +384,16 @@ class Sender:
             self._error(f"the service refused an event: {answer.detail}", REMEDIES[outcome])
             self._check_markers()
             return 0.0
+        # say so first: whoever sees the stopped state finds the notice waiting
         if outcome is Outcome.BUCKET_REMOVED:
-            self._stopped_buckets[bucket_key] = answer
             self._error(f"bucket {bucket_key}: {answer.detail}", REMEDIES[outcome], level=40)
+            self._stopped_buckets[bucket_key] = answer
         else:  # access denied, cap reached: the whole account
-            self._halt = answer
-            self._probe_at = now + CAP_PROBE_INTERVAL
+            self._error(answer.detail, REMEDIES[outcome], level=40)
             if outcome is Outcome.ACCESS_DENIED:
                 self.store.mark_denied()
-            self._error(answer.detail, REMEDIES[outcome], level=40)
+            self._probe_at = now + CAP_PROBE_INTERVAL
+            self._halt = answer
         self._check_markers()
         return 0.0
 

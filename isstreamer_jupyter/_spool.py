@@ -48,12 +48,12 @@ class Segment:
 
 @dataclass
 class Batch:
-    """Events leased for one request: `events[...]` are segment `segment_id`'s from `start`."""
+    """Events leased for one request; `parts` say where they came from: (segment id, index of
+    its first event in the segment, how many)."""
 
     bucket_key: str
     bucket_name: str
-    segment_id: int
-    start: int
+    parts: list[tuple[int, int, int]]
     events: list[Event] = field(repr=False)
 
     def __len__(self) -> int:
@@ -67,8 +67,9 @@ class Store(Protocol):
         """Add segments in order; returns how many old events were dropped to stay bounded."""
 
     def take(self, limit: int, skip: Collection[str] = ()) -> Batch | None:
-        """Lease up to `limit` next events of the oldest segment whose bucket is not in `skip`
-        and has no batch in flight."""
+        """Lease up to `limit` next events of one bucket: the oldest segment's bucket among
+        those not in `skip` and with no batch in flight, from as many of its segments as it
+        takes."""
 
     def ack(self, batch: Batch) -> None: ...
 
@@ -143,26 +144,36 @@ class MemoryStore:
         with self._lock:
             if self._leased:  # one batch in flight (a single sender)
                 return None
+            batch: Batch | None = None
             for seg_id, (segment, done) in self._segments.items():
-                if segment.bucket_key not in skip:
-                    self._leased.add(seg_id)
-                    return Batch(segment.bucket_key, segment.bucket_name, seg_id, done,
-                                 segment.events[done:done + limit])
-            return None
+                if batch is None:
+                    if segment.bucket_key in skip:
+                        continue
+                    batch = Batch(segment.bucket_key, segment.bucket_name, [], [])
+                elif segment.bucket_key != batch.bucket_key:
+                    continue
+                events = segment.events[done:done + limit - len(batch.events)]
+                batch.parts.append((seg_id, done, len(events)))
+                batch.events.extend(events)
+                self._leased.add(seg_id)
+                if len(batch.events) >= limit:
+                    break
+            return batch
 
     def ack(self, batch: Batch) -> None:
         with self._lock:
-            self._leased.discard(batch.segment_id)
+            for seg_id, start, n in batch.parts:
+                self._leased.discard(seg_id)
+                segment, _ = self._segments[seg_id]
+                if start + n >= len(segment.events):
+                    del self._segments[seg_id]
+                else:
+                    self._segments[seg_id] = (segment, start + n)
             self._count -= len(batch)
-            segment, _ = self._segments[batch.segment_id]
-            if batch.start + len(batch) >= len(segment.events):
-                del self._segments[batch.segment_id]
-            else:
-                self._segments[batch.segment_id] = (segment, batch.start + len(batch))
 
     def release(self, batch: Batch) -> None:
         with self._lock:
-            self._leased.discard(batch.segment_id)
+            self._leased.difference_update(seg_id for seg_id, _, _ in batch.parts)
 
     def pending(self) -> int:
         return self._count
@@ -236,7 +247,7 @@ class SqliteSpool:
         self.lease_seconds = lease_seconds
         self._lock = threading.Lock()
         self._freed_at = 0.0
-        self._cache: tuple[int, list[Event]] | None = None  # the last segment decoded
+        self._cache: dict[int, list[Event]] = {}  # segments being sent, decoded
         try:
             folder.mkdir(parents=True, exist_ok=True)
             self._db = self._connect()
@@ -345,30 +356,51 @@ class SqliteSpool:
                 "SELECT DISTINCT bucket_key FROM segments WHERE ns=? AND lease>0 AND lease>=?",
                 (self.ns, now))}
             avoid = [*skip, *busy]
-            row = db.execute(
-                "SELECT id, bucket_key, bucket_name, done FROM segments WHERE ns=? AND lease<?"
+            head = db.execute(
+                "SELECT bucket_key, bucket_name FROM segments WHERE ns=? AND lease<?"
                 f" AND bucket_key NOT IN ({_marks(len(avoid))}) ORDER BY id LIMIT 1",
                 (self.ns, now, *avoid)).fetchone()
-            if row is None:
+            if head is None:
                 return None
-            seg_id, bucket_key, bucket_name, done = row
-            if self._cache is None or self._cache[0] != seg_id:
-                text = db.execute("SELECT events FROM segments WHERE id=?", (seg_id,)).fetchone()
-                self._cache = (seg_id, [tuple(e) for e in json.loads(text[0])])
-            db.execute("UPDATE segments SET lease=?, holder=? WHERE id=?",
-                       (now + self.lease_seconds, os.getpid(), seg_id))
-        events = self._cache[1][done:done + limit]
-        return Batch(bucket_key, bucket_name, seg_id, done, events)  # type: ignore[arg-type]
+            batch = Batch(head[0], head[1], [], [])
+            rows = db.execute(
+                "SELECT id, done, count FROM segments WHERE ns=? AND bucket_key=? AND lease<? "
+                "ORDER BY id", (self.ns, head[0], now))
+            for seg_id, done, count in rows:
+                events = self._decoded(db, seg_id)[done:done + limit - len(batch.events)]
+                batch.parts.append((seg_id, done, len(events)))
+                batch.events.extend(events)
+                if len(batch.events) >= limit or done + len(events) < count:
+                    break
+            ids = [seg_id for seg_id, _, _ in batch.parts]
+            db.execute(f"UPDATE segments SET lease=?, holder=? WHERE id IN ({_marks(len(ids))})",
+                       (now + self.lease_seconds, os.getpid(), *ids))
+        return batch
+
+    def _decoded(self, db: sqlite3.Connection, seg_id: int) -> list[Event]:
+        """A segment's events, decoded once while they are being sent."""
+        events = self._cache.get(seg_id)
+        if events is None:
+            text = db.execute("SELECT events FROM segments WHERE id=?", (seg_id,)).fetchone()[0]
+            events = [tuple(e) for e in json.loads(text)]  # type: ignore[misc]
+            if len(self._cache) > 64:
+                self._cache.clear()
+            self._cache[seg_id] = events
+        return events
 
     def ack(self, batch: Batch) -> None:
         with self._transaction() as db:
-            db.execute("DELETE FROM segments WHERE id=? AND count<=?",
-                       (batch.segment_id, batch.start + len(batch)))
-            db.execute("UPDATE segments SET done=?, lease=0 WHERE id=?",
-                       (batch.start + len(batch), batch.segment_id))
+            for seg_id, start, n in batch.parts:
+                if db.execute("DELETE FROM segments WHERE id=? AND count<=?",
+                              (seg_id, start + n)).rowcount:
+                    self._cache.pop(seg_id, None)
+                else:
+                    db.execute("UPDATE segments SET done=?, lease=0 WHERE id=?",
+                               (start + n, seg_id))
 
     def release(self, batch: Batch) -> None:
-        self._query("UPDATE segments SET lease=0 WHERE id=?", (batch.segment_id,))
+        ids = [seg_id for seg_id, _, _ in batch.parts]
+        self._query(f"UPDATE segments SET lease=0 WHERE id IN ({_marks(len(ids))})", ids)
 
     def pending(self) -> int:
         return self._query("SELECT COALESCE(SUM(count - done), 0) FROM segments WHERE ns=?",
@@ -399,7 +431,7 @@ class SqliteSpool:
         self._db = self._connect()
         self._lock = threading.Lock()
         self._freed_at = 0.0
-        self._cache = None
+        self._cache = {}
 
     def close(self) -> None:
         with self._lock:

@@ -28,7 +28,7 @@ from ._errors import (
 )
 from ._events import KEY_WARN, check_key, coerce_epoch, coerce_value, iter_items
 from ._sender import Bucket, Clock, Marker, Sender
-from ._spool import MemoryStore, SqliteSpool, Store
+from ._spool import SEGMENT_EVENTS, MemoryStore, SqliteSpool, Store
 from ._stats import State, Stats
 from ._transport import CsvTransport, HttpTransport, Transport
 
@@ -216,11 +216,11 @@ class Streamer:
     def _overflow(self) -> None:
         """The in-memory queue reached ``max_queue``: move it to the store now, in the caller.
 
-        A local write (one SQLite transaction, or the memory store dropping its oldest and
-        counting them), never a wait on the network; it happens only when logging outpaces
-        the sender thread.
+        One segment's worth (a few milliseconds of local work: one SQLite transaction, or the
+        memory store dropping its oldest and counting them), never a wait on the network; it
+        happens only when logging outpaces the sender thread.
         """
-        self._sender.drain()
+        self._sender.drain(most=SEGMENT_EVENTS)
 
     # ---------------------------------------------------------------- waiting
     def flush(self, timeout: float | None = None) -> bool:

@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import requests
-
 from ._version import __version__
 
 #: the service answers 413 past this body size
@@ -144,7 +142,14 @@ class HttpTransport:
         self.api_base = api_base.rstrip("/")
         self.timeout = timeout
         self.max_body = max_body
+        import requests  # here, not at import: it is most of the package's import time
+
         self._session = requests.Session()
+        # Read the environment's proxy and CA-bundle settings once, not on every request.
+        self._session.trust_env = False
+        self._session.proxies = requests.utils.get_environ_proxies(self.api_base)
+        self._session.verify = (os.environ.get("REQUESTS_CA_BUNDLE")
+                                or os.environ.get("CURL_CA_BUNDLE") or True)
         self._session.headers.update({
             "X-IS-AccessKey": access_key,
             "Content-Type": "application/json",
@@ -169,6 +174,8 @@ class HttpTransport:
         return self._post("/events", body, {"X-IS-BucketKey": bucket_key})
 
     def _post(self, path: str, body: bytes, headers: dict[str, str]) -> Answer:
+        import requests
+
         try:
             response = self._session.post(self.api_base + path, data=body, headers=headers,
                                           timeout=self.timeout)
