@@ -30,7 +30,6 @@ test: $(STAMP) chromium lint
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/run_all.py
 
 lab: $(STAMP)

@@ -74,6 +74,7 @@ class Setting:
     ini: tuple[tuple[str, str], ...] = ()
     doc: str = ""
     secret: bool = False
+    shown: str = ""  # the default as the README shows it, where repr() would not do
 
 
 def _str(raw: str) -> str:
@@ -89,9 +90,9 @@ SETTINGS: tuple[Setting, ...] = (
             ((CLIENT, "access_key"),), "Initial State access key; none means record locally",
             secret=True),
     Setting("bucket_name", _str, "", ("IS_BUCKET_NAME",), ((CLIENT, "default_bucket"),),
-            f"bucket name (empty: {DEFAULT_BUCKET_NAME!r})"),
+            "bucket name", shown=repr(DEFAULT_BUCKET_NAME)),
     Setting("bucket_key", _str, "", ("IS_BUCKET_KEY",), ((CLIENT, "bucket_key"),),
-            "bucket key (empty: derived from the bucket name, so a name always means one bucket)"),
+            "bucket key; one name always means one bucket", shown="derived from the name"),
     Setting("api_base", normalize_api_base, DEFAULT_API_BASE, ("IS_API_BASE", "IS_API_HOST"),
             ((API, "stream_api_base"), (CLIENT, "stream_api_base")), "events API base URL"),
     Setting("debug_level", _parse_number(int, 0, strict=False), 0, ("IS_DEBUG_LEVEL",),
@@ -113,19 +114,32 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("exit_timeout", _NONNEG_FLOAT, 3.0, ("IS_EXIT_TIMEOUT",),
             ((CLIENT, "exit_timeout"),), "wait at interpreter exit; the rest stays in the spool"),
     Setting("offline", parse_bool, None, ("IS_OFFLINE",), ((CLIENT, "offline_mode"),),
-            "record locally instead of sending (default: only when there is no access key)"),
+            "record locally instead of sending", shown="on when there is no access key"),
     Setting("offline_file", _str, "isstreamer_out.csv", ("IS_OFFLINE_FILE",),
             ((CLIENT, "offline_file"),), "CSV file offline recording appends to"),
     Setting("spool", parse_bool, True, ("IS_SPOOL",), ((CLIENT, "spool"),),
             "keep accepted events on disk until the service acknowledges them"),
     Setting("spool_dir", _str, "", ("IS_SPOOL_DIR",), ((CLIENT, "spool_dir"),),
-            "folder of the spool database (empty: the user data folder)"),
+            "folder of the spool database", shown="the user data folder"),
     Setting("spool_interval", _POS_FLOAT, 0.2, ("IS_SPOOL_INTERVAL",),
             ((CLIENT, "spool_interval"),), "seconds before accepted events are on disk, at most"),
     Setting("spool_max_bytes", _POS_INT, 256 * 1024 * 1024, ("IS_SPOOL_MAX_BYTES",),
-            ((CLIENT, "spool_max_bytes"),), "size bound of the spool; past it the oldest drop"),
+            ((CLIENT, "spool_max_bytes"),), "size bound of the spool; past it the oldest drop",
+            shown="256 MiB"),
 )
 BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+def settings_table() -> str:
+    """The README's settings table (a test keeps the README equal to it)."""
+    rows = ["| keyword | environment | `isstreamer.ini` | default | meaning |",
+            "| --- | --- | --- | --- | --- |"]
+    for s in SETTINGS:
+        env = ", ".join(f"`{name}`" for name in s.env)
+        ini = ", ".join(f"`[{sec.removeprefix('isstreamer.')}] {opt}`" for sec, opt in s.ini)
+        default = s.shown or ("none" if s.default == "" else f"`{s.default}`")
+        rows.append(f"| `{s.name}` | {env} | {ini} | {default} | {s.doc} |")
+    return "\n".join(rows)
 
 
 @dataclass(frozen=True)

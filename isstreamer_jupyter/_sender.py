@@ -34,6 +34,8 @@ CAP_PROBE_INTERVAL = 600.0
 #: signals tracked for the panel; more keys are counted but not tracked
 MAX_SIGNALS = 1000
 SPARK_POINTS = 60
+#: how often the sender folds the spool's write-ahead log into the database
+CHECKPOINT_INTERVAL = 1.0
 
 REMEDIES = {
     Outcome.ACCESS_DENIED: (
@@ -157,9 +159,13 @@ class Sender:
         self.thread.start()
 
     def _run(self) -> None:
+        checkpoint_at = 0.0
         while self._running:
             try:
                 delay = self.step()
+                if self.clock.monotonic() >= checkpoint_at:
+                    self.store.checkpoint()
+                    checkpoint_at = self.clock.monotonic() + CHECKPOINT_INTERVAL
             except Exception as exc:  # never die silently: report, keep the events, go on
                 self._error(f"internal error in the sender: {type(exc).__name__}: {exc}",
                             REMEDIES[Outcome.INVALID])

@@ -3,8 +3,9 @@
 ``SqliteSpool`` keeps them on disk (SQLite in WAL mode), so a killed kernel loses nothing;
 ``MemoryStore`` is the ``spool=False`` variant. Both hold *segments*: runs of consecutive
 events of one bucket, as the sender drained them from the queue (one SQLite row per segment,
-its events JSON-encoded by the C encoder: this is what keeps the spool's cost per event far
-below a microsecond). ``take`` leases the next events of the oldest segment; ``ack`` forgets
+its ``(key, value, epoch)`` tuples in one ``marshal`` blob: about 0.1 µs an event, which is what
+keeps the spool's cost far below a microsecond; a spool written by a newer marshal format is
+refused, not misread). ``take`` leases the next events of the oldest segment; ``ack`` forgets
 them, ``release`` hands them out again.
 
 Rows are keyed by a namespace: a one-way fingerprint of the API base and the access key. The
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
+import marshal
 import os
 import sqlite3
 import threading
@@ -87,6 +88,9 @@ class Store(Protocol):
 
     def mark_denied(self) -> None:
         """The service refused this namespace's access key: let a fixed key adopt the rows."""
+
+    def checkpoint(self) -> None:
+        """Housekeeping the sender does now and then, off the log() path."""
 
     def close(self) -> None: ...
 
@@ -189,6 +193,9 @@ class MemoryStore:
     def mark_denied(self) -> None:
         pass  # nothing outlives this process
 
+    def checkpoint(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -199,7 +206,7 @@ CREATE TABLE IF NOT EXISTS segments(
     ns TEXT NOT NULL,
     bucket_key TEXT NOT NULL,
     bucket_name TEXT NOT NULL,
-    events TEXT NOT NULL,
+    events BLOB NOT NULL,
     count INTEGER NOT NULL,
     done INTEGER NOT NULL DEFAULT 0,
     lease REAL NOT NULL DEFAULT 0,
@@ -208,9 +215,9 @@ CREATE TABLE IF NOT EXISTS segments(
 CREATE INDEX IF NOT EXISTS segments_ns ON segments(ns, id);
 CREATE INDEX IF NOT EXISTS segments_leased ON segments(ns, bucket_key) WHERE lease > 0;
 CREATE TABLE IF NOT EXISTS denied(ns TEXT PRIMARY KEY, api_base TEXT NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('marshal_version', {marshal});
 """
-
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def default_spool_dir() -> Path:
@@ -275,10 +282,17 @@ class SqliteSpool:
             )
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # survives a killed process, not a power cut
+        db.execute("PRAGMA wal_autocheckpoint=0")  # the sender checkpoints, never log()
         with self._transaction():
-            for statement in filter(str.strip, _SCHEMA.split(";")):
+            for statement in filter(str.strip, _SCHEMA.format(marshal=marshal.version).split(";")):
                 db.execute(statement)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            written = db.execute("SELECT value FROM meta WHERE name='marshal_version'").fetchone()
+            if written[0] > marshal.version:
+                raise SpoolError(
+                    f"the spool {self.path} was written by a newer Python (marshal format "
+                    f"{written[0]}, this one reads {marshal.version}): set spool_dir to another "
+                    f"folder, or use that Python")
             if adopt_bucket:  # what a refused key left for this bucket goes to the fixed key
                 db.execute(
                     "UPDATE segments SET ns=? WHERE bucket_key=? AND ns IN "
@@ -307,7 +321,7 @@ class SqliteSpool:
             return db.execute(sql, args).fetchall()
 
     def put(self, segments: Sequence[Segment]) -> int:
-        rows = [(self.ns, part.bucket_key, part.bucket_name, _encode(part.events),
+        rows = [(self.ns, part.bucket_key, part.bucket_name, marshal.dumps(part.events),
                  len(part.events)) for segment in segments for part in split(segment)]
         if not rows:
             return 0
@@ -381,12 +395,20 @@ class SqliteSpool:
         """A segment's events, decoded once while they are being sent."""
         events = self._cache.get(seg_id)
         if events is None:
-            text = db.execute("SELECT events FROM segments WHERE id=?", (seg_id,)).fetchone()[0]
-            events = [tuple(e) for e in json.loads(text)]  # type: ignore[misc]
+            blob = db.execute("SELECT events FROM segments WHERE id=?", (seg_id,)).fetchone()[0]
+            try:
+                events = marshal.loads(blob)
+            except (ValueError, EOFError, TypeError) as exc:
+                raise SpoolError(f"the spool {self.path} holds a damaged segment: {exc}") from None
             if len(self._cache) > 64:
                 self._cache.clear()
             self._cache[seg_id] = events
         return events
+
+    def checkpoint(self) -> None:
+        """Fold the write-ahead log into the database (the sender calls this now and then)."""
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def ack(self, batch: Batch) -> None:
         with self._transaction() as db:
