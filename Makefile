@@ -20,8 +20,15 @@ chromium:
 	  echo "installing Debian's chromium for the browser test"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null; }
 
+# The main job: the quickstart notebook on the embedded default (no account, no network).
 run: $(STAMP)
-	$(BIN)/python -m isstreamer_jupyter demo
+	mkdir -p build
+	cp notebooks/quickstart.ipynb build/quickstart.ipynb
+	cd build && IS_OFFLINE=true ../$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+	  quickstart.ipynb --log-level WARN
+	@echo "executed notebook: build/quickstart.ipynb"
+	@echo "local recording:   build/isstreamer_out.csv ($$(grep -vc '^#' build/isstreamer_out.csv) events so far)"
+	@echo "open it with: make lab"
 
 lint: $(STAMP)
 	$(BIN)/ruff check isstreamer_jupyter tests benchmarks
@@ -33,7 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/
 
 clean:
 	rm -rf $(VENV) build .pytest_cache
