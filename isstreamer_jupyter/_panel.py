@@ -690,7 +690,7 @@ class Panel:
         started = time.monotonic()
         error = ""
         try:
-            ok = bool(self.streamer.flush())
+            ok = bool(self.streamer.flush(warn=False))
         except IsStreamerError as exc:  # debug_level >= 2 raises DeliveryError
             ok, error = False, str(exc)
         except Exception as exc:

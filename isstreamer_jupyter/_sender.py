@@ -455,18 +455,18 @@ class Sender:
         self._markers = left
 
     # ---------------------------------------------------------------- reading
-    def state(self) -> tuple[State, str, str, float | None]:
-        """(state, reason, remedy, until) as of now."""
+    def state(self) -> tuple[State, str, str, float | None, str]:
+        """(state, reason, remedy, until, stop code) as of now."""
         now = self.clock.monotonic()
         halt = self._halt or self._stopped_buckets.get(self.current_bucket().key)
         if halt is not None:
-            return State.STOPPED, halt.detail, REMEDIES[halt.outcome], None
+            return State.STOPPED, halt.detail, REMEDIES[halt.outcome], None, halt.outcome.value
         if now < self._hold_until:
             until = self.clock.wall() + (self._hold_until - now)
-            return self._hold_state, self.last_error, self.last_remedy, until
+            return self._hold_state, self.last_error, self.last_remedy, until, ""
         if not self._ever_ok:
-            return State.CONNECTING, "", "", None
-        return State.ONLINE, "", "", None
+            return State.CONNECTING, "", "", None, ""
+        return State.ONLINE, "", "", None, ""
 
     def events_per_second(self) -> float:
         samples = list(self._rate_samples)
@@ -484,10 +484,11 @@ class Sender:
 
     def fill(self, **common: Any) -> Stats:
         """A snapshot; `common` carries what the streamer owns (bucket, offline, ...)."""
-        state, reason, remedy, until = self.state()
+        state, reason, remedy, until, stop = self.state()
         with self.lock:
             return Stats(
                 state=common.pop("state", state), reason=common.pop("reason", reason),
+                stop=common.pop("stop", stop),
                 remedy=common.pop("remedy", (remedy or self.last_remedy)
                                   if state is not State.ONLINE else ""),
                 until=until, queued=len(self.queue) + max(0, self._pending - self.in_flight),

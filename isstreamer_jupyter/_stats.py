@@ -25,6 +25,15 @@ class State(enum.Enum):
     STOPPED = "stopped"  # see `reason`: access key refused, cap reached, bucket deleted, closed
 
 
+#: the codes of `Stats.stop`, and what the panel's badge says for each
+STOPS = {
+    "access denied": "access key refused",
+    "cap reached": "monthly cap reached",
+    "bucket removed": "bucket deleted",
+    "closed": "closed",
+}
+
+
 @dataclass(frozen=True)
 class SignalStat:
     """One signal (event key) as the sender saw it."""
@@ -40,6 +49,7 @@ class SignalStat:
 class Stats:
     state: State
     reason: str  # plain words for STOPPED, OFFLINE, BACKING_OFF and RATE_LIMITED; else ""
+    stop: str  # why STOPPED, as a stable code: one of STOPS; else ""
     remedy: str  # what the user can do about `reason` or `last_error`
     until: float | None  # wall-clock end of a backoff or rate-limit wait
     bucket_name: str
@@ -89,22 +99,8 @@ def state_words(stats: Stats, now: float | None = None) -> str:
         return (f"rate limited · until {_clock(stats.until)} ({left})"
                 if stats.until is not None else "rate limited")
     if state is State.STOPPED:
-        reason = stats.reason.lower()
-        for words, short in _STOP_WORDS:
-            if words in reason:
-                return f"stopped · {short}"
-        return f"stopped · {stats.reason}" if stats.reason else "stopped"
+        return f"stopped · {STOPS.get(stats.stop, stats.reason or 'stopped')}"
     return state.value
-
-
-#: (words in a STOPPED reason, what the badge says)
-_STOP_WORDS = (
-    ("access key", "access key refused"),
-    ("cap", "monthly cap reached"),
-    ("deleted bucket", "bucket deleted"),
-    ("bucket_removed", "bucket deleted"),
-    ("closed", "closed"),
-)
 
 
 def status_text(stats: Stats) -> str:

@@ -223,12 +223,13 @@ class Streamer:
         self._sender.drain(most=SEGMENT_EVENTS)
 
     # ---------------------------------------------------------------- waiting
-    def flush(self, timeout: float | None = None) -> bool:
+    def flush(self, timeout: float | None = None, *, warn: bool = True) -> bool:
         """Wait until every event logged before this call is acknowledged, for at most
         `timeout` seconds (default: the ``flush_timeout`` setting). True if all were.
 
         At ``debug_level >= 2`` a failure raises a :class:`DeliveryError`; otherwise it is
-        warned about and ``False`` is returned. Unsent events stay queued either way.
+        warned about (unless ``warn=False``, for callers that show it themselves) and
+        ``False`` is returned. Unsent events stay queued either way.
         """
         if self._closed and not self._sender_alive():
             return self._sender._pending == 0 and not self._queue
@@ -253,7 +254,8 @@ class Streamer:
         self._say(logging.WARNING, str(error))
         if self.DebugLevel >= 2:
             raise error
-        warnings.warn(str(error), IsStreamerWarning, stacklevel=2)
+        if warn:
+            warnings.warn(str(error), IsStreamerWarning, stacklevel=2)
         return False
 
     def _pump(self, deadline: float, marker: Marker | None) -> None:
@@ -361,10 +363,10 @@ class Streamer:
         if not self.settings.offline:
             common["offline_file"] = ""
         if self._closed:
-            common["state"], common["reason"] = State.STOPPED, "closed"
+            common["state"], common["reason"], common["stop"] = State.STOPPED, "closed", "closed"
         elif self.settings.offline:
             common["state"], common["reason"] = State.OFFLINE, self.settings.offline_reason
-            common["remedy"] = OFFLINE_REMEDY
+            common["remedy"], common["stop"] = OFFLINE_REMEDY, ""
         return self._sender.fill(**common)
 
     def panel(self) -> Any:
@@ -453,7 +455,7 @@ class Streamer:
         """Every message goes here: redacted, into the ring and `logging`; never printed."""
         settings = getattr(self, "settings", None)
         key = settings.access_key if settings else ""
-        if key and key in message:
+        if len(key) >= 6 and key in message:  # (a toy key like "k" would mangle every word)
             message = message.replace(key, "********")
         debug = settings.debug_level if settings else 0
         if level >= (logging.DEBUG if debug >= 3 else logging.INFO if debug else logging.WARNING):

@@ -177,7 +177,6 @@ def test_two_processes_share_one_spool_without_duplicates(make_receiver, env):
         assert mine == [f"{tag}-{i}" for i in range(300)]
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX-only")
 def test_fork_child_gets_its_own_sender_and_never_resends(make_receiver, env):
     rx = make_receiver()
     s = Streamer(**settings(rx, env / "spool", flush_interval=5))
