@@ -227,15 +227,20 @@ class Sender:
             return self._create(Bucket(batch.bucket_name, batch.bucket_key), now)
         return self._send(batch, now)
 
-    def drain(self, most: int | None = None) -> None:
+    def drain(self, most: int | None = None, *, wait: bool = True) -> None:
         """Move what log() queued into the store (at most `most` items), noting bucket
         switches and flush markers in order. No per-event encoding in Python; the lock is
-        held one segment's worth at a time, so a caller spilling never waits long."""
+        held one segment's worth at a time. With ``wait=False`` (a caller spilling) it does
+        nothing while another thread is draining: that one is already on it."""
         left = len(self.queue) if most is None else min(most, len(self.queue))
         while left > 0:
-            chunk = min(left, SEGMENT_EVENTS)
-            with self._drain_lock:
+            if not self._drain_lock.acquire(blocking=wait):
+                return
+            try:
+                chunk = min(left, SEGMENT_EVENTS)
                 self._drain(chunk)
+            finally:
+                self._drain_lock.release()
             left -= chunk
         self._check_markers()
 

@@ -255,6 +255,7 @@ class SqliteSpool:
         self._lock = threading.Lock()
         self._freed_at = 0.0
         self._cache: dict[int, list[Event]] = {}  # segments being sent, decoded
+        self._checkpointer: sqlite3.Connection | None = None
         try:
             folder.mkdir(parents=True, exist_ok=True)
             self._db = self._connect()
@@ -406,9 +407,14 @@ class SqliteSpool:
         return events
 
     def checkpoint(self) -> None:
-        """Fold the write-ahead log into the database (the sender calls this now and then)."""
-        with self._lock:
-            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        """Fold the write-ahead log into the database (the sender calls this now and then),
+        on a connection of its own, so a caller spilling into the spool never waits for it."""
+        if self._checkpointer is None:
+            self._checkpointer = self._connect()
+        try:
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:
+            raise SpoolError(f"the spool {self.path} failed: {exc}") from None
 
     def ack(self, batch: Batch) -> None:
         with self._transaction() as db:
@@ -454,8 +460,11 @@ class SqliteSpool:
         self._lock = threading.Lock()
         self._freed_at = 0.0
         self._cache = {}
+        self._checkpointer = None
 
     def close(self) -> None:
         with self._lock:
+            if self._checkpointer is not None:
+                self._checkpointer.close()
             self._db.close()
 

@@ -216,11 +216,12 @@ class Streamer:
     def _overflow(self) -> None:
         """The in-memory queue reached ``max_queue``: move it to the store now, in the caller.
 
-        One segment's worth (a few milliseconds of local work: one SQLite transaction, or the
-        memory store dropping its oldest and counting them), never a wait on the network; it
-        happens only when logging outpaces the sender thread.
+        One segment's worth (a millisecond or two of local work: one SQLite transaction, or
+        the memory store dropping its oldest and counting them), never a wait on the network
+        nor on the sender (when it is draining already, this does nothing); it happens only
+        when logging outpaces the sender thread.
         """
-        self._sender.drain(most=SEGMENT_EVENTS)
+        self._sender.drain(most=SEGMENT_EVENTS, wait=False)
 
     # ---------------------------------------------------------------- waiting
     def flush(self, timeout: float | None = None, *, warn: bool = True) -> bool:
@@ -277,6 +278,8 @@ class Streamer:
         was delivered. What is left stays in the spool for the next Streamer."""
         if self._closed:
             return True
+        timeout = self.settings.flush_timeout if timeout is None else float(timeout)
+        deadline = time.monotonic() + timeout
         error: DeliveryError | None = None
         try:
             delivered = self.flush(timeout)
@@ -285,7 +288,8 @@ class Streamer:
         self._closed = True
         self._update_slow()
         _live.discard(self)
-        stopped = self._sender.stop(timeout=max(1.0, self.settings.timeout))
+        # within the caller's bound: a sender still in a request is left to end on its own
+        stopped = self._sender.stop(timeout=max(0.1, deadline - time.monotonic()))
         if not self.use_async:
             self._sender.drain()
         left = self._sender._pending + sum(1 for item in self._queue if type(item) is tuple)
