@@ -423,16 +423,7 @@ def main() -> None:
              ("rate limit", lambda: bench_rate_limit(t)),
              ("memory", lambda: bench_memory(t)),
              ("import", lambda: bench_import(t)))
-    for name, step in steps:
-        began = time.monotonic()
-        try:
-            step()
-        except Exception as exc:  # a broken step is reported, the others still run
-            t.row(f"{name}: step failed: {type(exc).__name__}: {exc}", "error", "", "", False)
-        print(f"# step {name}: {time.monotonic() - began:.1f} s", file=sys.stderr, flush=True)
-    c.report(t.render())
-    c.report(f"\n{t.failed} target(s) missed; ran in {time.monotonic() - started:.0f} s")
-    c.finish(0)
+    c.run_steps(t, steps, started)
 
 
 if __name__ == "__main__":

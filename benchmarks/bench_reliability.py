@@ -305,16 +305,7 @@ def main() -> None:
     started = time.monotonic()
     steps = (("fault mix", lambda: bench_fault_mix(t)), ("outage", lambda: bench_outage(t)),
              ("SIGKILL", lambda: bench_sigkill(t)), ("spool", lambda: bench_spool(t)))
-    for name, step in steps:
-        began = time.monotonic()
-        try:
-            step()
-        except Exception as exc:  # a broken step is reported, the others still run
-            t.row(f"{name}: step failed: {type(exc).__name__}: {exc}", "error", "", "", False)
-        print(f"# step {name}: {time.monotonic() - began:.1f} s", file=sys.stderr, flush=True)
-    c.report(t.render())
-    c.report(f"\n{t.failed} target(s) missed; ran in {time.monotonic() - started:.0f} s")
-    c.finish(0)
+    c.run_steps(t, steps, started)
 
 
 if __name__ == "__main__":

@@ -510,3 +510,18 @@ if __name__ == "__main__":
     else:
         print("usage: common.py --receiver JSON (internal)", file=sys.stderr)
         sys.exit(2)
+
+
+def run_steps(t: Any, steps: tuple[tuple[str, Any], ...], started: float) -> None:
+    """Run each (name, step) into table `t`: a broken step is reported and the others still
+    run; then print the table and how many targets were missed, and exit 0."""
+    for name, step in steps:
+        began = time.monotonic()
+        try:
+            step()
+        except Exception as exc:
+            t.row(f"{name}: step failed: {type(exc).__name__}: {exc}", "error", "", "", False)
+        print(f"# step {name}: {time.monotonic() - began:.1f} s", file=sys.stderr, flush=True)
+    report(t.render())
+    report(f"\n{t.failed} target(s) missed; ran in {time.monotonic() - started:.0f} s")
+    finish(0)
