@@ -59,13 +59,12 @@ def upload(args: argparse.Namespace) -> int:
     return 0 if summary.ok else 1
 
 
-def serve(args: argparse.Namespace) -> int:
-    from .receiver import serve_main
-
-    return serve_main(args.rest)
-
-
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:  # the receiver parses its own options
+        from .receiver import serve_main
+
+        return serve_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m isstreamer_jupyter",
                                      description=__doc__.split("\n\n")[0].strip("`"))
     commands = parser.add_subparsers(dest="command", required=True)
@@ -84,10 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, help="events per request")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=upload)
-    p = commands.add_parser("serve", help="run a loopback Initial State-compatible receiver",
-                            add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(run=serve)
+    commands.add_parser("serve", help="run a loopback Initial State-compatible receiver "
+                                      "(serve --help for its options)")
     args = parser.parse_args(argv)
     return int(args.run(args))
 

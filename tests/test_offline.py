@@ -127,18 +127,6 @@ def test_upload_without_a_key_is_a_clear_error(env):
     assert "upload needs an access key" in done.stderr
 
 
-def test_demo_is_the_main_job_and_needs_no_account(env):
-    done = subprocess.run([sys.executable, "-m", "isstreamer_jupyter", "demo", "--points", "5"],
-                          capture_output=True, text=True, timeout=60,
-                          env={k: v for k, v in os.environ.items() if not k.startswith("IS_")})
-    assert done.returncode == 0, done.stderr
-    assert "logged 16 events" in done.stdout
-    assert "recorded locally to build/demo_recording.csv" in done.stdout
-    rows = [r for r in (env / "build/demo_recording.csv").read_text().splitlines()
-            if not r.startswith("#")]
-    assert len(rows) == 16
-
-
 def test_streamer_upload_uses_its_key_and_bucket(env, make_receiver):
     rx = make_receiver()
     recording = write(env / "plain.csv", "1795000000,a,1\n1795000001,b,2\n")
