@@ -151,6 +151,9 @@ class Sender:
         self._rate_samples: deque[tuple[float, int]] = deque(maxlen=64)
         self.signals: dict[str, _Signal] = {}
         self._counts: Counter[str] = Counter()
+        self._moved: set[str] = set()  # signals changed since the last signal_stats()
+        self._signals_lock = threading.Lock()
+        self._signal_cache: dict[str, SignalStat] = {}
 
     # ---------------------------------------------------------------- the thread
     def start(self) -> None:
@@ -289,6 +292,8 @@ class Sender:
         """Per-signal counts, latest values and recent numbers for the panel, in bulk."""
         keys = [e[0] for e in events]
         self._counts.update(keys)
+        with self._signals_lock:
+            self._moved.update(keys)
         signals = self.signals
         latest = dict(zip(keys, events, strict=True))
         for key, (_, value, epoch) in latest.items():
@@ -434,6 +439,7 @@ class Sender:
         self.transport = transport
         self.lock = threading.Lock()
         self._drain_lock = threading.Lock()
+        self._signals_lock = threading.Lock()
         self.wake = threading.Event()
         self._markers = []
         self._pending = store.pending()
@@ -483,13 +489,22 @@ class Sender:
         return (n1 - n0) / max(now - t0, t1 - t0, 1e-9)
 
     def signal_stats(self) -> tuple[SignalStat, ...]:
-        counts = self._counts
-        return tuple(SignalStat(k, counts[k], s.last_value, s.last_time, tuple(s.recent))
-                     for k, s in list(self.signals.items()))
+        """Per-signal snapshots; only the signals that moved since the last call are built
+        anew (the panel asks four times a second)."""
+        with self._signals_lock:
+            moved, self._moved = self._moved, set()
+        cache, counts = self._signal_cache, self._counts
+        for key in moved:
+            sig = self.signals.get(key)
+            if sig is not None:
+                cache[key] = SignalStat(key, counts[key], sig.last_value, sig.last_time,
+                                        tuple(sig.recent))
+        return tuple(cache.values())
 
     def fill(self, **common: Any) -> Stats:
         """A snapshot; `common` carries what the streamer owns (bucket, offline, ...)."""
         state, reason, remedy, until, stop = self.state()
+        signals = self.signal_stats()
         with self.lock:
             return Stats(
                 state=common.pop("state", state), reason=common.pop("reason", reason),
@@ -504,5 +519,5 @@ class Sender:
                 dropped=self.dropped,
                 events_per_second=self.events_per_second(), budget=self.budget,
                 last_error=self.last_error, last_error_at=self.last_error_at,
-                signals=self.signal_stats(), **common)
+                signals=signals, **common)
 
