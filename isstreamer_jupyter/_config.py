@@ -10,6 +10,7 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import hashlib
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -45,7 +46,7 @@ def _parse_number(kind: type, minimum: float, strict: bool) -> Callable[[str], A
         except ValueError:
             noun = "a whole number" if kind is int else "a number"
             raise ValueError(f"expected {noun}") from None
-        if value < minimum or (strict and value == minimum) or value != value:
+        if value < minimum or (strict and value == minimum) or not math.isfinite(value):
             bound = f"above {minimum:g}" if strict else f"at least {minimum:g}"
             raise ValueError(f"expected a number {bound}")
         return value
@@ -271,7 +272,7 @@ def _check_keyword(setting: Setting, value: Any) -> Any:
         raise ConfigError(f"{setting.name}={value!r} (keyword argument): {exc}") from None
 
 
-_BUCKET_KEY_FORBIDDEN = re.compile(r"[:\"']")
+_BUCKET_KEY_OK = re.compile(r"[!#-&(-9;-~]+")  # printable ASCII but space : " '  (a header)
 
 
 def check_bucket(name: str, key: str) -> None:
@@ -280,10 +281,10 @@ def check_bucket(name: str, key: str) -> None:
         raise ConfigError(f"bucket name is {len(name)} characters; the limit is 250: shorten it")
     if len(key) > 250:
         raise ConfigError(f"bucket key is {len(key)} characters; the limit is 250: shorten it")
-    if _BUCKET_KEY_FORBIDDEN.search(key) or not key.strip():
+    if not _BUCKET_KEY_OK.fullmatch(key):
         raise ConfigError(
-            f"bucket key {key!r} cannot be used: it must be non-empty and may not contain "
-            ": \" or '; use letters, digits and underscores"
+            f"bucket key {key!r} cannot be used: it must be printable ASCII without spaces, "
+            f": \" or '; use letters, digits and underscores"
         )
 
 

@@ -48,6 +48,7 @@ def check_key(key: Any) -> str:
             )
     if not key:
         raise RefusedValue("key is empty; give the signal a name, e.g. log('temperature', 21.5)")
+    _encodable(key, "key")
     if len(key) > KEY_MAX:
         raise RefusedValue(
             f"key {_shorten(key)!r} is {len(key)} characters; the limit is {KEY_MAX}: shorten it"
@@ -109,7 +110,17 @@ def _finite(key: str, value: float) -> float:
     )
 
 
+def _encodable(text: str, what: str) -> None:
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RefusedValue(f"{what} holds a lone surrogate ({text[:20]!r}…), which UTF-8 "
+                               f"cannot carry: fix the text's decoding") from None
+
+
 def _short(key: str, value: str) -> str:
+    _encodable(value, f"value for key {_shorten(key)!r}")
     if len(value) <= VALUE_MAX:
         return value
     raise RefusedValue(

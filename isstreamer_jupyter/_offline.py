@@ -67,12 +67,15 @@ class UploadSummary:
 
 
 def parse_value(text: str) -> str | int | float | bool:
-    """CSV has no types: whole numbers, then numbers, then True/False, else the text."""
+    """CSV has no types: whole numbers, then (finite) numbers, then True/False, else the
+    text ("nan" stays the text it was logged as)."""
     for kind in (int, float):
         try:
-            return kind(text)
+            number = kind(text)
         except ValueError:
-            pass
+            continue
+        if number == number and number not in (float("inf"), float("-inf")):
+            return number
     if text in ("True", "False", "true", "false"):
         return text.lower() == "true"
     return text
@@ -87,15 +90,18 @@ def read_rows(path: Path, bucket_name: str = "", bucket_key: str = "",
     """
     current = (bucket_name, bucket_key) if bucket_name or bucket_key else fallback
     with path.open(newline="", encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
+        reader = csv.reader(fh)  # a quoted value may span lines: line_num is where it ends
+        first_line = 1
+        for cells in reader:
+            number, first_line = first_line, reader.line_num + 1
+            if not cells or not any(cells):
                 continue
-            if line.startswith("#"):
+            if cells[0].startswith("#"):
+                line = ",".join(cells)
                 parts = line[len("# bucket:"):].strip().split(" ", 1)
                 if line.startswith("# bucket:") and parts[0] and not (bucket_name or bucket_key):
                     current = (parts[1] if len(parts) > 1 else parts[0], parts[0])
                 continue
-            cells = next(csv.reader([line]))
             if len(cells) != 3:
                 yield number, f"expected 3 columns epoch,key,value; found {len(cells)}"
                 continue

@@ -23,7 +23,7 @@ from typing import Any
 
 from ._config import Settings
 from ._errors import AccessDenied, BucketRemoved, CapReached, DeliveryError, SpoolError
-from ._spool import SEGMENT_EVENTS, Batch, Event, Segment, Store
+from ._spool import SEGMENT_EVENTS, Batch, Event, MemoryStore, Segment, Store
 from ._stats import SignalStat, State, Stats
 from ._transport import Answer, Outcome, RateBudget, Transport
 
@@ -50,13 +50,16 @@ REMEDIES = {
     Outcome.RETRY: "nothing to do: events are kept and retried with backoff",
     Outcome.RATE_LIMITED: (
         "nothing to do: events are kept; lower max_requests_per_second if this repeats"),
-    Outcome.INVALID: "this is a bug in isstreamer_jupyter: please report it with the message",
+    Outcome.INVALID: ("check api_base (IS_API_BASE) and the bucket key; if they are right, "
+                      "please report this with the message"),
     Outcome.TOO_LARGE: "nothing to do: the batch is split",
 }
 STOP_ERRORS: dict[Outcome, type[DeliveryError]] = {
     Outcome.ACCESS_DENIED: AccessDenied,
     Outcome.CAP_REACHED: CapReached,
     Outcome.BUCKET_REMOVED: BucketRemoved,
+    Outcome.INVALID: DeliveryError,  # a bucket the service would not create
+    Outcome.TOO_LARGE: DeliveryError,
 }
 
 
@@ -106,7 +109,8 @@ Notify = Callable[[int, str], None]
 class Sender:
     def __init__(self, *, queue: deque[Any], store: Store, transport: Transport,
                  settings: Settings, clock: Clock, notify: Notify,
-                 current_bucket: Callable[[], Bucket]) -> None:
+                 current_bucket: Callable[[], Bucket],
+                 redact: Callable[[str], str] = str) -> None:
         #: the bucket of the events now in the queue; log() queues a Bucket to switch
         self.queue_bucket = current_bucket()
         self.queue = queue
@@ -116,6 +120,7 @@ class Sender:
         self.clock = clock
         self.notify = notify
         self.current_bucket = current_bucket
+        self.redact = redact  # what the sender keeps for display never holds the access key
         self.wake = threading.Event()
         self.lock = threading.Lock()  # guards what snapshot() reads
         self._drain_lock = threading.Lock()  # the caller drains too when the queue is full
@@ -151,6 +156,7 @@ class Sender:
         self._rate_samples: deque[tuple[float, int]] = deque(maxlen=64)
         self.signals: dict[str, _Signal] = {}
         self._counts: Counter[str] = Counter()
+        self._damaged_seen = 0
         self._moved: set[str] = set()  # signals changed since the last signal_stats()
         self._signals_lock = threading.Lock()
         self._signal_cache: dict[str, SignalStat] = {}
@@ -169,6 +175,9 @@ class Sender:
                 if self.clock.monotonic() >= checkpoint_at:
                     self.store.checkpoint()
                     checkpoint_at = self.clock.monotonic() + CHECKPOINT_INTERVAL
+            except SpoolError as exc:
+                self._leave_spool(exc)
+                delay = 0.0
             except Exception as exc:  # never die silently: report, keep the events, go on
                 self._error(f"internal error in the sender: {type(exc).__name__}: {exc}",
                             REMEDIES[Outcome.INVALID])
@@ -208,9 +217,13 @@ class Sender:
         bucket = self.current_bucket()
         if bucket.key not in self._created and bucket.key not in self._stopped_buckets:
             return pace or self._create(bucket, now)
-        if self._pending == 0:
-            self._first_pending_at = None
-            return idle
+        if self._pending <= 0:
+            # another process (or a recovered row) may share this spool: ask the store
+            with self.lock:
+                self._pending = self.store.pending()
+            if self._pending == 0:
+                self._first_pending_at = None
+                return idle
         if self._first_pending_at is None:
             self._first_pending_at = now
         age_needed = max(0.0, self.settings.flush_interval - self.settings.spool_interval)
@@ -222,6 +235,14 @@ class Sender:
             return pace
         limit = self._split_limit or self.settings.batch_size
         batch = self.store.take(limit, self._stopped_buckets)
+        damaged = getattr(self.store, "damaged", 0)
+        if damaged > self._damaged_seen:
+            with self.lock:
+                self.dropped += damaged - self._damaged_seen
+                self._pending -= damaged - self._damaged_seen
+            self._error(f"dropped {damaged - self._damaged_seen} events of a damaged spool "
+                        f"segment", "none: the rest of the spool is fine")
+            self._damaged_seen = damaged
         if batch is None:
             self._check_markers()
             return idle
@@ -235,15 +256,18 @@ class Sender:
         switches and flush markers in order. No per-event encoding in Python; the lock is
         held one segment's worth at a time. With ``wait=False`` (a caller spilling) it does
         nothing while another thread is draining: that one is already on it."""
-        left = len(self.queue) if most is None else min(most, len(self.queue))
+        left = len(self.queue) if most is None else most
         while left > 0:
             if not self._drain_lock.acquire(blocking=wait):
                 return
             try:
-                chunk = min(left, SEGMENT_EVENTS)
-                self._drain(chunk)
+                chunk = min(left, SEGMENT_EVENTS, len(self.queue))  # read under the lock
+                if chunk:
+                    self._drain(chunk)
             finally:
                 self._drain_lock.release()
+            if not chunk:
+                break
             left -= chunk
         self._check_markers()
 
@@ -275,7 +299,11 @@ class Sender:
     def _put(self, segments: list[Segment]) -> None:
         if not segments:
             return
-        dropped = self.store.put(segments)
+        try:
+            dropped = self.store.put(segments)
+        except SpoolError as exc:  # disk full, locked, damaged: go on in memory, lose nothing
+            self._leave_spool(exc)
+            dropped = self.store.put(segments)
         added = sum(len(s.events) for s in segments)
         with self.lock:
             self.drained += added
@@ -287,6 +315,16 @@ class Sender:
             where = "spool" if self.store.path else "memory queue"
             self._error(f"the {where} is full: dropped the {dropped} oldest events",
                         "raise max_queue / spool_max_bytes, or log less often")
+
+    def _leave_spool(self, exc: SpoolError) -> None:
+        """The spool failed: keep going with a memory store (what is on disk stays there for
+        the next streamer), and say so."""
+        self.store = MemoryStore(self.settings.max_queue)
+        with self.lock:
+            self._pending = 0
+        self._error(f"{exc}; going on without the spool (new events live in memory only)",
+                    "free disk space or set spool_dir to a writable folder, then start a new "
+                    "Streamer: what is in the spool is sent then")
 
     def _track(self, events: list[Event]) -> None:
         """Per-signal counts, latest values and recent numbers for the panel, in bulk."""
@@ -334,6 +372,7 @@ class Sender:
             self.in_flight = len(batch)
         answer = self._request(lambda: self.transport.post_events(batch.bucket_key,
                                                                   batch.events), now)
+        # (an exception in the transport is an Answer too: see _request)
         if answer.outcome is Outcome.ACCEPTED:
             self.store.ack(batch)
             with self.lock:
@@ -353,7 +392,13 @@ class Sender:
 
     def _request(self, call: Callable[[], Answer], now: float) -> Answer:
         self._last_request_at = now
-        answer = call()
+        try:
+            answer = call()
+        except (ValueError, TypeError) as exc:  # an event or header the wire cannot carry
+            answer = Answer(Outcome.INVALID, None, detail=f"cannot be sent: {exc}")
+        except Exception as exc:  # a bug: keep the events, retry with backoff, say so
+            answer = Answer(Outcome.RETRY, None,
+                            detail=f"internal error: {type(exc).__name__}: {exc}")
         with self.lock:
             self.requests += 1
             if answer.budget is not None:
@@ -386,8 +431,14 @@ class Sender:
             self._error(f"{answer.detail}; retrying in {delay:.1f} s", REMEDIES[outcome],
                         level=20 if outcome is Outcome.RATE_LIMITED else 30)
             return delay
+        if batch is None and outcome in (Outcome.TOO_LARGE, Outcome.INVALID):
+            self._error(f"creating bucket {bucket_key} failed: {answer.detail}",
+                        REMEDIES[Outcome.INVALID], level=40)
+            self._stopped_buckets[bucket_key] = answer
+            self._check_markers()
+            return 0.0
         if outcome is Outcome.TOO_LARGE or outcome is Outcome.INVALID:
-            assert batch is not None, "bucket creation is never too large"
+            assert batch is not None
             if len(batch) > 1:  # split: find the part the service takes
                 self.store.release(batch)
                 self._split_limit = max(1, len(batch) // 2)
@@ -419,6 +470,7 @@ class Sender:
         return self.random.uniform(0.1 * ceiling, ceiling)
 
     def _error(self, message: str, remedy: str, level: int = 40) -> None:
+        message = self.redact(message)
         with self.lock:
             self.last_error = message
             self.last_error_at = self.clock.wall()
@@ -426,6 +478,10 @@ class Sender:
         self.notify(level, f"{message}. Fix: {remedy}" if remedy else message)
 
     # ---------------------------------------------------------------- control
+    def blocked(self) -> bool:
+        """Whether delivery is stopped for the whole account (access key, cap)."""
+        return self._halt is not None
+
     def resume(self) -> None:
         """Try again after the user fixed what stopped delivery (a new key, a new bucket)."""
         self._halt = None
@@ -499,7 +555,7 @@ class Sender:
             if sig is not None:
                 cache[key] = SignalStat(key, counts[key], sig.last_value, sig.last_time,
                                         tuple(sig.recent))
-        return tuple(cache.values())
+        return tuple(cache[key] for key in list(self.signals) if key in cache)  # first-seen order
 
     def fill(self, **common: Any) -> Stats:
         """A snapshot; `common` carries what the streamer owns (bucket, offline, ...)."""

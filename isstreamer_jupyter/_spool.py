@@ -256,6 +256,8 @@ class SqliteSpool:
         self._freed_at = 0.0
         self._cache: dict[int, list[Event]] = {}  # segments being sent, decoded
         self._checkpointer: sqlite3.Connection | None = None
+        #: events lost to damaged segments (unreadable rows are removed, not retried forever)
+        self.damaged = 0
         try:
             folder.mkdir(parents=True, exist_ok=True)
             self._db = self._connect()
@@ -332,7 +334,8 @@ class SqliteSpool:
             return self._trim(db)
 
     def _trim(self, db: sqlite3.Connection) -> int:
-        """Past ``max_bytes``, drop the oldest segments (of any namespace) until under it."""
+        """Past ``max_bytes``, drop this namespace's oldest segments until under it (another
+        account's events are never dropped here)."""
         page_size = db.execute("PRAGMA page_size").fetchone()[0]
 
         def used() -> int:
@@ -342,8 +345,8 @@ class SqliteSpool:
         dropped = 0
         size = used()
         while size > self.max_bytes:
-            oldest = db.execute("SELECT id, count - done FROM segments WHERE lease=0 "
-                                "ORDER BY id LIMIT 1").fetchone()
+            oldest = db.execute("SELECT id, count - done FROM segments WHERE ns=? AND lease=0 "
+                                "ORDER BY id LIMIT 1", (self.ns,)).fetchone()
             if oldest is None:
                 break
             db.execute("DELETE FROM segments WHERE id=?", (oldest[0],))
@@ -381,26 +384,36 @@ class SqliteSpool:
             rows = db.execute(
                 "SELECT id, done, count FROM segments WHERE ns=? AND bucket_key=? AND lease<? "
                 "ORDER BY id", (self.ns, head[0], now))
-            for seg_id, done, count in rows:
-                events = self._decoded(db, seg_id)[done:done + limit - len(batch.events)]
+            for seg_id, done, count in rows.fetchall():
+                decoded = self._decoded(db, seg_id, count - done)
+                if decoded is None:
+                    continue
+                events = decoded[done:done + limit - len(batch.events)]
                 batch.parts.append((seg_id, done, len(events)))
                 batch.events.extend(events)
                 if len(batch.events) >= limit or done + len(events) < count:
                     break
+            if not batch.parts:
+                return None
             ids = [seg_id for seg_id, _, _ in batch.parts]
             db.execute(f"UPDATE segments SET lease=?, holder=? WHERE id IN ({_marks(len(ids))})",
                        (now + self.lease_seconds, os.getpid(), *ids))
         return batch
 
-    def _decoded(self, db: sqlite3.Connection, seg_id: int) -> list[Event]:
-        """A segment's events, decoded once while they are being sent."""
+    def _decoded(self, db: sqlite3.Connection, seg_id: int, left: int) -> list[Event] | None:
+        """A segment's events, decoded once while they are being sent; a damaged segment is
+        removed (its `left` events counted in `damaged`) and None returned."""
         events = self._cache.get(seg_id)
         if events is None:
             blob = db.execute("SELECT events FROM segments WHERE id=?", (seg_id,)).fetchone()[0]
             try:
                 events = marshal.loads(blob)
-            except (ValueError, EOFError, TypeError) as exc:
-                raise SpoolError(f"the spool {self.path} holds a damaged segment: {exc}") from None
+                if type(events) is not list:
+                    raise TypeError("not a list of events")
+            except (ValueError, EOFError, TypeError):
+                db.execute("DELETE FROM segments WHERE id=?", (seg_id,))
+                self.damaged += left
+                return None
             if len(self._cache) > 64:
                 self._cache.clear()
             self._cache[seg_id] = events
@@ -455,8 +468,14 @@ class SqliteSpool:
         self.ns = new
 
     def reopen(self) -> None:
-        """After fork: a connection of our own (the parent's leases stay its own)."""
-        self._db = self._connect()
+        """After fork: a connection of our own (the parent's leases stay its own). The
+        inherited connection is kept, never used or closed: closing it could undo the
+        parent's locks."""
+        self._inherited = (self._db, self._checkpointer)
+        try:
+            self._db = self._connect()
+        except sqlite3.Error as exc:
+            raise SpoolError(f"the spool {self.path} cannot be reopened: {exc}") from None
         self._lock = threading.Lock()
         self._freed_at = 0.0
         self._cache = {}

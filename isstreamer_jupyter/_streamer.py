@@ -26,7 +26,7 @@ from ._errors import (
     SpoolError,
     StreamerClosed,
 )
-from ._events import KEY_WARN, check_key, coerce_epoch, coerce_value, iter_items
+from ._events import EPOCH_MIN_AGE, KEY_WARN, check_key, coerce_epoch, coerce_value, iter_items
 from ._sender import Bucket, Clock, Marker, Sender
 from ._spool import SEGMENT_EVENTS, MemoryStore, SqliteSpool, Store
 from ._stats import State, Stats
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("isstreamer_jupyter")
 logger.addHandler(logging.NullHandler())  # a library shows nothing unless the app asks
 _time = time.time
+#: epochs above this (as of import) need no checking on log()'s fast path
+_EPOCH_FLOOR = time.time() - EPOCH_MIN_AGE + 86400
 _live: weakref.WeakSet[Streamer] = weakref.WeakSet()
 RING_SIZE = 500
 OFFLINE_REMEDY = ("to stream, set IS_ACCESS_KEY (or access_key=... / isstreamer.ini); upload "
@@ -104,6 +106,7 @@ class Streamer:
         self._bucket = Bucket(name, key)
         self._buckets: list[Bucket] = [self._bucket]
         self._closed = False
+        self._closed_ok = True
         self._refused_at_log = 0
         self._warned_long_keys: set[str] = set()
         self._notices: deque[str] = deque(maxlen=20)
@@ -120,7 +123,7 @@ class Streamer:
         self._sender = Sender(queue=self._queue, store=store,
                               transport=transport or self._make_transport(),
                               settings=settings, clock=self._clock, notify=self._say,
-                              current_bucket=lambda: self._bucket)
+                              current_bucket=lambda: self._bucket, redact=self._redact)
         self._update_slow()
         _live.add(self)
         if settings.offline and not self._custom_transport:  # say so once, in the caller
@@ -159,12 +162,13 @@ class Streamer:
     # ---------------------------------------------------------------- logging
     def log(self, key: str, value: Any, epoch: Any = None) -> None:
         """Queue one event; returns at once. See the README for what key and value may be."""
-        if not self._slow and epoch is None and type(key) is str and 0 < len(key) <= KEY_WARN:
+        if (not self._slow and type(key) is str and 0 < len(key) <= KEY_WARN and key.isascii()
+                and (epoch is None or (type(epoch) is float and _EPOCH_FLOOR < epoch < 1e11))):
             kind = type(value)
             if ((kind is float and value - value == 0.0) or kind is int or kind is bool
-                    or (kind is str and len(value) <= 2000)):
+                    or (kind is str and len(value) <= 2000 and value.isascii())):
                 queue = self._queue
-                queue.append((key, value, _time()))
+                queue.append((key, value, epoch or _time()))
                 if len(queue) >= self._spill_at:
                     self._overflow()
                 return
@@ -209,7 +213,11 @@ class Streamer:
             prefix = f"{type(obj).__name__}_"
         else:
             prefix = f"{key_prefix}_" if key_prefix else ""
-        epoch = _time() if epoch is None else epoch
+        if epoch is None:
+            epoch = _time()
+        else:  # once, not per item; if refused, each log() below refuses it with its own key
+            with contextlib.suppress(RefusedValue):
+                epoch = coerce_epoch(f"{prefix}*", epoch)
         for name, value in iter_items(obj):
             self.log(f"{prefix}{name}", value, epoch)
 
@@ -221,7 +229,8 @@ class Streamer:
         nor on the sender (when it is draining already, this does nothing); it happens only
         when logging outpaces the sender thread.
         """
-        self._sender.drain(most=SEGMENT_EVENTS, wait=False)
+        with contextlib.suppress(SpoolError):  # the sender meets it too, and leaves the spool
+            self._sender.drain(most=SEGMENT_EVENTS, wait=False)
 
     # ---------------------------------------------------------------- waiting
     def flush(self, timeout: float | None = None, *, warn: bool = True) -> bool:
@@ -268,6 +277,8 @@ class Streamer:
                 return
             if marker is None and sender._pending < self.settings.batch_size:
                 return
+            if sender.blocked():  # stopped: nothing will go out however long we wait
+                return
             if self._clock.monotonic() + delay >= deadline:
                 return
             if delay > 0:
@@ -277,7 +288,7 @@ class Streamer:
         """Flush (bounded by `timeout`), then stop the sender. Idempotent; True if everything
         was delivered. What is left stays in the spool for the next Streamer."""
         if self._closed:
-            return True
+            return self._closed_ok
         timeout = self.settings.flush_timeout if timeout is None else float(timeout)
         deadline = time.monotonic() + timeout
         error: DeliveryError | None = None
@@ -303,6 +314,7 @@ class Streamer:
         if stopped:
             self._sender.transport.close()
             self._sender.store.close()
+        self._closed_ok = delivered
         if error is not None:
             raise error
         return delivered
@@ -458,15 +470,20 @@ class Streamer:
     def _say(self, level: int, message: str) -> None:
         """Every message goes here: redacted, into the ring and `logging`; never printed."""
         settings = getattr(self, "settings", None)
-        key = settings.access_key if settings else ""
-        if len(key) >= 6 and key in message:  # (a toy key like "k" would mangle every word)
-            message = message.replace(key, "********")
+        message = self._redact(message)
         debug = settings.debug_level if settings else 0
         if level >= (logging.DEBUG if debug >= 3 else logging.INFO if debug else logging.WARNING):
             self.ring.append((_time(), level, message))
         logger.log(level, message)
         if level >= logging.ERROR:
             self._notice(message)
+
+    def _redact(self, message: str) -> str:
+        settings = getattr(self, "settings", None)
+        key = settings.access_key if settings else ""
+        if len(key) >= 6 and key in message:  # (a toy key like "k" would mangle every word)
+            return message.replace(key, "********")
+        return message
 
     def _notice(self, message: str) -> None:
         """Shown to the user in their own thread, at the next log()/flush() call."""
@@ -488,20 +505,25 @@ class Streamer:
     def _after_fork(self) -> None:
         self._queue.clear()  # the parent sends what it had queued
         store = self._sender.store
-        if isinstance(store, SqliteSpool):
-            store.reopen()
-        else:
-            store = MemoryStore(self.settings.max_queue)
         transport = self._sender.transport
         if not self._custom_transport:
             transport = self._make_transport()
-        self._sender.reset_after_fork(store, transport)
+        try:
+            if not isinstance(store, SqliteSpool):
+                raise SpoolError("")  # the parent's memory is the parent's: start empty
+            store.reopen()
+            self._sender.reset_after_fork(store, transport)
+        except SpoolError as exc:
+            if str(exc):
+                self._say(logging.ERROR, f"{exc}; the child goes on without the spool")
+            self._sender.reset_after_fork(MemoryStore(self.settings.max_queue), transport)
         if self.use_async and not self._closed:
             self._sender.start()
 
-    def _at_exit(self) -> None:
+    def _at_exit(self, deadline: float) -> None:
         with contextlib.suppress(Exception):
-            self.close(timeout=self.settings.exit_timeout)
+            self.close(timeout=max(0.0, min(self.settings.exit_timeout,
+                                            deadline - time.monotonic())))
             left = self._sender._pending
             if left and self._sender.store.path:
                 print(f"isstreamer_jupyter: {left} events wait in the spool "
@@ -510,18 +532,44 @@ class Streamer:
 
 
 def _close_all_at_exit() -> None:
+    """One shared deadline: Jupyter kills a kernel that takes more than 5 s to stop."""
+    streamers = list(_live)
+    deadline = time.monotonic() + max((s.settings.exit_timeout for s in streamers), default=0)
+    for streamer in streamers:
+        streamer._at_exit(deadline)
+
+
+_fork_held: list[Any] = []
+
+
+def _before_fork() -> None:
+    """Fork between transactions: hold each streamer's drain and spool locks (briefly, with a
+    bound) so the child never inherits a connection in the middle of one."""
     for streamer in list(_live):
-        streamer._at_exit()
+        sender = streamer._sender
+        for lock in (sender._drain_lock, getattr(sender.store, "_lock", None)):
+            if lock is not None and lock.acquire(timeout=2):
+                _fork_held.append(lock)
+
+
+def _after_fork_in_parent() -> None:
+    while _fork_held:
+        _fork_held.pop().release()
 
 
 def _after_fork_in_child() -> None:
+    _fork_held.clear()  # the child makes new locks
     for streamer in list(_live):
-        streamer._after_fork()
+        try:
+            streamer._after_fork()
+        except Exception as exc:  # never break the fork; say what happened
+            streamer._say(logging.ERROR, f"after fork: {exc}")
 
 
 atexit.register(_close_all_at_exit)
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)
 
 
 def live_streamers() -> Iterator[Streamer]:

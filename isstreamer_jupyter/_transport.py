@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import enum
+import io
 import json
 import math
 import os
@@ -210,8 +211,8 @@ def _reason(exc: Exception) -> str:
 class CsvTransport:
     """Offline recording: appends ISStreamer's ``epoch,key,value`` rows to a CSV file.
 
-    A line ``# bucket: <key> <name>`` precedes the rows of each bucket, so an upload can put
-    them back where they belong (``pandas.read_csv(path, comment="#", header=None)`` reads the
+    A line ``# bucket: <key> <name>`` precedes each batch's rows, so an upload can put them
+    back where they belong (``pandas.read_csv(path, comment="#", header=None)`` reads the
     rows alone).
     """
 
@@ -220,7 +221,6 @@ class CsvTransport:
         if path.suffix.lower() != ".csv":
             path = path.with_name(path.name + ".csv")
         self.path = path
-        self._bucket: str | None = None
         self._names: dict[str, str] = {}
         self._lock = threading.Lock()
 
@@ -228,19 +228,18 @@ class CsvTransport:
         return f"CsvTransport({str(self.path)!r})"
 
     def create_bucket(self, bucket_key: str, bucket_name: str) -> Answer:
-        with self._lock, self.path.open("a", newline="", encoding="utf-8") as fh:
-            fh.write(f"# bucket: {bucket_key} {bucket_name}\n")
-        self._bucket = bucket_key
         self._names[bucket_key] = bucket_name
         return Answer(Outcome.ACCEPTED, None)
 
     def post_events(self, bucket_key: str, events: Sequence[Event]) -> Answer:
+        rows = [(repr(e), k, v) for k, v, e in events]
+        text = io.StringIO()
+        csv.writer(text).writerows(rows)  # (raises on what a file cannot hold: refused)
+        text.getvalue().encode("utf-8")
         with self._lock, self.path.open("a", newline="", encoding="utf-8") as fh:
-            if bucket_key != self._bucket:
-                fh.write(f"# bucket: {bucket_key} {self._names.get(bucket_key, bucket_key)}\n")
-                self._bucket = bucket_key
-            writer = csv.writer(fh)
-            writer.writerows((repr(e), k, v) for k, v, e in events)
+            # every batch names its bucket: another streamer may append to the same file
+            fh.write(f"# bucket: {bucket_key} {self._names.get(bucket_key, bucket_key)}\n")
+            fh.write(text.getvalue())
         return Answer(Outcome.ACCEPTED, None)
 
     def close(self) -> None:

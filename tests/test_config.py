@@ -88,6 +88,7 @@ def test_offline_forced_on_with_a_key(folders, monkeypatch):
         ("IS_MAX_RPS", "-1", "at least 0"),
         ("IS_OFFLINE", "maybe", "expected true or false"),
         ("IS_API_BASE", "ftp://x", "http:// or https://"),
+        ("IS_FLUSH_TIMEOUT", "inf", "above 0"),
     ],
 )
 def test_bad_values_name_setting_and_source(folders, monkeypatch, env, raw, words):
@@ -125,3 +126,11 @@ def test_derived_bucket_keys_are_stable_and_valid():
     assert key == derive_bucket_key("Run 7: ☀ warm-up")
     assert key != derive_bucket_key("Run 7 warm up")
     assert key.startswith("Run_7_warm_up_") and all(c.isalnum() or c == "_" for c in key)
+
+
+@pytest.mark.parametrize("key", ["temp\nX-Evil: 1", "温度", "a b", "a:b", ""])
+def test_bucket_keys_that_cannot_travel_in_a_header_are_refused(key):
+    from isstreamer_jupyter._config import check_bucket
+
+    with pytest.raises(ConfigError, match="cannot be used"):
+        check_bucket("name", key)

@@ -56,6 +56,7 @@ def test_values_are_coerced_to_json_types(value, expected):
         (b"raw", "decode it"),
         (object(), "str(value)"),
         ("x" * 2001, "2001 characters; the limit is 2000"),
+        ("bad \ud800 text", "lone surrogate"),
     ],
 )
 def test_refusals_name_key_limit_and_fix(value, words):
@@ -67,7 +68,8 @@ def test_refusals_name_key_limit_and_fix(value, words):
 
 @pytest.mark.parametrize(
     ("key", "words"),
-    [("", "key is empty"), (3, "keys are strings"), ("k" * 251, "the limit is 250")],
+    [("", "key is empty"), (3, "keys are strings"), ("k" * 251, "the limit is 250"),
+     ("t\udc80", "lone surrogate")],
 )
 def test_bad_keys_are_refused(key, words):
     with pytest.raises(RefusedValue, match=words):

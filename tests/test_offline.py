@@ -81,12 +81,13 @@ def test_upload_isstreamer_format_keeps_timestamps_and_reports_bad_rows(env, mak
         "1795000004,temperature,22\n"))
     summary = upload(recording, bucket_name="Old run", access_key=KEY, api_base=rx.api_base,
                      max_requests_per_second=0, progress=False)
-    assert summary.sent == 3
-    assert [n for n, _ in summary.bad_rows] == [3, 4, 5]
+    assert summary.sent == 4
+    assert [n for n, _ in summary.bad_rows] == [3, 4]
     assert "line 3:" in str(summary) and "3 columns" in summary.bad_rows[1][1]
     got = rx.events()
     assert [(e["epoch"], e["key"], e["value"]) for e in got] == [
         (1795000000.25, "temperature", 21.5), (1795000001.5, "status", "warming up"),
+        (1795000003.0, "temperature", "nan"),  # text, as logged: CSV cannot tell
         (1795000004.0, "temperature", 22)]
     assert set(rx.buckets.values()) == {"Old run"}
 
@@ -138,3 +139,21 @@ def test_streamer_upload_uses_its_key_and_bucket(env, make_receiver):
     assert s.upload(recording, progress=False).already_sent == 2  # nothing twice
     assert len(rx.events()) == 2
     s.close()
+
+
+def test_two_streamers_on_one_file_and_multi_line_values(env, make_receiver):
+    rx = make_receiver()
+    a = Streamer(bucket_name="A", offline=True, offline_file="shared.csv")
+    b = Streamer(bucket_name="B", offline=True, offline_file="shared.csv")
+    a.log("note", "line one\nline two, with a comma")
+    a.flush()
+    b.log("n", 2)
+    b.flush()
+    a.log("n", 1)
+    a.close()
+    b.close()
+    summary = upload(env / "shared.csv", access_key=KEY, api_base=rx.api_base,
+                     max_requests_per_second=0, progress=False)
+    assert summary.ok and summary.sent == 3 and not summary.bad_rows
+    assert [e["value"] for e in rx.events(a.BucketKey)] == ["line one\nline two, with a comma", 1]
+    assert [e["value"] for e in rx.events(b.BucketKey)] == [2]

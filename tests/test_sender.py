@@ -353,3 +353,37 @@ def test_anything_logged_is_sent_valid_or_counted_refused(events):
         if isinstance(e["value"], str):
             assert len(e["value"]) <= 2000
         assert math.isfinite(e["epoch"]) and e["epoch"] > 1.4e9
+
+
+def test_an_event_the_wire_cannot_carry_is_dropped_alone():
+    s, t, _ = make(batch_size=5)
+    for i in range(5):
+        s.log("n", 10 ** 5000 if i == 2 else i)  # an int too long to write as text
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s.flush()
+    assert [e["value"] for e in t.events()] == [0, 1, 3, 4]
+    stats = s.stats()
+    assert stats.refused == 1 and stats.in_flight == 0 and "cannot be sent" in stats.last_error
+
+
+def test_a_bucket_the_service_will_not_create_stops_with_a_remedy():
+    s, t, clock = make([404])
+    s.log("a", 1)
+    with pytest.warns(UserWarning, match="check api_base"):
+        assert not s.flush(timeout=5)
+    calls = len(t.calls)
+    run_for(s, clock, 600)
+    assert len(t.calls) == calls  # no retry loop
+    assert s.stats().state is State.STOPPED and "api_base" in s.stats().remedy
+
+
+def test_stopped_sync_streamer_does_not_block_log():
+    s, _, clock = make([204, 401], batch_size=2, timeout=30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        start = clock.now
+        for i in range(20):
+            s.log("n", i)
+    assert clock.now - start < 1  # no wait for a delivery that cannot happen
+    assert s.stats().queued == 20

@@ -247,3 +247,48 @@ def test_the_spool_never_holds_the_access_key(make_receiver, env):
     quiet_close(s, timeout=0.3)
     for path in (env / "spool").iterdir():
         assert KEY.encode() not in path.read_bytes()
+
+
+def test_a_failing_spool_write_loses_nothing(make_receiver, env, monkeypatch):
+    from isstreamer_jupyter import SpoolError
+    from isstreamer_jupyter._spool import SqliteSpool
+
+    rx = make_receiver()
+    s = Streamer(**settings(rx, env / "spool"))
+
+    def disk_full(self, segments):
+        raise SpoolError("the spool failed: database or disk is full")
+
+    monkeypatch.setattr(SqliteSpool, "put", disk_full)
+    for i in range(20):
+        s.log("n", i)
+    with pytest.warns(UserWarning, match="going on without the spool"):
+        assert s.flush(timeout=10)
+        s.log("n", 20)
+    assert values(rx.events("spool_test")) == list(range(20))
+    assert s.stats().spool_path == ""
+    quiet_close(s)
+
+
+def test_a_damaged_segment_is_dropped_and_the_rest_delivered(make_receiver, env):
+    rx = make_receiver()
+    rx.outage(3600)
+    opts = settings(rx, env / "spool")
+    s = Streamer(**opts)
+    for i in range(10):
+        s.log("n", i)
+    time.sleep(0.3)
+    quiet_close(s, timeout=0.2)
+    db = sqlite3.connect(env / "spool" / "spool.sqlite3")
+    db.execute("UPDATE segments SET events=X'00ff00' WHERE id=(SELECT MIN(id) FROM segments)")
+    db.commit()
+    db.close()
+    rx.clear()
+    s = Streamer(**opts)
+    s.log("n", 99)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert s.flush(timeout=10)
+    assert values(rx.events("spool_test")) == [99]
+    assert s.stats().dropped == 10 and "damaged" in "\n".join(s.messages())
+    quiet_close(s)
