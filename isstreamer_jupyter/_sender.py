@@ -330,10 +330,10 @@ class Sender:
         """Per-signal counts, latest values and recent numbers for the panel, in bulk."""
         keys = [e[0] for e in events]
         self._counts.update(keys)
+        latest = dict(zip(keys, events))  # noqa: B905 - one list made from the other
         with self._signals_lock:
-            self._moved.update(keys)
+            self._moved.update(latest)
         signals = self.signals
-        latest = dict(zip(keys, events, strict=True))
         for key, (_, value, epoch) in latest.items():
             sig = signals.get(key)
             if sig is None:
