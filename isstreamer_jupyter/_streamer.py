@@ -12,7 +12,6 @@ import time
 import warnings
 import weakref
 from collections import deque
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import _config
@@ -570,9 +569,3 @@ atexit.register(_close_all_at_exit)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
                         after_in_child=_after_fork_in_child)
-
-
-def live_streamers() -> Iterator[Streamer]:
-    """The streamers of this process that are not closed (used by the magics and panel)."""
-    return iter(list(_live))
-

@@ -264,10 +264,14 @@ def test_refusals_raise_at_debug_2_and_warn_below():
     s.DebugLevel = 0
     with pytest.warns(UserWarning, match="NaN"):
         s.log("t", math.nan)
+    with pytest.warns(UserWarning, match="NaN or infinity"):
+        s.log("t", math.inf)  # log()'s fast path lets only finite floats through
+    with pytest.warns(UserWarning, match="NaN or infinity"):
+        s.log("t", -math.inf)
     s.log("t", 1.5)
     s.flush()
     assert [e["value"] for e in t.events()] == [1.5]
-    assert s.stats().refused == 2
+    assert s.stats().refused == 4
 
 
 def test_debug_1_echoes_events(capsys):
