@@ -4,7 +4,9 @@
 ``flush`` a ``Marker``). The sender drains the deque
 into the store (the spool) at least every ``spool_interval``, then sends the oldest batch of one
 bucket when it is full or ``flush_interval`` old, as the pace and the service's rate-limit
-budget allow, and forgets it only when the service acknowledged it.
+budget allow, and forgets it only when the service acknowledged it. While a request is out
+it drains the queue and takes and encodes the next batch, so its work overlaps the service's
+(still one request in flight, in order).
 
 Everything happens in :meth:`Sender.step`, which does one round and says how long to wait
 before the next; the thread only loops over it, so unit tests drive ``step`` with a fake
@@ -127,6 +129,7 @@ class Sender:
         self.thread: threading.Thread | None = None
         self._running = False
         self._markers: list[Marker] = []
+        self._recheck = False  # whether a flush marker may be done without an ack
         self._created: set[str] = set()
         self._stopped_buckets: dict[str, Answer] = {}
         self._halt: Answer | None = None  # account-wide stop: access denied, cap reached
@@ -135,6 +138,8 @@ class Sender:
         self._hold_state = State.BACKING_OFF
         self._attempt = 0
         self._split_limit: int | None = None
+        #: the batch to send next, taken and encoded while the previous one was out
+        self._next: Batch | None = None
         self._split_left = 0
         self._last_request_at = -1e9
         self._first_pending_at: float | None = None
@@ -186,6 +191,7 @@ class Sender:
             if delay > 0 and self._running and self.clock.wait(self.wake, delay):
                 self.wake.clear()
         try:
+            self._drop_next()
             self.drain()  # whatever arrived last goes to the store
         except SpoolError as exc:
             self._error(str(exc), "")
@@ -206,12 +212,14 @@ class Sender:
         self.drain()
         idle = self.settings.spool_interval
         if self._halt is not None:
+            self._drop_next()
             if self._halt.outcome is Outcome.CAP_REACHED and now >= self._probe_at:
                 self._halt = None  # ask again: the monthly cap may have reset
             else:
                 self._check_markers()
                 return idle
         if now < self._hold_until:
+            self._check_markers()  # (another process sharing the spool may send them)
             return self._hold_until - now
         pace = self._pace_delay(now)
         bucket = self.current_bucket()
@@ -234,7 +242,9 @@ class Sender:
         if pace:
             return pace
         limit = self._split_limit or self.settings.batch_size
-        batch = self.store.take(limit, self._stopped_buckets)
+        batch, self._next = self._next, None
+        if batch is None:
+            batch = self.store.take(limit, self._stopped_buckets)
         damaged = getattr(self.store, "damaged", 0)
         if damaged > self._damaged_seen:
             with self.lock:
@@ -269,15 +279,20 @@ class Sender:
             if not chunk:
                 break
             left -= chunk
-        self._check_markers()
+        if self._recheck:  # (a new flush marker, or events dropped: otherwise only an ack
+            self._recheck = False  # can complete a flush, and _send checks then)
+            self._check_markers()
 
     def _drain(self, count: int) -> None:
         popleft = self.queue.popleft
+        items = [popleft() for _ in range(count)]
+        if set(map(type, items)) == {tuple}:  # events only, the usual case
+            self._put([Segment(self.queue_bucket.key, self.queue_bucket.name, items)])
+            return
         segments: list[Segment] = []
         events: list[Event] = []
         append = events.append
-        for _ in range(count):
-            item = popleft()
+        for item in items:
             if type(item) is tuple:
                 append(item)
                 continue
@@ -292,6 +307,7 @@ class Sender:
                 segments = []
                 item.upto = self.store.last_id()
                 self._markers.append(item)
+                self._recheck = True
         if events:
             segments.append(Segment(self.queue_bucket.key, self.queue_bucket.name, events))
         self._put(segments)
@@ -312,6 +328,7 @@ class Sender:
         for segment in segments:
             self._track(segment.events)
         if dropped:
+            self._recheck = True
             where = "spool" if self.store.path else "memory queue"
             self._error(f"the {where} is full: dropped the {dropped} oldest events",
                         "raise max_queue / spool_max_bytes, or log less often")
@@ -320,6 +337,8 @@ class Sender:
         """The spool failed: keep going with a memory store (what is on disk stays there for
         the next streamer), and say so."""
         self.store = MemoryStore(self.settings.max_queue)
+        self._next = None  # (held in the old store, which the next streamer reads)
+        self._recheck = True
         with self.lock:
             self._pending = 0
         self._error(f"{exc}; going on without the spool (new events live in memory only)",
@@ -370,11 +389,19 @@ class Sender:
     def _send(self, batch: Batch, now: float) -> float:
         with self.lock:
             self.in_flight = len(batch)
-        answer = self._request(lambda: self.transport.post_events(batch.bucket_key,
-                                                                  batch.events), now)
+        store = self.store
+        meanwhile = None
+        if self._split_limit is None and (self._markers or self._pending + len(self.queue)
+                                          - len(batch) >= self.settings.batch_size):
+            meanwhile = lambda: self._take_next(batch, store)  # noqa: E731
+        answer = self._request(lambda: self.transport.post_events(
+            batch.bucket_key, batch.events, meanwhile), now)
         # (an exception in the transport is an Answer too: see _request)
-        if answer.outcome is Outcome.ACCEPTED:
-            self.store.ack(batch)
+        accepted = answer.outcome is Outcome.ACCEPTED
+        if self.store is not store:  # the spool failed while the request was out
+            return self._sent_from_old_store(store, batch, accepted)
+        if accepted:
+            self.store.ack(batch, self._next)
             with self.lock:
                 self.in_flight = 0
                 self.sent += len(batch)
@@ -389,6 +416,43 @@ class Sender:
         with self.lock:
             self.in_flight = 0
         return self._failed(answer, batch.bucket_key, batch, now)
+
+    def _sent_from_old_store(self, store: Store, batch: Batch, accepted: bool) -> float:
+        """`batch` came from a spool that failed (and was left) during its request: settle it
+        there as well as that spool still can; what stays is sent by the next streamer."""
+        try:
+            if accepted:
+                store.ack(batch)
+            else:
+                store.release(batch)
+        except SpoolError:
+            pass
+        with self.lock:
+            self.in_flight = 0
+            if accepted:
+                self.sent += len(batch)
+        return 0.0
+
+    def _take_next(self, batch: Batch, store: Store) -> None:
+        """While `batch` is at the service: drain the queue, then take and encode the batch
+        after it, so the next request goes out as soon as this one is acknowledged (the
+        client's work overlaps the service's; still one request in flight, in order). Only a
+        full batch, or any when a flush waits."""
+        try:
+            self.drain()
+            if self.store is not store:  # the spool failed while draining: `batch` is not ours
+                return
+            limit = self.settings.batch_size
+            self._next = store.take(limit, after=batch, least=1 if self._markers else limit)
+            if self._next is not None:  # (if encoding fails here, sending fails again)
+                self.transport.prepare(self._next.events)
+        except Exception:  # the next round's own take or send meets it and reports it
+            return
+
+    def _drop_next(self) -> None:
+        nxt, self._next = self._next, None
+        if nxt is not None:
+            self.store.release(nxt)
 
     def _request(self, call: Callable[[], Answer], now: float) -> Answer:
         self._last_request_at = now
@@ -416,6 +480,7 @@ class Sender:
     def _failed(self, answer: Answer, bucket_key: str, batch: Batch | None, now: float) -> float:
         """Keep the events and decide when to try again; never a retry storm."""
         outcome = answer.outcome
+        self._drop_next()
         if batch is not None and outcome not in (Outcome.INVALID, Outcome.TOO_LARGE):
             self.store.release(batch)
         if outcome in (Outcome.RETRY, Outcome.RATE_LIMITED):
@@ -498,6 +563,7 @@ class Sender:
         self._signals_lock = threading.Lock()
         self.wake = threading.Event()
         self._markers = []
+        self._next = None  # the parent's lease, the parent's batch
         self._pending = store.pending()
         self.in_flight = 0
 

@@ -50,11 +50,11 @@ class Segment:
 @dataclass
 class Batch:
     """Events leased for one request; `parts` say where they came from: (segment id, index of
-    its first event in the segment, how many)."""
+    its first event in the segment, how many, the segment's length)."""
 
     bucket_key: str
     bucket_name: str
-    parts: list[tuple[int, int, int]]
+    parts: list[tuple[int, int, int, int]]
     events: list[Event] = field(repr=False)
 
     def __len__(self) -> int:
@@ -67,12 +67,16 @@ class Store(Protocol):
     def put(self, segments: Sequence[Segment]) -> int:
         """Add segments in order; returns how many old events were dropped to stay bounded."""
 
-    def take(self, limit: int, skip: Collection[str] = ()) -> Batch | None:
+    def take(self, limit: int, skip: Collection[str] = (), after: Batch | None = None,
+             least: int = 1) -> Batch | None:
         """Lease up to `limit` next events of one bucket: the oldest segment's bucket among
         those not in `skip` and with no batch in flight, from as many of its segments as it
-        takes."""
+        takes. With `after` (a batch this sender holds, still unanswered): the events right
+        after it, if they are of its bucket, nobody holds them and there are at least
+        `least` of them; the batch to send next."""
 
-    def ack(self, batch: Batch) -> None: ...
+    def ack(self, batch: Batch, keep: Batch | None = None) -> None:
+        """Forget `batch`'s events; `keep`, a batch taken after it, stays leased."""
 
     def release(self, batch: Batch) -> None: ...
 
@@ -133,7 +137,9 @@ class MemoryStore:
                     self._count += len(part.events)
             dropped = 0
             while self._count > self.capacity:
-                oldest = next(i for i in self._segments if i not in self._leased)
+                oldest = next((i for i in self._segments if i not in self._leased), None)
+                if oldest is None:  # all held by batches under way: over capacity a moment
+                    break
                 segment, done = self._segments[oldest]
                 cut = min(len(segment.events) - done, self._count - self.capacity)
                 self._count -= cut
@@ -144,8 +150,11 @@ class MemoryStore:
                     self._segments[oldest] = (segment, done + cut)
             return dropped
 
-    def take(self, limit: int, skip: Collection[str] = ()) -> Batch | None:
+    def take(self, limit: int, skip: Collection[str] = (), after: Batch | None = None,
+             least: int = 1) -> Batch | None:
         with self._lock:
+            if after is not None:
+                return self._take_after(after, limit, least)
             if self._leased:  # one batch in flight (a single sender)
                 return None
             batch: Batch | None = None
@@ -157,16 +166,37 @@ class MemoryStore:
                 elif segment.bucket_key != batch.bucket_key:
                     continue
                 events = segment.events[done:done + limit - len(batch.events)]
-                batch.parts.append((seg_id, done, len(events)))
+                batch.parts.append((seg_id, done, len(events), len(segment.events)))
                 batch.events.extend(events)
                 self._leased.add(seg_id)
                 if len(batch.events) >= limit:
                     break
             return batch
 
-    def ack(self, batch: Batch) -> None:
+    def _take_after(self, after: Batch, limit: int, least: int) -> Batch | None:
+        last, start, n, _ = after.parts[-1]
+        batch = Batch(after.bucket_key, after.bucket_name, [], [])
+        for seg_id, (segment, done) in self._segments.items():
+            if seg_id < last:
+                continue
+            if seg_id == last:
+                done = start + n
+            elif segment.bucket_key != after.bucket_key or seg_id in self._leased:
+                break
+            events = segment.events[done:done + limit - len(batch.events)]
+            if events:
+                batch.parts.append((seg_id, done, len(events), len(segment.events)))
+                batch.events.extend(events)
+            if len(batch.events) >= limit:
+                break
+        if len(batch.events) < max(1, least):
+            return None
+        self._leased.update(seg_id for seg_id, *_ in batch.parts)
+        return batch
+
+    def ack(self, batch: Batch, keep: Batch | None = None) -> None:
         with self._lock:
-            for seg_id, start, n in batch.parts:
+            for seg_id, start, n, _ in batch.parts:
                 self._leased.discard(seg_id)
                 segment, _ = self._segments[seg_id]
                 if start + n >= len(segment.events):
@@ -174,10 +204,12 @@ class MemoryStore:
                 else:
                     self._segments[seg_id] = (segment, start + n)
             self._count -= len(batch)
+            if keep is not None:
+                self._leased.update(seg_id for seg_id, *_ in keep.parts)
 
     def release(self, batch: Batch) -> None:
         with self._lock:
-            self._leased.difference_update(seg_id for seg_id, _, _ in batch.parts)
+            self._leased.difference_update(seg_id for seg_id, *_ in batch.parts)
 
     def pending(self) -> int:
         return self._count
@@ -254,6 +286,7 @@ class SqliteSpool:
         self.lease_seconds = lease_seconds
         self._lock = threading.Lock()
         self._freed_at = 0.0
+        self._unchecked = 0  # bytes put since the size was last checked
         self._cache: dict[int, list[Event]] = {}  # segments being sent, decoded
         self._checkpointer: sqlite3.Connection | None = None
         #: events lost to damaged segments (unreadable rows are removed, not retried forever)
@@ -323,6 +356,14 @@ class SqliteSpool:
         with self._transaction() as db:
             return db.execute(sql, args).fetchall()
 
+    def _read(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:
+        """One read-only statement (its own consistent snapshot: no write lock taken)."""
+        with self._lock:
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise SpoolError(f"the spool {self.path} failed: {exc}") from None
+
     def put(self, segments: Sequence[Segment]) -> int:
         rows = [(self.ns, part.bucket_key, part.bucket_name, marshal.dumps(part.events),
                  len(part.events)) for segment in segments for part in split(segment)]
@@ -331,11 +372,16 @@ class SqliteSpool:
         with self._transaction() as db:
             db.executemany("INSERT INTO segments(ns, bucket_key, bucket_name, events, count) "
                            "VALUES (?, ?, ?, ?, ?)", rows)
+            self._unchecked += sum(len(row[3]) for row in rows)
+            if self._unchecked < min(1 << 20, self.max_bytes // 16):
+                return 0
+            self._unchecked = 0
             return self._trim(db)
 
     def _trim(self, db: sqlite3.Connection) -> int:
         """Past ``max_bytes``, drop this namespace's oldest segments until under it (another
-        account's events are never dropped here)."""
+        account's events are never dropped here). Checked after every MiB (or 1/16 of
+        ``max_bytes``) written, so the file may pass the bound by that much."""
         page_size = db.execute("PRAGMA page_size").fetchone()[0]
 
         def used() -> int:
@@ -366,8 +412,11 @@ class SqliteSpool:
             if not _alive(pid):
                 db.execute("UPDATE segments SET lease=0 WHERE ns=? AND holder=?", (self.ns, pid))
 
-    def take(self, limit: int, skip: Collection[str] = ()) -> Batch | None:
+    def take(self, limit: int, skip: Collection[str] = (), after: Batch | None = None,
+             least: int = 1) -> Batch | None:
         now = time.time()
+        if after is not None:
+            return self._take_after(after, limit, max(1, least), now)
         with self._transaction() as db:
             self._free_dead_leases(db, now)
             busy = {k for (k,) in db.execute(
@@ -385,20 +434,59 @@ class SqliteSpool:
                 "SELECT id, done, count FROM segments WHERE ns=? AND bucket_key=? AND lease<? "
                 "ORDER BY id", (self.ns, head[0], now))
             for seg_id, done, count in rows.fetchall():
-                decoded = self._decoded(db, seg_id, count - done)
-                if decoded is None:
-                    continue
-                events = decoded[done:done + limit - len(batch.events)]
-                batch.parts.append((seg_id, done, len(events)))
-                batch.events.extend(events)
-                if len(batch.events) >= limit or done + len(events) < count:
+                stop = self._add(db, batch, seg_id, done, count, limit)
+                if stop:
                     break
             if not batch.parts:
                 return None
-            ids = [seg_id for seg_id, _, _ in batch.parts]
-            db.execute(f"UPDATE segments SET lease=?, holder=? WHERE id IN ({_marks(len(ids))})",
-                       (now + self.lease_seconds, os.getpid(), *ids))
+            self._lease(db, batch, now)
         return batch
+
+    def _lease(self, db: sqlite3.Connection, batch: Batch, now: float) -> None:
+        ids = [seg_id for seg_id, *_ in batch.parts]
+        db.execute(f"UPDATE segments SET lease=?, holder=? WHERE id IN ({_marks(len(ids))})",
+                   (now + self.lease_seconds, os.getpid(), *ids))
+
+    def _take_after(self, after: Batch, limit: int, least: int, now: float) -> Batch | None:
+        last, start, n, count = after.parts[-1]
+        begin = start + n
+        cached = self._cache.get(last)
+        if cached is not None and begin + limit <= count:
+            # All in the segment `after` ends in, which this sender holds (and acking `after`
+            # keeps held): nothing to ask the database.
+            return Batch(after.bucket_key, after.bucket_name, [(last, begin, limit, count)],
+                         cached[begin:begin + limit])
+        batch = Batch(after.bucket_key, after.bucket_name, [], [])
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT id, bucket_key, done, count, lease FROM segments WHERE ns=? AND id>=? "
+                "ORDER BY id LIMIT 64", (self.ns, last)).fetchall()
+            for seg_id, bucket_key, done, count, lease in rows:
+                if seg_id == last:  # (held by `after`: the events after its part)
+                    done = start + n
+                    if done >= count:
+                        continue
+                elif bucket_key != after.bucket_key or lease >= now:
+                    break
+                if self._add(db, batch, seg_id, done, count, limit) is not False:
+                    break  # (full, or a damaged segment: stop there, keep the order)
+            if len(batch.events) < least:
+                return None
+            self._lease(db, batch, now)
+        return batch
+
+    def _add(self, db: sqlite3.Connection, batch: Batch, seg_id: int, done: int, count: int,
+             limit: int) -> bool | None:
+        """Add a segment's events from `done` on to `batch`, up to `limit` in all. True: the
+        batch is full or ends inside this segment; False: it may go on with the next segment;
+        None: the segment was damaged (and dropped)."""
+        decoded = self._decoded(db, seg_id, count - done)
+        if decoded is None:
+            return None
+        events = decoded[done:done + limit - len(batch.events)]
+        batch.parts.append((seg_id, done, len(events), count))
+        batch.events.extend(events)
+        return len(batch.events) >= limit or done + len(events) < count
 
     def _decoded(self, db: sqlite3.Connection, seg_id: int, left: int) -> list[Event] | None:
         """A segment's events, decoded once while they are being sent; a damaged segment is
@@ -429,29 +517,31 @@ class SqliteSpool:
         except sqlite3.Error as exc:
             raise SpoolError(f"the spool {self.path} failed: {exc}") from None
 
-    def ack(self, batch: Batch) -> None:
+    def ack(self, batch: Batch, keep: Batch | None = None) -> None:
+        held = {seg_id for seg_id, *_ in keep.parts} if keep is not None else set()
+        lease = time.time() + self.lease_seconds
         with self._transaction() as db:
-            for seg_id, start, n in batch.parts:
-                if db.execute("DELETE FROM segments WHERE id=? AND count<=?",
-                              (seg_id, start + n)).rowcount:
+            for seg_id, start, n, count in batch.parts:
+                if start + n >= count:
+                    db.execute("DELETE FROM segments WHERE id=?", (seg_id,))
                     self._cache.pop(seg_id, None)
-                else:
-                    db.execute("UPDATE segments SET done=?, lease=0 WHERE id=?",
-                               (start + n, seg_id))
+                else:  # (a segment `keep` goes on with stays leased: no one else takes it)
+                    db.execute("UPDATE segments SET done=?, lease=? WHERE id=?",
+                               (start + n, lease if seg_id in held else 0, seg_id))
 
     def release(self, batch: Batch) -> None:
-        ids = [seg_id for seg_id, _, _ in batch.parts]
+        ids = [seg_id for seg_id, *_ in batch.parts]
         self._query(f"UPDATE segments SET lease=0 WHERE id IN ({_marks(len(ids))})", ids)
 
     def pending(self) -> int:
-        return self._query("SELECT COALESCE(SUM(count - done), 0) FROM segments WHERE ns=?",
+        return self._read("SELECT COALESCE(SUM(count - done), 0) FROM segments WHERE ns=?",
                            (self.ns,))[0][0]
 
     def last_id(self) -> int:
-        return self._query("SELECT COALESCE(MAX(id), 0) FROM segments")[0][0]
+        return self._read("SELECT COALESCE(MAX(id), 0) FROM segments")[0][0]
 
     def has_pending_upto(self, upto: int, skip: Collection[str] = ()) -> bool:
-        return bool(self._query(
+        return bool(self._read(
             f"SELECT 1 FROM segments WHERE ns=? AND id<=? AND bucket_key NOT IN "
             f"({_marks(len(skip))}) LIMIT 1", (self.ns, upto, *skip)))
 

@@ -261,7 +261,11 @@ class _Handler(BaseHTTPRequestHandler):
     # -- routing ---------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        path, _, query = self.path.partition("?")
+        target = self.path
+        if "://" in target.partition("?")[0]:  # absolute form: the client sent it via a proxy
+            target = target.split("://", 1)[1]
+            target = target[target.find("/"):] if "/" in target else "/"
+        path, _, query = target.partition("?")
         path = "/" + "/".join(p for p in path.split("/") if p)
         method = self.command
         if path in ("/api/events", "/api/buckets"):

@@ -56,6 +56,7 @@ class FakeTransport:
         self.calls: list[tuple[str, str, list[dict[str, Any]]]] = []
         self.accepted: list[dict[str, Any]] = []
         self.buckets: dict[str, str] = {}
+        self.prepared: list[int] = []  # sizes of the batches made ready while one was out
         self.closed = False
         self._lock = threading.Lock()
 
@@ -73,9 +74,15 @@ class FakeTransport:
             self.buckets.setdefault(bucket_key, bucket_name)
         return result
 
-    def post_events(self, bucket_key: str, events: Sequence[tuple[str, Any, float]]) -> Answer:
+    def prepare(self, events: Sequence[tuple[str, Any, float]]) -> None:
+        self.prepared.append(len(events))
+
+    def post_events(self, bucket_key: str, events: Sequence[tuple[str, Any, float]],
+                    meanwhile: Callable[[], None] | None = None) -> Answer:
         sent = json.loads(body_of(events))  # exactly what would go over the wire
         events = [dict(e, bucket_key=bucket_key) for e in sent]
+        if meanwhile is not None:  # as over HTTP: after sending, before the answer
+            meanwhile()
         result = self._next("events", bucket_key, events)
         if result.outcome is Outcome.ACCEPTED:
             with self._lock:

@@ -213,3 +213,21 @@ def test_bucket_name_and_query_form_are_the_services(make_receiver):
                                                      "temp": "32"}, timeout=5)
     assert r.status_code == 204
     assert [(e["key"], e["value"]) for e in rx.events("q")] == [("temp", "32")]
+
+
+def test_proxy_from_the_environment_is_used(make_receiver, stream, monkeypatch):
+    """HTTP_PROXY is honoured: the receiver stands in for the proxy (it takes absolute-form
+    requests), and the API host does not even resolve."""
+    rx = make_receiver()
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{rx.port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+
+    class ViaProxy:
+        api_base = "http://api.isstreamer.invalid/api"
+
+    s = stream(ViaProxy)
+    s.log("through", 1)
+    assert s.flush(timeout=10)
+    assert values(rx.events(s.BucketKey)) == [1]
+

@@ -23,7 +23,7 @@ from isstreamer_jupyter import (
     Streamer,
     StreamerClosed,
 )
-from isstreamer_jupyter._sender import BACKOFF_CAP, CAP_PROBE_INTERVAL
+from isstreamer_jupyter._sender import BACKOFF_CAP, CAP_PROBE_INTERVAL, Clock
 from isstreamer_jupyter.testing import FakeClock, FakeTransport, RateBudget, answer
 
 KEY = "ist_unit_test_secret_key_0123456789"
@@ -391,3 +391,72 @@ def test_stopped_sync_streamer_does_not_block_log():
             s.log("n", i)
     assert clock.now - start < 1  # no wait for a delivery that cannot happen
     assert s.stats().queued == 20
+
+
+@pytest.mark.parametrize("spool", [False, True])
+@pytest.mark.parametrize("seed", range(3))
+def test_next_batch_made_ready_in_flight_keeps_order_under_any_answers(tmp_path, spool, seed):
+    """While a batch is out the sender takes and encodes the next one; whatever the answers,
+    every event is accepted exactly once and in order (one request in flight)."""
+    import random
+
+    rng = random.Random(seed)
+    script = [204] + [rng.choice([204, 204, 204, 503, 429, 408, 500]) for _ in range(400)]
+    s, t, _ = make(script, batch_size=10, spool=spool, spool_dir=tmp_path / "spool")
+    for i in range(1000):
+        s.log("n", i)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert s.flush(timeout=3600)
+    assert [e["value"] for e in t.events()] == list(range(1000))
+    assert t.prepared  # the overlap happened
+    stats = s.stats()
+    assert (stats.sent, stats.queued, stats.in_flight) == (1000, 0, 0)
+
+
+def test_a_spool_failing_while_a_request_is_out_loses_nothing(tmp_path, monkeypatch):
+    """The sender drains the queue while a request is out; if the spool fails then, the
+    batch under way is settled in the spool it came from and the rest goes on in memory."""
+    import threading
+
+    from isstreamer_jupyter import SpoolError
+    from isstreamer_jupyter._spool import SqliteSpool
+
+    logged = threading.Event()
+
+    def bucket_once_all_is_logged(kind, bucket_key, events):
+        logged.wait(10)
+        return 201
+
+    def disk_full(self, segments):
+        raise SpoolError("the spool failed: database or disk is full")
+
+    opts = {"batch_size": 5, "spool": True, "spool_dir": tmp_path / "spool",
+            "use_async": True, "clock": Clock()}
+    s, t, _ = make([bucket_once_all_is_logged], **opts)
+    real_post = t.post_events
+
+    def post_then_break(bucket_key, events, meanwhile=None):
+        if meanwhile is not None and not getattr(t, "broke", False):
+            t.broke = True
+            for i in range(100, 103):
+                s.log("n", i)  # logged while the request is out ...
+            monkeypatch.setattr(SqliteSpool, "put", disk_full)  # ... and the spool fails
+        return real_post(bucket_key, events, meanwhile)
+
+    t.post_events = post_then_break
+    for i in range(20):
+        s.log("n", i)
+    logged.set()
+    assert s.flush(timeout=10)
+    with pytest.warns(UserWarning, match="going on without the spool"):
+        s.flush(timeout=1)  # (what went wrong in the sender is told at the next call)
+    assert t.broke
+    assert [e["value"] for e in t.events()] == [0, 1, 2, 3, 4, 100, 101, 102]
+    assert "internal error" not in "\n".join(s.messages())
+    s.close(timeout=1)
+    monkeypatch.undo()
+    again, t2, _ = make(**opts)  # the next streamer sends what the old spool kept
+    assert again.flush(timeout=10)
+    assert [e["value"] for e in t2.events()] == list(range(5, 20))
+    again.close(timeout=1)

@@ -292,3 +292,44 @@ def test_a_damaged_segment_is_dropped_and_the_rest_delivered(make_receiver, env)
     assert values(rx.events("spool_test")) == [99]
     assert s.stats().dropped == 10 and "damaged" in "\n".join(s.messages())
     quiet_close(s)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+def test_the_next_batch_is_taken_while_one_is_out_and_stays_held(env, kind):
+    """take(after=...) continues a batch still unanswered (within its segment, then across
+    segments of its bucket, never past another bucket's); ack(keep=...) keeps it held, so
+    nothing else takes those events meanwhile."""
+    from isstreamer_jupyter._spool import MemoryStore, Segment, SqliteSpool
+
+    def store():
+        if kind == "memory":
+            return MemoryStore(10_000)
+        return SqliteSpool(env / "spool", api_base="http://x/api", access_key=KEY)
+
+    a = store()
+    a.put([Segment("b1", "one", [("k", i, 1.0) for i in range(20)])])
+    a.put([Segment("b1", "one", [("k", i, 1.0) for i in range(20, 25)]),
+           Segment("b2", "two", [("k", i, 1.0) for i in range(100, 103)])])
+    first = a.take(8)
+    second = a.take(8, after=first)
+    assert [e[1] for e in second.events] == list(range(8, 16))
+    assert a.take(100, after=second, least=100) is None  # not enough for a full batch
+    a.ack(first, keep=second)
+    if kind == "sqlite":  # another sender on the same spool: b1 is held, b2 is free
+        other = store()
+        taken = other.take(8)
+        assert taken.bucket_key == "b2"
+        other.release(taken)
+    third = a.take(8, after=second)  # the rest of the first segment, then the second one
+    assert [e[1] for e in third.events] == list(range(16, 24))
+    a.ack(second, keep=third)
+    fourth = a.take(8, after=third)
+    assert [e[1] for e in fourth.events] == [24]  # stops before b2's segment
+    a.ack(third, keep=fourth)
+    assert a.take(8, after=fourth) is None
+    a.ack(fourth)
+    assert a.pending() == 3
+    rest = a.take(8)
+    assert (rest.bucket_key, [e[1] for e in rest.events]) == ("b2", [100, 101, 102])
+    a.ack(rest)
+    assert a.pending() == 0
