@@ -36,8 +36,10 @@ CAP_PROBE_INTERVAL = 600.0
 #: signals tracked for the panel; more keys are counted but not tracked
 MAX_SIGNALS = 1000
 SPARK_POINTS = 60
-#: how often the sender folds the spool's write-ahead log into the database
+#: how often the sender folds the spool's write-ahead log into the database: when it has a
+#: moment to wait, at most this often; while busy sending, once this much later
 CHECKPOINT_INTERVAL = 1.0
+CHECKPOINT_BUSY_DELAY = 5.0
 
 REMEDIES = {
     Outcome.ACCESS_DENIED: (
@@ -177,7 +179,9 @@ class Sender:
         while self._running:
             try:
                 delay = self.step()
-                if self.clock.monotonic() >= checkpoint_at:
+                now = self.clock.monotonic()
+                if now >= checkpoint_at and (
+                        delay > 0 or now >= checkpoint_at + CHECKPOINT_BUSY_DELAY):
                     self.store.checkpoint()
                     checkpoint_at = self.clock.monotonic() + CHECKPOINT_INTERVAL
             except SpoolError as exc:

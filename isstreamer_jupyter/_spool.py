@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from ._errors import SpoolError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SPOOL_FILE = "spool.sqlite3"
 #: events per segment at most: a take decodes one segment
 SEGMENT_EVENTS = 2000
@@ -232,24 +232,38 @@ class MemoryStore:
         pass
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS segments(
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    ns TEXT NOT NULL,
-    bucket_key TEXT NOT NULL,
-    bucket_name TEXT NOT NULL,
-    events BLOB NOT NULL,
-    count INTEGER NOT NULL,
-    done INTEGER NOT NULL DEFAULT 0,
-    lease REAL NOT NULL DEFAULT 0,
-    holder INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS segments_ns ON segments(ns, id);
-CREATE INDEX IF NOT EXISTS segments_leased ON segments(ns, bucket_key) WHERE lease > 0;
-CREATE TABLE IF NOT EXISTS denied(ns TEXT PRIMARY KEY, api_base TEXT NOT NULL, at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta VALUES ('marshal_version', {marshal});
-"""
+# A segment's events live in a table of their own: leasing and acknowledging rewrite the small
+# `segments` row only, not the blob (format 1 kept them in one row: 2.4x the disk writes).
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS segments(
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ns TEXT NOT NULL,
+        bucket_key TEXT NOT NULL,
+        bucket_name TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        done INTEGER NOT NULL DEFAULT 0,
+        lease REAL NOT NULL DEFAULT 0,
+        holder INTEGER NOT NULL DEFAULT 0)""",
+    "CREATE TABLE IF NOT EXISTS segment_events(id INTEGER PRIMARY KEY, events BLOB NOT NULL)",
+    """CREATE TRIGGER IF NOT EXISTS segment_gone AFTER DELETE ON segments
+        BEGIN DELETE FROM segment_events WHERE id = old.id; END""",
+    "CREATE INDEX IF NOT EXISTS segments_ns ON segments(ns, id)",
+    "CREATE INDEX IF NOT EXISTS segments_leased ON segments(ns, bucket_key) WHERE lease > 0",
+    "CREATE TABLE IF NOT EXISTS denied(ns TEXT PRIMARY KEY, api_base TEXT NOT NULL, "
+    "at REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    "INSERT OR IGNORE INTO meta VALUES ('marshal_version', {marshal})",
+)
+_FROM_FORMAT_1 = (
+    "DROP INDEX IF EXISTS segments_ns",
+    "DROP INDEX IF EXISTS segments_leased",
+    "ALTER TABLE segments RENAME TO segments_format_1",
+    *_SCHEMA[:3],
+    "INSERT INTO segments(id, ns, bucket_key, bucket_name, count, done, lease, holder) "
+    "SELECT id, ns, bucket_key, bucket_name, count, done, lease, holder FROM segments_format_1",
+    "INSERT INTO segment_events(id, events) SELECT id, events FROM segments_format_1",
+    "DROP TABLE segments_format_1",
+)
 
 
 def default_spool_dir() -> Path:
@@ -320,8 +334,11 @@ class SqliteSpool:
         db.execute("PRAGMA synchronous=NORMAL")  # survives a killed process, not a power cut
         db.execute("PRAGMA wal_autocheckpoint=0")  # the sender checkpoints, never log()
         with self._transaction():
-            for statement in filter(str.strip, _SCHEMA.format(marshal=marshal.version).split(";")):
-                db.execute(statement)
+            if db.execute("PRAGMA user_version").fetchone()[0] == 1:  # (read under the lock)
+                for statement in _FROM_FORMAT_1:
+                    db.execute(statement)
+            for statement in _SCHEMA:
+                db.execute(statement.format(marshal=marshal.version))
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             written = db.execute("SELECT value FROM meta WHERE name='marshal_version'").fetchone()
             if written[0] > marshal.version:
@@ -370,8 +387,11 @@ class SqliteSpool:
         if not rows:
             return 0
         with self._transaction() as db:
-            db.executemany("INSERT INTO segments(ns, bucket_key, bucket_name, events, count) "
-                           "VALUES (?, ?, ?, ?, ?)", rows)
+            for ns, bucket_key, bucket_name, blob, count in rows:
+                seg_id = db.execute("INSERT INTO segments(ns, bucket_key, bucket_name, count) "
+                                    "VALUES (?, ?, ?, ?)",
+                                    (ns, bucket_key, bucket_name, count)).lastrowid
+                db.execute("INSERT INTO segment_events(id, events) VALUES (?, ?)", (seg_id, blob))
             self._unchecked += sum(len(row[3]) for row in rows)
             if self._unchecked < min(1 << 20, self.max_bytes // 16):
                 return 0
@@ -493,9 +513,12 @@ class SqliteSpool:
         removed (its `left` events counted in `damaged`) and None returned."""
         events = self._cache.get(seg_id)
         if events is None:
-            blob = db.execute("SELECT events FROM segments WHERE id=?", (seg_id,)).fetchone()[0]
+            row = db.execute("SELECT events FROM segment_events WHERE id=?",
+                             (seg_id,)).fetchone()
             try:
-                events = marshal.loads(blob)
+                if row is None:
+                    raise EOFError("no events")
+                events = marshal.loads(row[0])
                 if type(events) is not list:
                     raise TypeError("not a list of events")
             except (ValueError, EOFError, TypeError):

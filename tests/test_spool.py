@@ -280,7 +280,8 @@ def test_a_damaged_segment_is_dropped_and_the_rest_delivered(make_receiver, env)
     time.sleep(0.3)
     quiet_close(s, timeout=0.2)
     db = sqlite3.connect(env / "spool" / "spool.sqlite3")
-    db.execute("UPDATE segments SET events=X'00ff00' WHERE id=(SELECT MIN(id) FROM segments)")
+    db.execute("UPDATE segment_events SET events=X'00ff00' WHERE id=(SELECT MIN(id) FROM "
+               "segments)")
     db.commit()
     db.close()
     rx.clear()
@@ -333,3 +334,48 @@ def test_the_next_batch_is_taken_while_one_is_out_and_stays_held(env, kind):
     assert (rest.bucket_key, [e[1] for e in rest.events]) == ("b2", [100, 101, 102])
     a.ack(rest)
     assert a.pending() == 0
+
+
+def test_a_spool_of_the_first_format_is_upgraded_and_delivered(make_receiver, env):
+    """Format 1 kept each segment's events in its row; opening it moves them to their own
+    table, and what it held is sent."""
+    import marshal
+
+    from isstreamer_jupyter._spool import fingerprint
+
+    rx = make_receiver()
+    opts = settings(rx, env / "spool")
+    (env / "spool").mkdir()
+    db = sqlite3.connect(env / "spool" / "spool.sqlite3")
+    db.executescript(f"""
+        CREATE TABLE segments(id INTEGER PRIMARY KEY AUTOINCREMENT, ns TEXT NOT NULL,
+            bucket_key TEXT NOT NULL, bucket_name TEXT NOT NULL, events BLOB NOT NULL,
+            count INTEGER NOT NULL, done INTEGER NOT NULL DEFAULT 0,
+            lease REAL NOT NULL DEFAULT 0, holder INTEGER NOT NULL DEFAULT 0);
+        CREATE INDEX segments_ns ON segments(ns, id);
+        CREATE INDEX segments_leased ON segments(ns, bucket_key) WHERE lease > 0;
+        CREATE TABLE denied(ns TEXT PRIMARY KEY, api_base TEXT NOT NULL, at REAL NOT NULL);
+        CREATE TABLE meta(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        INSERT INTO meta VALUES ('marshal_version', {marshal.version});
+        PRAGMA user_version=1;
+    """)
+    ns = fingerprint(rx.api_base, KEY)
+    now = time.time()
+    for first in (0, 5):
+        events = [("n", i, now) for i in range(first, first + 5)]
+        db.execute("INSERT INTO segments(ns, bucket_key, bucket_name, events, count, done) "
+                   "VALUES (?, 'spool_test', 'Spool', ?, 5, ?)",
+                   (ns, marshal.dumps(events), 2 if first == 0 else 0))  # 0, 1 were sent
+    db.commit()
+    db.close()
+    s = Streamer(**opts)
+    assert s.stats().recovered == 8
+    s.log("n", 10)
+    assert s.flush(timeout=10)
+    assert values(rx.events("spool_test")) == [2, 3, 4, 5, 6, 7, 8, 9, 10]
+    quiet_close(s)
+    db = sqlite3.connect(env / "spool" / "spool.sqlite3")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert db.execute("SELECT COUNT(*) FROM segment_events").fetchone()[0] == 0
+    assert {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index'")} >= {
+        "segments_ns", "segments_leased"}
