@@ -791,7 +791,7 @@ p = s.panel()
 display(p)
 """
 CELL_BUSY = """
-for i in range(12):
+for i in range(16):  # 4 s: sends at about 1, 2 and 3 s are seen mid-cell
     s.log("busy", i)
     time.sleep(0.25)
 """
