@@ -194,6 +194,8 @@ class HttpTransport:
             "Accept-Version": "~0",
             "User-Agent": f"isstreamer_jupyter/{__version__}",
         })
+        for implied in ("Accept", "Connection"):  # */* and keep-alive: HTTP/1.1's defaults
+            self._session.headers.pop(implied, None)
         self._timeout = urllib3.Timeout(connect=timeout, read=timeout)
         self._targets: dict[str, tuple[Any, str]] = {}  # API path -> (pool, URL)
         self._ready: tuple[Sequence[Event], bytes] | None = None  # the next batch, encoded
