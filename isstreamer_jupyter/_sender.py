@@ -15,6 +15,7 @@ clock and a fake transport. The sender never prints: it reports through ``notify
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -340,8 +341,11 @@ class Sender:
     def _leave_spool(self, exc: SpoolError) -> None:
         """The spool failed: keep going with a memory store (what is on disk stays there for
         the next streamer), and say so."""
-        self.store = MemoryStore(self.settings.max_queue)
-        self._next = None  # (held in the old store, which the next streamer reads)
+        old, self.store = self.store, MemoryStore(self.settings.max_queue)
+        nxt, self._next = self._next, None
+        if nxt is not None:  # free it for the next streamer, if that spool still lets us
+            with contextlib.suppress(SpoolError):
+                old.release(nxt)
         self._recheck = True
         with self.lock:
             self._pending = 0
@@ -443,10 +447,11 @@ class Sender:
         client's work overlaps the service's; still one request in flight, in order). Only a
         full batch, or any when a flush waits."""
         try:
-            self.drain()
+            limit = self.settings.batch_size
+            if self._pending - len(batch) < limit:  # the next batch needs what is queued
+                self.drain()
             if self.store is not store:  # the spool failed while draining: `batch` is not ours
                 return
-            limit = self.settings.batch_size
             self._next = store.take(limit, after=batch, least=1 if self._markers else limit)
             if self._next is not None:  # (if encoding fails here, sending fails again)
                 self.transport.prepare(self._next.events)

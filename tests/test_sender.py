@@ -414,9 +414,12 @@ def test_next_batch_made_ready_in_flight_keeps_order_under_any_answers(tmp_path,
     assert (stats.sent, stats.queued, stats.in_flight) == (1000, 0, 0)
 
 
-def test_a_spool_failing_while_a_request_is_out_loses_nothing(tmp_path, monkeypatch):
-    """The sender drains the queue while a request is out; if the spool fails then, the
-    batch under way is settled in the spool it came from and the rest goes on in memory."""
+@pytest.mark.parametrize("first", [20, 7])
+def test_a_spool_failing_while_batches_are_under_way_loses_nothing(tmp_path, monkeypatch, first):
+    """The spool fails with a batch out and (20 logged) the next one taken, or (7 logged) while
+    the sender drains the queue in the request's shadow: the batch out is settled in the
+    spool it came from, what it holds stays for the next streamer, the rest goes on in
+    memory."""
     import threading
 
     from isstreamer_jupyter import SpoolError
@@ -445,9 +448,9 @@ def test_a_spool_failing_while_a_request_is_out_loses_nothing(tmp_path, monkeypa
         return real_post(bucket_key, events, meanwhile)
 
     t.post_events = post_then_break
-    for i in range(20):
+    for i in range(first):
         s.log("n", i)
-    logged.set()
+    threading.Timer(0.2, logged.set).start()  # (flush's marker is queued by then)
     assert s.flush(timeout=10)
     with pytest.warns(UserWarning, match="going on without the spool"):
         s.flush(timeout=1)  # (what went wrong in the sender is told at the next call)
@@ -458,5 +461,5 @@ def test_a_spool_failing_while_a_request_is_out_loses_nothing(tmp_path, monkeypa
     monkeypatch.undo()
     again, t2, _ = make(**opts)  # the next streamer sends what the old spool kept
     assert again.flush(timeout=10)
-    assert [e["value"] for e in t2.events()] == list(range(5, 20))
+    assert [e["value"] for e in t2.events()] == list(range(5, first))
     again.close(timeout=1)
