@@ -141,8 +141,10 @@ class Sender:
         self._hold_state = State.BACKING_OFF
         self._attempt = 0
         self._split_limit: int | None = None
-        #: the batch to send next, taken and encoded while the previous one was out
+        #: the batch to send next, taken and encoded while the previous one was out, and the
+        #: store it was taken from (only the sender's thread touches these)
         self._next: Batch | None = None
+        self._next_store: Store = store
         self._split_left = 0
         self._last_request_at = -1e9
         self._first_pending_at: float | None = None
@@ -205,7 +207,9 @@ class Sender:
         """Stop the thread; True if it ended within `timeout`."""
         self._running = False
         self.wake.set()
-        if self.thread is None:
+        if self.thread is None:  # use_async=False: a batch made ready goes back
+            with contextlib.suppress(SpoolError):
+                self._drop_next()
             return True
         self.thread.join(timeout)
         return not self.thread.is_alive()
@@ -247,10 +251,13 @@ class Sender:
         if pace:
             return pace
         limit = self._split_limit or self.settings.batch_size
+        store = self.store  # (log() may switch it, on a spool failure: a batch keeps its own)
+        if self._next is not None and self._next_store is not store:
+            self._drop_next()
         batch, self._next = self._next, None
         if batch is None:
-            batch = self.store.take(limit, self._stopped_buckets)
-        damaged = getattr(self.store, "damaged", 0)
+            batch = store.take(limit, self._stopped_buckets)
+        damaged = getattr(store, "damaged", 0)
         if damaged > self._damaged_seen:
             with self.lock:
                 self.dropped += damaged - self._damaged_seen
@@ -262,9 +269,9 @@ class Sender:
             self._check_markers()
             return idle
         if batch.bucket_key not in self._created:
-            self.store.release(batch)
+            store.release(batch)
             return self._create(Bucket(batch.bucket_name, batch.bucket_key), now)
-        return self._send(batch, now)
+        return self._send(batch, store, now)
 
     def drain(self, most: int | None = None, *, wait: bool = True) -> None:
         """Move what log() queued into the store (at most `most` items), noting bucket
@@ -341,12 +348,8 @@ class Sender:
     def _leave_spool(self, exc: SpoolError) -> None:
         """The spool failed: keep going with a memory store (what is on disk stays there for
         the next streamer), and say so."""
-        old, self.store = self.store, MemoryStore(self.settings.max_queue)
-        nxt, self._next = self._next, None
-        if nxt is not None:  # free it for the next streamer, if that spool still lets us
-            with contextlib.suppress(SpoolError):
-                old.release(nxt)
-        self._recheck = True
+        self.store = MemoryStore(self.settings.max_queue)  # (a batch under way, and the one
+        self._recheck = True  # made ready, are settled in the spool they came from)
         with self.lock:
             self._pending = 0
         self._error(f"{exc}; going on without the spool (new events live in memory only)",
@@ -394,26 +397,33 @@ class Sender:
             return 0.0
         return self._failed(answer, bucket.key, None, now)
 
-    def _send(self, batch: Batch, now: float) -> float:
+    def _send(self, batch: Batch, store: Store, now: float) -> float:
+        """Send `batch`, taken from `store` (settled there even if log() has switched stores
+        meanwhile, after a spool failure)."""
         with self.lock:
             self.in_flight = len(batch)
-        store = self.store
         meanwhile = None
         if self._split_limit is None and (self._markers or self._pending + len(self.queue)
                                           - len(batch) >= self.settings.batch_size):
             meanwhile = lambda: self._take_next(batch, store)  # noqa: E731
-        answer = self._request(lambda: self.transport.post_events(
-            batch.bucket_key, batch.events, meanwhile), now)
+        try:
+            answer = self._request(lambda: self.transport.post_events(
+                batch.bucket_key, batch.events, meanwhile), now)
+        except BaseException:  # interrupted (Ctrl-C in a use_async=False caller): keep all
+            self._drop_next()
+            with contextlib.suppress(SpoolError):
+                store.release(batch)
+            with self.lock:
+                self.in_flight = 0
+            raise
         # (an exception in the transport is an Answer too: see _request)
-        accepted = answer.outcome is Outcome.ACCEPTED
-        if self.store is not store:  # the spool failed while the request was out
-            return self._sent_from_old_store(store, batch, accepted)
-        if accepted:
-            self.store.ack(batch, self._next)
+        if answer.outcome is Outcome.ACCEPTED:
+            store.ack(batch, self._next if self._next_store is store else None)
             with self.lock:
                 self.in_flight = 0
                 self.sent += len(batch)
-                self._pending -= len(batch)
+                if store is self.store:
+                    self._pending -= len(batch)
                 self._rate_samples.append((self.clock.monotonic(), self.sent))
             if self._split_limit is not None:
                 self._split_left -= len(batch)
@@ -423,36 +433,19 @@ class Sender:
             return 0.0
         with self.lock:
             self.in_flight = 0
-        return self._failed(answer, batch.bucket_key, batch, now)
-
-    def _sent_from_old_store(self, store: Store, batch: Batch, accepted: bool) -> float:
-        """`batch` came from a spool that failed (and was left) during its request: settle it
-        there as well as that spool still can; what stays is sent by the next streamer."""
-        try:
-            if accepted:
-                store.ack(batch)
-            else:
-                store.release(batch)
-        except SpoolError:
-            pass
-        with self.lock:
-            self.in_flight = 0
-            if accepted:
-                self.sent += len(batch)
-        return 0.0
+        return self._failed(answer, batch.bucket_key, batch, now, store)
 
     def _take_next(self, batch: Batch, store: Store) -> None:
-        """While `batch` is at the service: drain the queue, then take and encode the batch
-        after it, so the next request goes out as soon as this one is acknowledged (the
-        client's work overlaps the service's; still one request in flight, in order). Only a
-        full batch, or any when a flush waits."""
+        """While `batch` is at the service: drain the queue if the next batch needs it, then
+        take and encode the batch after it, so the next request goes out as soon as this one
+        is acknowledged (the client's work overlaps the service's; still one request in
+        flight, in order). Only a full batch, or any when a flush waits."""
         try:
             limit = self.settings.batch_size
-            if self._pending - len(batch) < limit:  # the next batch needs what is queued
+            if self._pending - len(batch) < limit:
                 self.drain()
-            if self.store is not store:  # the spool failed while draining: `batch` is not ours
-                return
             self._next = store.take(limit, after=batch, least=1 if self._markers else limit)
+            self._next_store = store
             if self._next is not None:  # (if encoding fails here, sending fails again)
                 self.transport.prepare(self._next.events)
         except Exception:  # the next round's own take or send meets it and reports it
@@ -461,7 +454,7 @@ class Sender:
     def _drop_next(self) -> None:
         nxt, self._next = self._next, None
         if nxt is not None:
-            self.store.release(nxt)
+            self._next_store.release(nxt)
 
     def _request(self, call: Callable[[], Answer], now: float) -> Answer:
         self._last_request_at = now
@@ -486,12 +479,16 @@ class Sender:
             self.notify(10, f"HTTP {answer.status or '-'} {answer.outcome.value} {answer.detail}")
         return answer
 
-    def _failed(self, answer: Answer, bucket_key: str, batch: Batch | None, now: float) -> float:
-        """Keep the events and decide when to try again; never a retry storm."""
+    def _failed(self, answer: Answer, bucket_key: str, batch: Batch | None, now: float,
+                store: Store | None = None) -> float:
+        """Keep the events (in `store`, where `batch` came from) and decide when to try
+        again; never a retry storm."""
+        if store is None:
+            store = self.store
         outcome = answer.outcome
         self._drop_next()
         if batch is not None and outcome not in (Outcome.INVALID, Outcome.TOO_LARGE):
-            self.store.release(batch)
+            store.release(batch)
         if outcome in (Outcome.RETRY, Outcome.RATE_LIMITED):
             self._attempt += 1
             delay = self._backoff() if answer.retry_after is None else answer.retry_after
@@ -514,14 +511,15 @@ class Sender:
         if outcome is Outcome.TOO_LARGE or outcome is Outcome.INVALID:
             assert batch is not None
             if len(batch) > 1:  # split: find the part the service takes
-                self.store.release(batch)
+                store.release(batch)
                 self._split_limit = max(1, len(batch) // 2)
                 self._split_left = len(batch)
                 return 0.0
-            self.store.ack(batch)  # one event the service will never take: drop it, say so
+            store.ack(batch)  # one event the service will never take: drop it, say so
             with self.lock:
                 self.refused += 1
-                self._pending -= 1
+                if store is self.store:
+                    self._pending -= 1
             self._error(f"the service refused an event: {answer.detail}", REMEDIES[outcome])
             self._check_markers()
             return 0.0
@@ -532,7 +530,7 @@ class Sender:
         else:  # access denied, cap reached: the whole account
             self._error(answer.detail, REMEDIES[outcome], level=40)
             if outcome is Outcome.ACCESS_DENIED:
-                self.store.mark_denied()
+                store.mark_denied()
             self._probe_at = now + CAP_PROBE_INTERVAL
             self._halt = answer
         self._check_markers()

@@ -262,6 +262,10 @@ _FROM_FORMAT_1 = (
     "INSERT INTO segments(id, ns, bucket_key, bucket_name, count, done, lease, holder) "
     "SELECT id, ns, bucket_key, bucket_name, count, done, lease, holder FROM segments_format_1",
     "INSERT INTO segment_events(id, events) SELECT id, events FROM segments_format_1",
+    # ids keep growing from the old high-water mark (flush markers wait on "ids up to")
+    "DELETE FROM sqlite_sequence WHERE name='segments'",
+    "INSERT INTO sqlite_sequence(name, seq) SELECT 'segments', seq FROM sqlite_sequence "
+    "WHERE name='segments_format_1'",
     "DROP TABLE segments_format_1",
 )
 

@@ -463,3 +463,69 @@ def test_a_spool_failing_while_batches_are_under_way_loses_nothing(tmp_path, mon
     assert again.flush(timeout=10)
     assert [e["value"] for e in t2.events()] == list(range(5, first))
     again.close(timeout=1)
+
+
+@pytest.mark.parametrize("spool", [False, True])
+def test_an_interrupted_request_gives_back_its_batch_and_the_next(tmp_path, spool):
+    """Ctrl-C while a use_async=False caller waits for an answer (the next batch was made
+    ready meanwhile): both go back, and everything is delivered in order afterwards."""
+    s, t, _ = make(batch_size=10, spool=spool, spool_dir=tmp_path / "spool")
+    real_post = t.post_events
+
+    def interrupted_once(bucket_key, events, meanwhile=None):
+        if not getattr(t, "interrupted", False):
+            t.interrupted = True
+            assert meanwhile is not None
+            meanwhile()  # the body is out, the next batch is taken ...
+            raise KeyboardInterrupt  # ... and the user interrupts the cell
+        return real_post(bucket_key, events, meanwhile)
+
+    t.post_events = interrupted_once
+    for i in range(30):
+        s._queue.append(("n", i, 1_800_000_000.0 + i))  # queued as log() would, unsent
+    with pytest.raises(KeyboardInterrupt):
+        for _ in range(5):
+            s._sender.step()
+    assert s._sender._next is None and s.stats().in_flight == 0
+    assert s.flush(timeout=60)
+    assert [e["value"] for e in t.events()] == list(range(30))
+    s.close(timeout=1)
+
+
+def test_log_leaving_the_spool_while_a_request_is_out(tmp_path):
+    """log() itself may leave a failed spool (spilling past max_queue) while the sender has a
+    batch out and the next one ready: both are settled in the old spool, the counters stay
+    right, and the next streamer sends what the old spool kept."""
+    from isstreamer_jupyter import SpoolError
+    from isstreamer_jupyter._spool import SqliteSpool
+
+    opts = {"batch_size": 5, "spool": True, "spool_dir": tmp_path / "spool"}
+    s, t, _ = make(**opts)
+    real_post = t.post_events
+
+    def switched_meanwhile(bucket_key, events, meanwhile=None):
+        if meanwhile is not None and not getattr(t, "switched", False):
+            t.switched = True
+            meanwhile()  # the next batch is taken from the spool ...
+            s._sender._leave_spool(SpoolError("disk full"))  # ... then log() leaves it
+            s._queue.append(("n", 100, 1_800_000_000.0))
+            other = SqliteSpool(tmp_path / "spool", api_base=s.settings.api_base,
+                                access_key=KEY)  # another process on that spool
+            assert other.take(100) is None  # the batch out and the next stay held
+            other.close()
+        return real_post(bucket_key, events, meanwhile)
+
+    t.post_events = switched_meanwhile
+    for i in range(20):
+        s._queue.append(("n", i, 1_800_000_000.0 + i))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert s.flush(timeout=60)
+    assert [e["value"] for e in t.events()] == [0, 1, 2, 3, 4, 100]
+    stats = s.stats()
+    assert (stats.queued, stats.in_flight, stats.sent) == (0, 0, 6)
+    s.close(timeout=1)
+    again, t2, _ = make(**opts)
+    assert again.flush(timeout=60)
+    assert [e["value"] for e in t2.events()] == list(range(5, 20))
+    again.close(timeout=1)

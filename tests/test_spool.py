@@ -366,6 +366,7 @@ def test_a_spool_of_the_first_format_is_upgraded_and_delivered(make_receiver, en
         db.execute("INSERT INTO segments(ns, bucket_key, bucket_name, events, count, done) "
                    "VALUES (?, 'spool_test', 'Spool', ?, 5, ?)",
                    (ns, marshal.dumps(events), 2 if first == 0 else 0))  # 0, 1 were sent
+    db.execute("UPDATE sqlite_sequence SET seq=100")  # (later segments were sent and gone)
     db.commit()
     db.close()
     s = Streamer(**opts)
@@ -377,5 +378,6 @@ def test_a_spool_of_the_first_format_is_upgraded_and_delivered(make_receiver, en
     db = sqlite3.connect(env / "spool" / "spool.sqlite3")
     assert db.execute("PRAGMA user_version").fetchone()[0] == 2
     assert db.execute("SELECT COUNT(*) FROM segment_events").fetchone()[0] == 0
+    assert db.execute("SELECT seq FROM sqlite_sequence WHERE name='segments'").fetchone()[0] > 100
     assert {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index'")} >= {
         "segments_ns", "segments_leased"}
