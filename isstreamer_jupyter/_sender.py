@@ -436,14 +436,14 @@ class Sender:
         return self._failed(answer, batch.bucket_key, batch, now, store)
 
     def _take_next(self, batch: Batch, store: Store) -> None:
-        """While `batch` is at the service: drain the queue if the next batch needs it, then
-        take and encode the batch after it, so the next request goes out as soon as this one
-        is acknowledged (the client's work overlaps the service's; still one request in
-        flight, in order). Only a full batch, or any when a flush waits."""
+        """While `batch` is at the service: drain the queue (which also keeps it under
+        max_queue, so log() rarely spills itself), then take and encode the batch after it,
+        so the next request goes out as soon as this one is acknowledged (the client's work
+        overlaps the service's; still one request in flight, in order). Only a full batch,
+        or any when a flush waits."""
         try:
             limit = self.settings.batch_size
-            if self._pending - len(batch) < limit:
-                self.drain()
+            self.drain()
             self._next = store.take(limit, after=batch, least=1 if self._markers else limit)
             self._next_store = store
             if self._next is not None:  # (if encoding fails here, sending fails again)

@@ -416,10 +416,10 @@ def test_next_batch_made_ready_in_flight_keeps_order_under_any_answers(tmp_path,
 
 @pytest.mark.parametrize("first", [20, 7])
 def test_a_spool_failing_while_batches_are_under_way_loses_nothing(tmp_path, monkeypatch, first):
-    """The spool fails with a batch out and (20 logged) the next one taken, or (7 logged) while
-    the sender drains the queue in the request's shadow: the batch out is settled in the
-    spool it came from, what it holds stays for the next streamer, the rest goes on in
-    memory."""
+    """The spool fails while the sender drains the queue in a request's shadow, with a full
+    next batch (20 logged) or a partial one before a flush (7 logged) in it: the batch out is
+    settled in the spool it came from, the one made ready there is given back, what that
+    spool holds stays for the next streamer, the rest goes on in memory."""
     import threading
 
     from isstreamer_jupyter import SpoolError
