@@ -31,7 +31,9 @@ from ._stats import SignalStat, State, Stats
 from ._transport import Answer, Outcome, RateBudget, Transport
 
 BACKOFF_BASE = 0.2
-BACKOFF_CAP = 60.0
+#: the longest wait between retries: after an outage, delivery resumes within this (AWS SDKs
+#: cap at 20 s too; with full jitter a long outage means one probe every ~11 s)
+BACKOFF_CAP = 20.0
 #: after a 402 the sender asks again this often, so a monthly reset lets events go out
 CAP_PROBE_INTERVAL = 600.0
 #: signals tracked for the panel; more keys are counted but not tracked
