@@ -169,8 +169,8 @@ class HttpTransport:
     The session holds the settings (headers, TLS verification, proxies from the environment)
     and the connection pool. Requests go through the session adapter's urllib3 pool directly:
     the same connection, TLS and proxy handling, without requests' per-request ``Response``,
-    cookie and redirect work (about half of a 500-event request's client cost, measured in
-    ``benchmarks/bench_core.py``), which an API client posting JSON does not use.
+    cookie and redirect work (about half of a 500-event request's client cost, as profiled
+    while making the delivery benchmark faster), which an API client posting JSON does not use.
     The access key lives only in the session's headers; nothing here formats it.
     """
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 __all__ = ["Faults", "Receiver", "serve_main"]
 
@@ -261,11 +261,9 @@ class _Handler(BaseHTTPRequestHandler):
     # -- routing ---------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        target = self.path
-        if "://" in target.partition("?")[0]:  # absolute form: the client sent it via a proxy
-            target = target.split("://", 1)[1]
-            target = target[target.find("/"):] if "/" in target else "/"
-        path, _, query = target.partition("?")
+        path, _, query = self.path.partition("?")
+        if "://" in path:  # absolute form: the client sent it via a proxy
+            path = urlsplit(path).path
         path = "/" + "/".join(p for p in path.split("/") if p)
         method = self.command
         if path in ("/api/events", "/api/buckets"):
