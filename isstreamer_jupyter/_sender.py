@@ -138,6 +138,10 @@ class Sender:
         self._created: set[str] = set()
         self._stopped_buckets: dict[str, Answer] = {}
         self._halt: Answer | None = None  # account-wide stop: access denied, cap reached
+        #: bumped when the user replaces the access key; a request remembers the one it went
+        #: out with, so a refusal of the old key (answered late) does not stop the new one
+        self._key_generation = 0
+        self._asked_generation = 0
         self._probe_at = 0.0
         self._hold_until = 0.0  # monotonic; no request before it
         self._hold_state = State.BACKING_OFF
@@ -460,6 +464,7 @@ class Sender:
 
     def _request(self, call: Callable[[], Answer], now: float) -> Answer:
         self._last_request_at = now
+        self._asked_generation = self._key_generation
         try:
             answer = call()
         except (ValueError, TypeError) as exc:  # an event or header the wire cannot carry
@@ -491,6 +496,10 @@ class Sender:
         self._drop_next()
         if batch is not None and outcome not in (Outcome.INVALID, Outcome.TOO_LARGE):
             store.release(batch)
+        if outcome is Outcome.ACCESS_DENIED and self._asked_generation != self._key_generation:
+            self.notify(20, "a request sent with the replaced access key was refused; "
+                            "sending it again with the new one")
+            return 0.0  # (the batch was released above)
         if outcome in (Outcome.RETRY, Outcome.RATE_LIMITED):
             self._attempt += 1
             delay = self._backoff() if answer.retry_after is None else answer.retry_after
@@ -555,6 +564,11 @@ class Sender:
     def blocked(self) -> bool:
         """Whether delivery is stopped for the whole account (access key, cap)."""
         return self._halt is not None
+
+    def rekeyed(self) -> None:
+        """The user replaced the access key (the transport already uses the new one)."""
+        self._key_generation += 1
+        self.resume()
 
     def resume(self) -> None:
         """Try again after the user fixed what stopped delivery (a new key, a new bucket)."""

@@ -434,7 +434,7 @@ class Streamer:
         if isinstance(transport, HttpTransport):
             transport.set_access_key(access_key)
         self._say(logging.INFO, "access key replaced; resuming delivery")
-        self._sender.resume()
+        self._sender.rekeyed()
 
     @property
     def DebugLevel(self) -> int:  # noqa: N802

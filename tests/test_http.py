@@ -142,6 +142,21 @@ def test_401_then_fixed_key_delivers_everything(make_receiver, stream):
     assert values(rx.events(s.BucketKey)) == list(range(5))
 
 
+def test_key_fixed_while_a_request_with_the_old_one_is_out(make_receiver, stream):
+    """The old key's 401 comes back after the user set the right one: delivery goes on."""
+    rx = make_receiver(access_keys={"ist_the_right_key"}, faults=Faults(latency=0.5))
+    s = stream(rx)
+    s.log("n", 1)
+    deadline = time.monotonic() + 5
+    while rx.stats()["requests"] == 0:  # the bucket's creation, with the old key, is out
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    s.AccessKey = "ist_the_right_key"
+    assert s.flush(timeout=10)
+    assert values(rx.events(s.BucketKey)) == [1]
+    assert rx.stats()["statuses"].get(401) == 1  # the late one; nothing was refused since
+
+
 def test_401_held_events_go_out_with_a_new_streamer_and_fixed_key(make_receiver, stream):
     rx = make_receiver(access_keys={"ist_the_right_key"})
     wrong = stream(rx)

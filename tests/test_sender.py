@@ -180,6 +180,21 @@ def test_fixing_the_access_key_resumes_delivery():
     assert s.AccessKey == "********"
 
 
+def test_a_late_refusal_of_the_replaced_key_does_not_stop_the_new_one():
+    """The user fixes the key while a request with the old one is out: its 401 arrives after
+    the fix and must not stop delivery again; the batch goes out with the new key."""
+    def fixed_meanwhile(kind, bucket_key, events):
+        s.AccessKey = "ist_fixed_key"
+        return 401
+
+    s, t, _ = make([204, fixed_meanwhile])
+    s._custom_transport = False  # the fake stands in for the HTTP transport here
+    s.log("a", 1)
+    assert s.flush(timeout=5)
+    assert [e["value"] for e in t.events()] == [1]
+    assert len(t.requests()) == 2 and s.stats().state is State.ONLINE
+
+
 def test_cap_reached_stops_then_probes_again():
     s, t, clock = make([204, 402])
     s.log("a", 1)
