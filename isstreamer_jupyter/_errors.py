@@ -9,6 +9,7 @@ The hierarchy::
     ├── SpoolError                   the spool cannot be used (the streamer goes on in memory)
     └── DeliveryError                flush()/close() could not confirm delivery (debug_level >= 2)
         ├── FlushTimeout             the wait ran out while delivery was still possible
+        ├── EventsLost               events were dropped (queue or spool full) or refused
         ├── AccessDenied             the service refused the access key (401/403)
         ├── CapReached               the account's monthly data-point cap is reached (402)
         └── BucketRemoved            the bucket key belonged to a deleted bucket (400)
@@ -51,6 +52,11 @@ class DeliveryError(IsStreamerError):
 
 class FlushTimeout(DeliveryError):
     """The wait ran out; the events are still queued and will be sent."""
+
+
+class EventsLost(DeliveryError):
+    """Since the last flush, events were dropped (the queue or the spool was full, a spool
+    segment was damaged) or refused by the service; they will not be sent."""
 
 
 class AccessDenied(DeliveryError):

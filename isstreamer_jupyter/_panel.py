@@ -717,6 +717,9 @@ class Panel:
         ok, error, took = result
         if ok:
             self._note = f"flushed: everything delivered ({took:.1f} s)"
+        elif not error and stats.pending == 0:  # delivered, but events were lost before
+            self._note = (f"flushed ({took:.1f} s), but events were lost since the last "
+                          f"flush: {stats.dropped} dropped and {stats.refused} refused in all")
         else:
             detail = error or (f"{stats.pending} events still waiting "
                                f"({state_words(stats)}); they stay queued")

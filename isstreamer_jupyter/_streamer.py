@@ -19,6 +19,7 @@ from ._config import Settings, check_bucket, derive_bucket_key
 from ._errors import (
     ConfigError,
     DeliveryError,
+    EventsLost,
     FlushTimeout,
     IsStreamerWarning,
     RefusedValue,
@@ -107,6 +108,7 @@ class Streamer:
         self._closed = False
         self._closed_ok = True
         self._refused_at_log = 0
+        self._lost_told = 0  # events dropped or refused by the service that a flush reported
         self._warned_long_keys: set[str] = set()
         self._notices: deque[str] = deque(maxlen=20)
         self.ring: deque[tuple[float, int, str]] = deque(maxlen=RING_SIZE)
@@ -234,7 +236,9 @@ class Streamer:
     # ---------------------------------------------------------------- waiting
     def flush(self, timeout: float | None = None, *, warn: bool = True) -> bool:
         """Wait until every event logged before this call is acknowledged, for at most
-        `timeout` seconds (default: the ``flush_timeout`` setting). True if all were.
+        `timeout` seconds (default: the ``flush_timeout`` setting). True if all were;
+        False too if, since the last flush, events were dropped (the queue or the spool was
+        full) or refused by the service.
 
         At ``debug_level >= 2`` a failure raises a :class:`DeliveryError`; otherwise it is
         warned about (unless ``warn=False``, for callers that show it themselves) and
@@ -259,6 +263,8 @@ class Streamer:
                 f"flush: {state.pending} events still waiting after {timeout:g} s{detail}; "
                 f"they stay queued and will be sent", pending=state.pending)
         if error is None:
+            error = self._lost_since_last_flush()
+        if error is None:
             return True
         self._say(logging.WARNING, str(error))
         if self.DebugLevel >= 2:
@@ -266,6 +272,19 @@ class Streamer:
         if warn:
             warnings.warn(str(error), IsStreamerWarning, stacklevel=2)
         return False
+
+    def _lost_since_last_flush(self) -> EventsLost | None:
+        sender = self._sender
+        with sender.lock:
+            dropped, refused = sender.dropped, sender.refused
+        lost = dropped + refused - self._lost_told
+        if lost <= 0:
+            return None
+        self._lost_told = dropped + refused
+        return EventsLost(
+            f"flush: {lost} events were lost since the last flush: {dropped} dropped in all "
+            f"(queue or spool full, or damaged), {refused} refused by the service (see "
+            f"stats().last_error); the rest was delivered")
 
     def _pump(self, deadline: float, marker: Marker | None) -> None:
         """use_async=False: do the sender's work in the caller, until `deadline`."""

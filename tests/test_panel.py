@@ -361,6 +361,28 @@ def test_flush_button_never_blocks_and_reports(make_receiver, make_streamer) -> 
     assert counters(panel)["sent"] == "3"
 
 
+def test_flush_button_reports_events_lost_since_the_last_flush(receiver: Receiver,
+                                                              make_streamer) -> None:
+    streamer = make_streamer(receiver, spool=False, max_queue=5)
+    panel = Panel(streamer)
+    wait_for(panel, lambda: state(panel) == "online", what="online")
+    receiver.outage(30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i in range(12):
+            streamer.log("y", i)
+        streamer._sender.drain()  # (what the sender does within spool_interval)
+        receiver.outage(0)
+        panel.flush_button.click()
+        assert panel.wait_flush(30)
+    panel.refresh()
+    dropped = streamer.stats().dropped
+    assert dropped >= 5  # (a batch under way when the queue overflowed is not dropped)
+    assert re.fullmatch(r"flushed \(\d+\.\d s\), but events were lost since the last flush: "
+                        rf"{dropped} dropped and 0 refused in all", field(panel, "note"))
+    assert counters(panel)["dropped"] == str(dropped)
+
+
 def test_flush_button_reports_what_is_left(receiver: Receiver, make_streamer) -> None:
     streamer = make_streamer(receiver, flush_timeout=0.5)
     panel = Panel(streamer)

@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 from isstreamer_jupyter import (
     AccessDenied,
     BucketRemoved,
+    EventsLost,
     FlushTimeout,
+    IsStreamerWarning,
     RefusedValue,
     State,
     Streamer,
@@ -146,12 +148,13 @@ def test_one_bad_event_is_dropped_the_rest_go_out():
     s, t, _ = make([204] + [picky] * 20, batch_size=8)
     for i in range(8):
         s.log("n", "poison" if i == 3 else i)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        s.flush()
+    with pytest.warns(IsStreamerWarning, match="1 events were lost .* 1 refused by the"):
+        assert not s.flush()  # the rest went out; the one refused is reported, once
     assert [e["value"] for e in t.events()] == [0, 1, 2, 4, 5, 6, 7]
     stats = s.stats()
     assert stats.refused == 1 and "refused an event" in stats.last_error
+    s.log("n", 8)
+    assert s.flush()
 
 
 def test_access_denied_stops_keeps_events_and_never_storms():
@@ -244,6 +247,17 @@ def test_memory_queue_bound_drops_oldest_and_counts():
         s.log("n", i)
     s._sender.drain()
     assert s.stats().dropped == 7
+
+
+def test_flush_reports_events_dropped_since_the_last_flush():
+    s, t, _ = make(max_queue=5, batch_size=100, debug_level=2)
+    for i in range(12):
+        s.log("n", i)
+    with pytest.raises(EventsLost, match="7 events were lost since the last flush: 7 dropped"):
+        s.flush()
+    assert [e["value"] for e in t.events()] == list(range(7, 12))  # the newest five
+    s.log("n", 12)
+    assert s.flush()
 
 
 def test_flush_is_bounded_and_typed():
