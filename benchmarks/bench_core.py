@@ -153,40 +153,41 @@ def bench_burst(rx: c.AnyReceiver, t: c.Table) -> None:
 
 
 # ------------------------------------------------------------------------------ 2. delivery
-Delivery = tuple[float, int, int, int, str]
+#: (seconds, lost, duplicates, out of order, detail, the client process's CPU seconds)
+Delivery = tuple[float, int, int, int, str, float]
 
 
 def ours_delivery(rx: c.AnyReceiver, n: int, **settings: object) -> Delivery:
     """(seconds from the first log() to flush() returning, lost, duplicates, out of order,
     detail)."""
     s = c.make_ours(rx, batch_size=500, max_requests_per_second=0, **settings)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     c.log_loop_ns(s.log, n)
     logged = time.perf_counter() - t0
     ok = s.flush(timeout=120)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     st = s.stats()
     s.close(timeout=5)
     lost, dups, back = c.loss_and_dups(rx.values(s.BucketKey), range(n))
     detail = (f"{'all' if ok else 'NOT all'} acknowledged, {st.requests} requests, logging "
               f"took {logged:.2f} s")
-    return seconds, lost, dups, back, detail
+    return seconds, lost, dups, back, detail, cpu
 
 
 def iss_delivery(rx: c.AnyReceiver, n: int) -> Delivery:
     iss = c.make_isstreamer(rx, buffer_size=500)
     c.join_iss(10)
     before = rx.stats()["requests"]
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     c.log_loop_ns(iss.log, n)
     logged = time.perf_counter() - t0
     c.close_iss(iss)
     left = c.join_iss(120)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     lost, dups, back = c.loss_and_dups(rx.values(iss.BucketKey), range(n))
     detail = (f"{rx.stats()['requests'] - before} requests, logging took {logged:.2f} s"
               f"{f', {left} threads still running' if left else ''}")
-    return seconds, lost, dups, back, detail
+    return seconds, lost, dups, back, detail, cpu
 
 
 def bench_delivery(rx: c.AnyReceiver, t: c.Table) -> None:
@@ -204,6 +205,8 @@ def bench_delivery(rx: c.AnyReceiver, t: c.Table) -> None:
           ours_rate >= 3 * iss_rate)
     t.row("delivery, same with spool=False: events/s", n / best_nospool[0], "—",
           "(diagnostic)", None)
+    t.row("delivery: the client's CPU per event, µs (its process, all threads)",
+          best[5] / n * 1e6, best_iss[5] / n * 1e6, "(diagnostic)", None)
     ours_lost = sum(r[1] for r in ours + nospool)
     t.row(f"delivery: events lost (all {DELIVERY_ROUNDS} runs)", ours_lost,
           sum(r[1] for r in theirs), "0 (ours)", ours_lost == 0)
@@ -215,7 +218,10 @@ def bench_delivery(rx: c.AnyReceiver, t: c.Table) -> None:
            f"`flush()` returning (ours: {best[4]}) or to ISStreamer's `close()` with all its "
            f"threads joined ({best_iss[4]}). Losses, duplicates and order are counted from the "
            f"values the receiver stored (every logged value unique); out of order = stored "
-           f"right after a larger value.")
+           f"right after a larger value. The client's CPU is `time.process_time()` over the "
+           f"same span (the log() loop included). With one request in flight ours overlaps "
+           f"only part of its work with the receiver's: `benchmarks/bench_delivery_path.py` "
+           f"breaks a request's time down.")
 
 
 # ------------------------------------------------------------------------------ 3. rate limit
