@@ -219,7 +219,8 @@ def bench_delivery(rx: c.AnyReceiver, t: c.Table) -> None:
            f"threads joined ({best_iss[4]}). Losses, duplicates and order are counted from the "
            f"values the receiver stored (every logged value unique); out of order = stored "
            f"right after a larger value. The client's CPU is `time.process_time()` over the "
-           f"same span (the log() loop included). With one request in flight ours overlaps "
+           f"same span (the log() loop included; with BENCH_INPROC=1 the receiver's too). "
+           f"With one request in flight ours overlaps "
            f"only part of its work with the receiver's: `benchmarks/bench_delivery_path.py` "
            f"breaks a request's time down.")
 

@@ -39,6 +39,7 @@ def serve() -> None:
     from isstreamer_jupyter import receiver as r
 
     marks: list[tuple[float, ...]] = []
+    took_json: list[float] = []  # (one handler thread: the one connection)
     handler = r._Handler
     parse_request, read_body, post_events, send = (
         handler.parse_request, handler._read_body, handler._post_events, handler._send)
@@ -52,7 +53,7 @@ def serve() -> None:
         def loads(body: bytes) -> Any:
             t = pc()
             doc = loads(body)
-            handler.took_json = pc() - t  # type: ignore[attr-defined]
+            took_json.append(pc() - t)
             return doc
 
     def timed_parse(self: Any) -> bool:
@@ -67,8 +68,9 @@ def serve() -> None:
         return got
 
     def timed_post(self: Any, *args: Any) -> Any:
+        took_json.clear()
         answer = post_events(self, *args)
-        self.t += [pc(), handler.took_json]  # type: ignore[attr-defined]
+        self.t += [pc(), took_json[0] if took_json else 0.0]
         return answer
 
     def timed_send(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -134,6 +136,20 @@ def instrument_client() -> tuple[list[dict[str, float]], list[tuple[str, float, 
     return requests, spans
 
 
+def pair(requests: list[dict[str, float]],
+         marks: list[list[float]]) -> list[tuple[dict[str, float], list[float]]]:
+    """Each client request with the receiver's record of it: the one whose header parse
+    began after the request started and whose answer was written before it was read."""
+    pairs, i = [], 0
+    for q in requests:
+        while i < len(marks) and marks[i][0] < q["start"]:
+            i += 1  # (a record of a request this side did not time)
+        if i < len(marks) and "answer" in q and marks[i][-1] <= q["answer"]:
+            pairs.append((q, marks[i]))
+            i += 1
+    return pairs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--events", type=int, default=100_000)
@@ -183,7 +199,7 @@ def main() -> None:
         add(phases, "first events request", first * 1e3)
         add(phases, "last answer", (requests[-1]["answer"] - t0) * 1e3)
         add(phases, "flush() returns", took * 1e3)
-        steady = [(q, m) for q, m in zip(requests, marks, strict=False)
+        steady = [(q, m) for q, m in pair(requests, marks)
                   if q["start"] - t0 > logged and "sent" in q][1:-1]
         nxt = {id(q): requests[i + 1]["start"] for i, q in enumerate(requests[:-1])}
         for q, (parse0, parse1, read, posted, json_s, answered) in steady:

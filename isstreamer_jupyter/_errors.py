@@ -56,7 +56,13 @@ class FlushTimeout(DeliveryError):
 
 class EventsLost(DeliveryError):
     """Since the last flush, events were dropped (the queue or the spool was full, a spool
-    segment was damaged) or refused by the service; they will not be sent."""
+    segment was damaged) or refused (by the service, or unsendable); they will not be sent.
+    Everything else was delivered."""
+
+    def __init__(self, message: str, *, dropped: int = 0, refused: int = 0) -> None:
+        super().__init__(message)
+        self.dropped = dropped
+        self.refused = refused
 
 
 class AccessDenied(DeliveryError):

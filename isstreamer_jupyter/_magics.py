@@ -744,14 +744,20 @@ def _close(streamer: Streamer, timeout: float) -> str:
     caught = _Caught()
     try:
         delivered = caught(lambda: streamer.close(timeout))
-    except IsStreamerError:
+    except IsStreamerError as exc:  # debug_level >= 2
         delivered = False
+        caught.messages.append(str(exc))
     if delivered:
         return ""
     stats = streamer.stats()
     where = f" in the spool {stats.spool_path} (the next streamer sends them)" \
         if stats.spool_path else " (spool off: they are lost)"
-    return f"; {stats.pending} events not yet delivered wait{where}" if stats.pending else ""
+    if stats.pending:
+        return f"; {stats.pending} events not yet delivered wait{where}"
+    # nothing waits, yet not all delivered: events were lost earlier (dropped or refused)
+    said = "".join(f"; {m}" for m in caught.messages) or "; some events were lost"
+    key = streamer.settings.access_key  # (belt and braces, as _scrub)
+    return said.replace(key, "********") if key else said
 
 
 def _close_panels(streamer: Streamer) -> None:

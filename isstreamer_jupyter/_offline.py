@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ._config import BY_NAME, check_bucket, derive_bucket_key, resolve
-from ._errors import ConfigError, DeliveryError, IsStreamerError, RefusedValue
+from ._errors import ConfigError, DeliveryError, EventsLost, IsStreamerError, RefusedValue
 from ._events import check_key, coerce_epoch, coerce_value
 
 STATE_SUFFIX = ".upload.json"
@@ -41,6 +41,7 @@ class UploadSummary:
     sent: int = 0
     already_sent: int = 0  # rows an earlier, interrupted upload delivered
     bad_rows: list[tuple[int, str]] = field(default_factory=list)
+    refused: int = 0  # rows the service refused (each alone): see the streamer's last error
     buckets: dict[str, str] = field(default_factory=dict)  # key -> name
     seconds: float = 0.0
     error: str = ""
@@ -61,6 +62,9 @@ class UploadSummary:
             lines += [f"    line {n}: {why}" for n, why in self.bad_rows[:20]]
             if len(self.bad_rows) > 20:
                 lines.append(f"    … and {len(self.bad_rows) - 20} more")
+        if self.refused:
+            lines.append(f"  {self.refused} refused by the service (sent alone, each refused: "
+                         f"they are not sent again)")
         if self.error:
             lines.append(f"  stopped: {self.error}")
         return "\n".join(lines)
@@ -186,10 +190,13 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
         summary.buckets[first.bucket_key] = first.bucket_name
         for row in pending:
             streamer.log(row.key, row.value, row.epoch)
-        if not streamer.flush(timeout=timeout):
-            raise DeliveryError(streamer.stats().last_error or "not acknowledged in time")
-        _save_state(state_path, target, pending[-1].line, size)
-        summary.sent += len(pending)
+        error = streamer._flush(timeout)
+        refused = error.refused if isinstance(error, EventsLost) else 0
+        if error is not None and not refused:
+            raise DeliveryError(streamer.stats().last_error or str(error))
+        _save_state(state_path, target, pending[-1].line, size)  # (a refused row is final)
+        summary.sent += len(pending) - refused
+        summary.refused += refused
         bar.update(len(pending))
         pending.clear()
 

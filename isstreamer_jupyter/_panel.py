@@ -51,7 +51,7 @@ from collections import deque
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
-from ._errors import IsStreamerError
+from ._errors import DeliveryError, EventsLost, FlushTimeout, IsStreamerError
 from ._stats import SignalStat, State, Stats, state_words, status_text
 
 try:
@@ -332,7 +332,7 @@ class Panel:
         self._log_lines: deque[str] = deque(maxlen=LOG_LINES)  # escaped, oldest first
         self._log_last: Any = None  # the last ring entry shown
         self._flush_thread: threading.Thread | None = None
-        self._flush_result: tuple[bool, str, float] | None = None
+        self._flush_result: tuple[Exception | None, float] | None = None
         self._note = ""
         self.stats: Stats | None = None
         self._build()
@@ -688,14 +688,11 @@ class Panel:
         """In its own thread so the kernel never waits; hands the result to the next refresh
         and touches no widget."""
         started = time.monotonic()
-        error = ""
         try:
-            ok = bool(self.streamer.flush(warn=False))
-        except IsStreamerError as exc:  # debug_level >= 2 raises DeliveryError
-            ok, error = False, str(exc)
+            result: Exception | None = self.streamer._flush(None)
         except Exception as exc:
-            ok, error = False, f"{type(exc).__name__}: {exc}"
-        self._flush_result = (ok, error, time.monotonic() - started)
+            result = exc
+        self._flush_result = (result, time.monotonic() - started)
 
     @property
     def flushing(self) -> bool:
@@ -714,15 +711,20 @@ class Panel:
         result, thread = self._flush_result, self._flush_thread
         if thread is None or result is None or thread.is_alive():
             return
-        ok, error, took = result
-        if ok:
+        error, took = result
+        if error is None:
             self._note = f"flushed: everything delivered ({took:.1f} s)"
-        elif not error and stats.pending == 0:  # delivered, but events were lost before
-            self._note = (f"flushed ({took:.1f} s), but events were lost since the last "
-                          f"flush: {stats.dropped} dropped and {stats.refused} refused in all")
+        elif isinstance(error, EventsLost):
+            self._note = (f"flushed ({took:.1f} s), but since the last flush {error.dropped} "
+                          f"events were dropped and {error.refused} refused")
         else:
-            detail = error or (f"{stats.pending} events still waiting "
-                               f"({state_words(stats)}); they stay queued")
+            if isinstance(error, FlushTimeout):
+                detail = (f"{stats.pending} events still waiting ({state_words(stats)}); they "
+                          f"stay queued")
+            elif isinstance(error, DeliveryError):  # stopped: what and the fix
+                detail = str(error)
+            else:
+                detail = f"{type(error).__name__}: {error}"
             self._note = f"flush: not all delivered after {took:.1f} s: {_esc(detail)}"
         self._flush_thread = None
         with self.flush_button.hold_sync():

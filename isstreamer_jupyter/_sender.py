@@ -142,6 +142,7 @@ class Sender:
         #: out with, so a refusal of the old key (answered late) does not stop the new one
         self._key_generation = 0
         self._asked_generation = 0
+        self._key_lock = threading.Lock()
         self._probe_at = 0.0
         self._hold_until = 0.0  # monotonic; no request before it
         self._hold_state = State.BACKING_OFF
@@ -496,10 +497,17 @@ class Sender:
         self._drop_next()
         if batch is not None and outcome not in (Outcome.INVALID, Outcome.TOO_LARGE):
             store.release(batch)
-        if outcome is Outcome.ACCESS_DENIED and self._asked_generation != self._key_generation:
-            self.notify(20, "a request sent with the replaced access key was refused; "
-                            "sending it again with the new one")
-            return 0.0  # (the batch was released above)
+        if outcome is Outcome.ACCESS_DENIED:
+            with self._key_lock:  # a refusal and the user's new key: one after the other
+                if self._asked_generation != self._key_generation:  # the old key's refusal
+                    self.notify(20, "a request sent with the replaced access key was refused; "
+                                    "sending it again with the new one")
+                    return 0.0  # (the batch was released above)
+                self._error(answer.detail, REMEDIES[outcome], level=40)
+                store.mark_denied()
+                self._halt = answer
+            self._check_markers()
+            return 0.0
         if outcome in (Outcome.RETRY, Outcome.RATE_LIMITED):
             self._attempt += 1
             delay = self._backoff() if answer.retry_after is None else answer.retry_after
@@ -538,10 +546,8 @@ class Sender:
         if outcome is Outcome.BUCKET_REMOVED:
             self._error(f"bucket {bucket_key}: {answer.detail}", REMEDIES[outcome], level=40)
             self._stopped_buckets[bucket_key] = answer
-        else:  # access denied, cap reached: the whole account
+        else:  # the monthly cap reached: the whole account
             self._error(answer.detail, REMEDIES[outcome], level=40)
-            if outcome is Outcome.ACCESS_DENIED:
-                store.mark_denied()
             self._probe_at = now + CAP_PROBE_INTERVAL
             self._halt = answer
         self._check_markers()
@@ -565,9 +571,13 @@ class Sender:
         """Whether delivery is stopped for the whole account (access key, cap)."""
         return self._halt is not None
 
-    def rekeyed(self) -> None:
-        """The user replaced the access key (the transport already uses the new one)."""
-        self._key_generation += 1
+    def rekey(self, switch: Callable[[], None]) -> None:
+        """The user replaces the access key: `switch` moves the store and the transport to
+        it. A refusal of the old key answered meanwhile either stops delivery first (and this
+        resumes it) or finds the key replaced (and the request goes out again)."""
+        with self._key_lock:
+            switch()
+            self._key_generation += 1
         self.resume()
 
     def resume(self) -> None:
@@ -584,6 +594,7 @@ class Sender:
         self.lock = threading.Lock()
         self._drain_lock = threading.Lock()
         self._signals_lock = threading.Lock()
+        self._key_lock = threading.Lock()
         self.wake = threading.Event()
         self._markers = []
         self._next = None  # the parent's lease, the parent's batch

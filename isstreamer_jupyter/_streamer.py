@@ -8,6 +8,7 @@ import datetime as _dt
 import logging
 import os
 import sys
+import threading
 import time
 import warnings
 import weakref
@@ -108,7 +109,9 @@ class Streamer:
         self._closed = False
         self._closed_ok = True
         self._refused_at_log = 0
-        self._lost_told = 0  # events dropped or refused by the service that a flush reported
+        #: (dropped, refused) as a flush last reported them
+        self._lost_told = (0, 0)
+        self._lost_lock = threading.Lock()
         self._warned_long_keys: set[str] = set()
         self._notices: deque[str] = deque(maxlen=20)
         self.ring: deque[tuple[float, int, str]] = deque(maxlen=RING_SIZE)
@@ -238,14 +241,34 @@ class Streamer:
         """Wait until every event logged before this call is acknowledged, for at most
         `timeout` seconds (default: the ``flush_timeout`` setting). True if all were;
         False too if, since the last flush, events were dropped (the queue or the spool was
-        full) or refused by the service.
+        full) or refused (by the service, or unsendable), which it says once.
 
         At ``debug_level >= 2`` a failure raises a :class:`DeliveryError`; otherwise it is
         warned about (unless ``warn=False``, for callers that show it themselves) and
         ``False`` is returned. Unsent events stay queued either way.
         """
+        closed = self._closed and not self._sender_alive()
+        error = self._flush(timeout)
+        if error is None:
+            return True
+        if closed:  # close() has told what is left
+            return False
+        self._say(logging.WARNING, str(error))
+        if self.DebugLevel >= 2:
+            raise error
+        if warn:
+            warnings.warn(str(error), IsStreamerWarning, stacklevel=2)
+        return False
+
+    def _flush(self, timeout: float | None) -> DeliveryError | None:
+        """flush() without the telling: what went wrong, or None if everything was
+        delivered (the panel and uploads choose what to say from its type)."""
         if self._closed and not self._sender_alive():
-            return self._sender._pending == 0 and not self._queue
+            left = self._sender._pending + sum(1 for item in self._queue if type(item) is tuple)
+            if left:
+                return FlushTimeout(f"flush: the streamer is closed; {left} events wait",
+                                    pending=left)
+            return self._lost_since_last_flush()
         timeout = self.settings.flush_timeout if timeout is None else float(timeout)
         self._show_notices()
         marker = Marker()
@@ -262,29 +285,25 @@ class Streamer:
             error = FlushTimeout(
                 f"flush: {state.pending} events still waiting after {timeout:g} s{detail}; "
                 f"they stay queued and will be sent", pending=state.pending)
-        if error is None:
-            error = self._lost_since_last_flush()
-        if error is None:
-            return True
-        self._say(logging.WARNING, str(error))
-        if self.DebugLevel >= 2:
-            raise error
-        if warn:
-            warnings.warn(str(error), IsStreamerWarning, stacklevel=2)
-        return False
+        return error or self._lost_since_last_flush()
 
     def _lost_since_last_flush(self) -> EventsLost | None:
+        """Events dropped or refused since a flush last said so (each loss is said once,
+        whichever thread flushes: the user's, the panel's)."""
         sender = self._sender
-        with sender.lock:
-            dropped, refused = sender.dropped, sender.refused
-        lost = dropped + refused - self._lost_told
-        if lost <= 0:
-            return None
-        self._lost_told = dropped + refused
+        with self._lost_lock:
+            with sender.lock:
+                now = (sender.dropped, sender.refused)
+            dropped, refused = (a - b for a, b in zip(now, self._lost_told, strict=True))
+            if dropped + refused <= 0:
+                return None
+            self._lost_told = now
+        lost = dropped + refused
         return EventsLost(
-            f"flush: {lost} events were lost since the last flush: {dropped} dropped in all "
-            f"(queue or spool full, or damaged), {refused} refused by the service (see "
-            f"stats().last_error); the rest was delivered")
+            f"flush: {lost} {'event was' if lost == 1 else 'events were'} lost since the last "
+            f"flush ({dropped} dropped: the queue or the spool was full, or a spool segment "
+            f"damaged; {refused} refused: see stats().last_error); everything else was "
+            f"delivered", dropped=dropped, refused=refused)
 
     def _pump(self, deadline: float, marker: Marker | None) -> None:
         """use_async=False: do the sender's work in the caller, until `deadline`."""
@@ -304,7 +323,8 @@ class Streamer:
 
     def close(self, timeout: float | None = None) -> bool:
         """Flush (bounded by `timeout`), then stop the sender. Idempotent; True if everything
-        was delivered. What is left stays in the spool for the next Streamer."""
+        was delivered (as for flush(), events dropped or refused since the last flush count
+        against it). What is left stays in the spool for the next Streamer."""
         if self._closed:
             return self._closed_ok
         timeout = self.settings.flush_timeout if timeout is None else float(timeout)
@@ -446,14 +466,16 @@ class Streamer:
             raise ConfigError("this streamer records offline; create a new Streamer with "
                               "access_key=... to stream")
         self.settings = self.settings.replace(access_key=access_key)
-        store = self._sender.store
-        if isinstance(store, SqliteSpool):
-            store.rekey(self.settings.api_base, access_key)
-        transport = self._sender.transport
-        if isinstance(transport, HttpTransport):
-            transport.set_access_key(access_key)
+        store, transport = self._sender.store, self._sender.transport
+
+        def switch() -> None:
+            if isinstance(store, SqliteSpool):
+                store.rekey(self.settings.api_base, access_key)
+            if isinstance(transport, HttpTransport):
+                transport.set_access_key(access_key)
+
+        self._sender.rekey(switch)
         self._say(logging.INFO, "access key replaced; resuming delivery")
-        self._sender.rekeyed()
 
     @property
     def DebugLevel(self) -> int:  # noqa: N802
@@ -521,6 +543,7 @@ class Streamer:
 
     # ---------------------------------------------------------------- fork and exit
     def _after_fork(self) -> None:
+        self._lost_lock = threading.Lock()  # (a parent's thread may have held it)
         self._queue.clear()  # the parent sends what it had queued
         store = self._sender.store
         transport = self._sender.transport
@@ -539,9 +562,10 @@ class Streamer:
             self._sender.start()
 
     def _at_exit(self, deadline: float) -> None:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # (at debug_level >= 2 it raises what it says)
             self.close(timeout=max(0.0, min(self.settings.exit_timeout,
                                             deadline - time.monotonic())))
+        with contextlib.suppress(Exception):
             left = self._sender._pending
             if left and self._sender.store.path:
                 print(f"isstreamer_jupyter: {left} events wait in the spool "

@@ -242,6 +242,18 @@ def test_offline_records_locally(session: Session, env: Path) -> None:
     assert "temp" in csv and "2" in csv
 
 
+def test_close_says_what_was_lost(session: Session, make_receiver: Any,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    picky = make_receiver(max_key_length=100)  # this account takes keys up to 100 characters
+    monkeypatch.setenv("IS_API_BASE", picky.api_base)
+    session.ok(f"%isstream {'k' * 150} 1")  # ours go to 250 (with a warning over 100)
+    session.ok("%isstream temp 2")
+    out = session.ok("%isstream --close --timeout 5").text
+    assert "closed the session streamer; flush: 1 event was lost since the last flush" in out
+    assert "everything was delivered" not in out
+    assert [e["value"] for e in picky.events()] == [2]
+
+
 def test_close_then_a_new_streamer(session: Session) -> None:
     session.ok("%isstream temp 1")
     first = session.magics.streamer

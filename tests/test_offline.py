@@ -119,6 +119,24 @@ def test_interrupted_upload_resumes_and_sends_nothing_twice(env, make_receiver):
     assert KEY not in done.stdout + done.stderr
 
 
+def test_a_row_the_service_refuses_is_reported_and_the_upload_goes_on(env, make_receiver):
+    """The account takes keys of at most 100 characters: that row is refused alone (the
+    batch is split down to it), counted, and the rest of the file goes out, once."""
+    rx = make_receiver(max_key_length=100)
+    long_key = "k" * 150
+    recording = write(env / "refused.csv", "".join(
+        f"{1795000000 + i},{long_key if i == 7 else 'n'},{i}\n" for i in range(30)))
+    opts = {"access_key": KEY, "api_base": rx.api_base, "max_requests_per_second": 0,
+            "bucket_name": "Refused", "progress": False, "batch_size": 10}
+    summary = upload(recording, **opts)
+    assert summary.ok and summary.sent == 29 and summary.refused == 1
+    assert "1 refused by the service" in str(summary)
+    assert [e["value"] for e in rx.events()] == [i for i in range(30) if i != 7]
+    again = upload(recording, **opts)  # nothing twice, not even the refused row
+    assert again.ok and again.sent == 0 and again.already_sent == 30
+    assert len(rx.events()) == 29
+
+
 def test_upload_without_a_key_is_a_clear_error(env):
     recording = write(env / "r.csv", "1795000000,a,1\n")
     done = subprocess.run([sys.executable, "-m", "isstreamer_jupyter", "upload", str(recording)],
