@@ -64,7 +64,8 @@ class Stats:
     retries: int  # requests that will be repeated (transient failures, 429)
     refused: int  # events refused at log() or, rarely, by the service
     dropped: int  # accepted events given up (queue or spool full)
-    recovered: int  # events found in the spool at start, left by an earlier process
+    recovered: int  # events of this access key in the spool at start: an earlier process's
+    # (or, when two share the key and the spool, the other's still unsent)
     events_per_second: float  # acknowledged, over the last few seconds
     budget: RateBudget | None  # the rate-limit budget the service last reported
     last_error: str  # "" when none

@@ -136,8 +136,10 @@ class Streamer:
                   f"{path}; upload it later with: python -m isstreamer_jupyter upload {path}")
         recovered = getattr(store, "recovered", 0)
         if recovered:
-            self._say(logging.WARNING, f"resuming {recovered} events left in the spool by an "
-                                       f"earlier process; they go out before new ones")
+            self._say(logging.WARNING, f"resuming {recovered} events found in the spool for "
+                                       f"this access key (left by an earlier process, or "
+                                       f"logged by another one using it now); they go out "
+                                       f"before new ones")
         if use_async:
             self._sender.start()
 
