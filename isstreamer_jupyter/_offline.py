@@ -192,7 +192,7 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
             streamer.log(row.key, row.value, row.epoch)
         error = streamer._flush(timeout)
         refused = error.refused if isinstance(error, EventsLost) else 0
-        if error is not None and not refused:
+        if error is not None and (not isinstance(error, EventsLost) or error.dropped):
             raise DeliveryError(streamer.stats().last_error or str(error))
         _save_state(state_path, target, pending[-1].line, size)  # (a refused row is final)
         summary.sent += len(pending) - refused
