@@ -755,9 +755,8 @@ def _close(streamer: Streamer, timeout: float) -> str:
     if stats.pending:
         return f"; {stats.pending} events not yet delivered wait{where}"
     # nothing waits, yet not all delivered: events were lost earlier (dropped or refused)
-    said = "".join(f"; {m}" for m in caught.messages) or "; some events were lost"
-    key = streamer.settings.access_key  # (belt and braces, as _scrub)
-    return said.replace(key, "********") if key else said
+    return streamer._redact("".join(f"; {m}" for m in caught.messages)
+                            or "; some events were lost")
 
 
 def _close_panels(streamer: Streamer) -> None:
