@@ -229,7 +229,9 @@ def bench_sigkill(t: c.Table) -> None:
            f"`flush(timeout={FLUSH_TIMEOUT:g})` ({'True' if ok else 'timed out'}). "
            f"{len(late)} events were logged in the last {SPOOL_INTERVAL:g} s before the kill; "
            f"{late_delivered} of them arrived anyway. Duplicates, if any, come from the request "
-           f"in flight at the kill (stored, never acknowledged). ISStreamer keeps nothing on "
+           f"in flight at the kill (stored, never acknowledged), or from the batch before it "
+           f"(accepted, but its removal from the spool is done while the next request is "
+           f"out). ISStreamer keeps nothing on "
            f"disk: what it had not shipped dies with the process.")
 
 

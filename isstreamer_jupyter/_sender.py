@@ -152,6 +152,9 @@ class Sender:
         #: store it was taken from (only the sender's thread touches these)
         self._next: Batch | None = None
         self._next_store: Store = store
+        #: a batch the service accepted whose spool ack waits for the next request to be out
+        #: (done in that request's shadow: see _send), and the store it came from
+        self._unacked: tuple[Batch, Store] | None = None
         self._split_left = 0
         self._last_request_at = -1e9
         self._first_pending_at: float | None = None
@@ -224,6 +227,14 @@ class Sender:
     # ---------------------------------------------------------------- one round
     def step(self) -> float:
         """Drain the queue, then make at most one request. Returns seconds to wait."""
+        waiting = self._unacked
+        try:
+            return self._round()
+        finally:
+            if waiting is not None and self._unacked is waiting:
+                self._settle()  # no request went out at once: the ack waited for one in vain
+
+    def _round(self) -> float:
         now = self.clock.monotonic()
         self.drain()
         idle = self.settings.spool_interval
@@ -409,23 +420,34 @@ class Sender:
         meanwhile, after a spool failure)."""
         with self.lock:
             self.in_flight = len(batch)
+        take_next = self._split_limit is None and (
+            self._markers or self._pending + len(self.queue) - len(batch)
+            >= self.settings.batch_size)
         meanwhile = None
-        if self._split_limit is None and (self._markers or self._pending + len(self.queue)
-                                          - len(batch) >= self.settings.batch_size):
-            meanwhile = lambda: self._take_next(batch, store)  # noqa: E731
+        if take_next or self._unacked is not None:
+            meanwhile = lambda: self._meanwhile(batch, store, take_next)  # noqa: E731
         try:
             answer = self._request(lambda: self.transport.post_events(
                 batch.bucket_key, batch.events, meanwhile), now)
         except BaseException:  # interrupted (Ctrl-C in a use_async=False caller): keep all
-            self._drop_next()
+            with contextlib.suppress(SpoolError):
+                self._drop_next()
             with contextlib.suppress(SpoolError):
                 store.release(batch)
             with self.lock:
                 self.in_flight = 0
             raise
         # (an exception in the transport is an Answer too: see _request)
+        self._settle(batch, store)  # (if the request ended before its body was out)
         if answer.outcome is Outcome.ACCEPTED:
-            store.ack(batch, self._next if self._next_store is store else None)
+            keep = self._next if self._next_store is store else None
+            if keep is not None and self.thread is not None:
+                # The next request goes out at once: this ack (a spool transaction) is done
+                # in its shadow, off the path between two requests. Should the process die
+                # before, this batch is sent again (a duplicate, as for a kill mid-request).
+                self._unacked = (batch, store)
+            else:
+                store.ack(batch, keep)
             with self.lock:
                 self.in_flight = 0
                 self.sent += len(batch)
@@ -436,11 +458,30 @@ class Sender:
                 self._split_left -= len(batch)
                 if self._split_left <= 0:
                     self._split_limit = None
-            self._check_markers()
+            if self._unacked is None:
+                self._check_markers()
             return 0.0
         with self.lock:
             self.in_flight = 0
         return self._failed(answer, batch.bucket_key, batch, now, store)
+
+    def _meanwhile(self, batch: Batch, store: Store, take_next: bool) -> None:
+        """Runs once `batch` is sent, while the service works on it: the previous batch's
+        ack, then the next batch."""
+        with contextlib.suppress(Exception):  # (a spool failure: met again after the answer)
+            self._settle(batch, store)
+        if take_next:
+            self._take_next(batch, store)
+
+    def _settle(self, flying: Batch | None = None, store: Store | None = None) -> None:
+        """Ack the accepted batch whose ack waited for the next request (`flying`, from
+        `store`, which stays leased), and see whether a flush is done."""
+        if self._unacked is None:
+            return
+        batch, its_store = self._unacked
+        its_store.ack(batch, flying if store is its_store else None)
+        self._unacked = None
+        self._check_markers()
 
     def _take_next(self, batch: Batch, store: Store) -> None:
         """While `batch` is at the service: drain the queue (which also keeps it under
@@ -459,6 +500,7 @@ class Sender:
             return
 
     def _drop_next(self) -> None:
+        self._settle()  # (first: what is given back never overlaps an unacked batch)
         nxt, self._next = self._next, None
         if nxt is not None:
             self._next_store.release(nxt)
@@ -598,6 +640,7 @@ class Sender:
         self.wake = threading.Event()
         self._markers = []
         self._next = None  # the parent's lease, the parent's batch
+        self._unacked = None  # (the parent acks it)
         self._pending = store.pending()
         self.in_flight = 0
 

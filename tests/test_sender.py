@@ -545,6 +545,61 @@ def test_an_interrupted_request_gives_back_its_batch_and_the_next(tmp_path, spoo
     s.close(timeout=1)
 
 
+@pytest.mark.parametrize("second", ["accepted", "503", "refused before sending"])
+def test_a_batch_is_acked_in_the_spool_in_the_next_requests_shadow(tmp_path, second):
+    """With the sender's thread, the spool ack of an accepted batch waits until the next
+    request is out and is done while the service works on that one (off the path between
+    two requests). Whatever that request meets, each event is sent once, in order, and once
+    flush() returns the spool is empty."""
+    from isstreamer_jupyter._spool import SqliteSpool
+    from isstreamer_jupyter._transport import Answer, Outcome
+
+    logged = threading.Event()
+
+    def bucket_once_all_is_logged(kind, bucket_key, events):
+        logged.wait(10)
+        return 201
+
+    opts = {"batch_size": 10, "spool": True, "spool_dir": tmp_path / "spool",
+            "use_async": True, "clock": Clock()}
+    s, t, _ = make([bucket_once_all_is_logged, 204, 503 if second == "503" else 204], **opts)
+    observer = SqliteSpool(tmp_path / "spool", api_base=s.settings.api_base, access_key=KEY)
+    seen = []  # events in the spool (acked ones are gone) when each request's body is out
+    real_post = t.post_events
+
+    def post(bucket_key, events, meanwhile=None):
+        if len(t.requests()) == 1 and second == "refused before sending" and not seen[1:]:
+            seen.append(("refused", observer.pending()))
+            return Answer(Outcome.RETRY, None, detail="network error: connection refused")
+
+        def observed():
+            before = observer.pending()
+            meanwhile()
+            seen.append((before, observer.pending()))
+        return real_post(bucket_key, events, observed if meanwhile else None)
+
+    t.post_events = post
+    for i in range(40):
+        s.log("n", i)
+    threading.Timer(0.2, logged.set).start()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert s.flush(timeout=30)
+    assert [e["value"] for e in t.events()] == list(range(40))
+    assert observer.pending() == 0
+    expected = {
+        # batch 1 out; batch 2 out, batch 1 acked meanwhile; ...
+        "accepted": [(40, 40), (40, 30), (30, 20), (20, 10)],
+        # batch 2 answered 503 (batch 1 acked while it was out), then sent again
+        "503": [(40, 40), (40, 30), (30, 30), (30, 20), (20, 10)],
+        # the request after batch 1 fails before its body is out: batch 1 is acked then
+        "refused before sending": [(40, 40), ("refused", 40), (30, 30), (30, 20), (20, 10)],
+    }[second]
+    assert seen == expected
+    observer.close()
+    s.close(timeout=1)
+
+
 def test_log_leaving_the_spool_while_a_request_is_out(tmp_path):
     """log() itself may leave a failed spool (spilling past max_queue) while the sender has a
     batch out and the next one ready: both are settled in the old spool, the counters stay
