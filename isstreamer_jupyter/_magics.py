@@ -390,9 +390,8 @@ class IsStreamMagics(Magics, Configurable):
             raise UsageError(self._scrub(str(exc))) from None
 
     def _scrub(self, text: str) -> str:
-        """Belt and braces: no text of ours shows the access key."""
-        key = self._streamer.settings.access_key if self._streamer is not None else ""
-        return text.replace(key, "********") if key else text
+        """Belt and braces: no text of ours shows the access key (the streamer's own rule)."""
+        return self._streamer._redact(text) if self._streamer is not None else text
 
     # ------------------------------------------------------------------ %isstream
     @magic_arguments()
