@@ -80,9 +80,11 @@ def test_sigkill_mid_stream_then_the_next_process_delivers(make_receiver, env):
     assert set(range(400)) <= set(got)  # every event logged before the kill
     dupes = sorted(v for v, n in Counter(got).items() if n > 1)
     # at-least-once: only the batch in flight at the kill may arrive twice (the receiver stored
-    # it after its client died; nothing told the next process)
+    # it after its client died; nothing told the next process), with the one before it if the
+    # kill came between that one's answer and its removal from the spool (done once the next
+    # request is out)
     if dupes:
-        assert len(dupes) <= 20 and dupes == list(range(dupes[0], dupes[0] + len(dupes)))
+        assert len(dupes) <= 2 * 20 and dupes == list(range(dupes[0], dupes[0] + len(dupes)))
     assert sorted(set(got)) == list(range(max(got) + 1))  # no gaps
     quiet_close(s)
 
