@@ -106,15 +106,15 @@ def body_of(events: Sequence[Event]) -> bytes:
         kind = type(value)
         value = repr(value) if kind is float or kind is int else _encode(value)
         if type(epoch) is float and epoch >= 0.0:
-            exact = (epoch - second) * 1e6
-            micros = int(exact + 0.5)
+            scaled = (epoch - second) * 1e6
+            micros = int(scaled + 0.5)
             if not 0 <= micros < 1_000_000:  # another second
                 second = float(int(epoch))
                 stem = f',"epoch":{int(second)}.'
-                exact = (epoch - second) * 1e6
-                micros = int(exact + 0.5)
+                scaled = (epoch - second) * 1e6
+                micros = int(scaled + 0.5)
             # (not near a tie, nor rounding up to the next second: else written below)
-            if micros < 1_000_000 and -0.4999 < exact - micros < 0.4999:
+            if micros < 1_000_000 and -0.4999 < scaled - micros < 0.4999:
                 append(f"{head}{value}{stem}{str(micros + 1_000_000)[1:]}}}")
                 continue
         kind = type(epoch)
