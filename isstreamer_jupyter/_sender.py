@@ -233,7 +233,7 @@ class Sender:
             return self._round()
         finally:
             if waiting is not None and self._unacked is waiting:
-                self._settle()  # no request went out at once: the ack waited for one in vain
+                self._settle(self._next, self._next_store)  # (the batch made ready stays leased)
 
     def _round(self) -> float:
         now = self.clock.monotonic()
@@ -255,6 +255,7 @@ class Sender:
             return pace or self._create(bucket, now)
         if self._pending <= 0:
             # another process (or a recovered row) may share this spool: ask the store
+            self._settle(self._next, self._next_store)  # (not counting an accepted batch)
             with self.lock:
                 self._pending = self.store.pending()
             if self._pending == 0:
@@ -469,16 +470,21 @@ class Sender:
         """Runs once `batch` is sent, while the service works on it: the previous batch's
         ack, then the next batch."""
         with contextlib.suppress(Exception):  # (a spool failure: met again after the answer)
-            self._settle(batch, store)
+            self._settle(batch, store, again=True)
         if take_next:
             self._take_next(batch, store)
 
-    def _settle(self, flying: Batch | None = None, store: Store | None = None) -> None:
+    def _settle(self, flying: Batch | None = None, store: Store | None = None, *,
+                again: bool = False) -> None:
         """Ack the accepted batch whose ack waited for the next request (`flying`, from
-        `store`, which stays leased), and see whether a flush is done."""
+        `store`, stays leased), and see whether a flush is done. A failing ack raises once
+        (the batch stays in the spool, to be sent again: at least once), or with `again`
+        (in a request's shadow, where nothing can be reported) is tried once more later."""
         if self._unacked is None:
             return
         batch, its_store = self._unacked
+        if not again:
+            self._unacked = None
         its_store.ack(batch, flying if store is its_store else None)
         self._unacked = None
         self._check_markers()
@@ -500,10 +506,12 @@ class Sender:
             return
 
     def _drop_next(self) -> None:
-        self._settle()  # (first: what is given back never overlaps an unacked batch)
-        nxt, self._next = self._next, None
-        if nxt is not None:
-            self._next_store.release(nxt)
+        try:
+            self._settle()  # (first: what is given back never overlaps an unacked batch)
+        finally:
+            nxt, self._next = self._next, None
+            if nxt is not None:
+                self._next_store.release(nxt)
 
     def _request(self, call: Callable[[], Answer], now: float) -> Answer:
         self._last_request_at = now

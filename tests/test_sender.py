@@ -600,6 +600,104 @@ def test_a_batch_is_acked_in_the_spool_in_the_next_requests_shadow(tmp_path, sec
     s.close(timeout=1)
 
 
+def as_if_threaded(streamer):
+    """Step the sender by hand but as its own thread would run (the ack of an accepted batch
+    then waits for the next request), for exact control of each step."""
+    streamer._sender.thread = threading.current_thread()
+    for i in range(30):
+        streamer._queue.append(("n", i, 1_800_000_000.0 + i))
+    return streamer._sender
+
+
+def test_a_step_that_sends_nothing_acks_but_keeps_the_next_batch_held(tmp_path):
+    """Pacing (3 requests/s): the step after an accepted batch only waits; it acks that
+    batch then, and the batch made ready meanwhile stays leased: another process sharing
+    the spool cannot take and send it too."""
+    from isstreamer_jupyter._spool import SqliteSpool
+
+    s, t, clock = make(batch_size=10, spool=True, spool_dir=tmp_path / "spool",
+                       max_requests_per_second=3)
+    sender = as_if_threaded(s)
+    while not t.requests():
+        clock.advance(sender.step())
+    assert sender._unacked is not None and sender._next is not None
+    assert sender.step() > 0  # the pace: no request
+    assert sender._unacked is None and sender._next is not None
+    other = SqliteSpool(tmp_path / "spool", api_base=s.settings.api_base, access_key=KEY)
+    assert other.take(100) is None
+    other.close()
+    sender.thread = None
+    s.close(timeout=1)
+
+
+def test_a_spool_failing_to_ack_is_left_once_and_nothing_is_lost(tmp_path, monkeypatch):
+    """The spool fails for good while an accepted batch's ack waits: the sender leaves it
+    once (not at every step, each time losing what the last memory store held) and goes on
+    in memory with what is logged afterwards."""
+    from isstreamer_jupyter import SpoolError
+    from isstreamer_jupyter._spool import SqliteSpool
+
+    s, t, clock = make(batch_size=10, spool=True, spool_dir=tmp_path / "spool")
+    sender = as_if_threaded(s)
+    while not t.requests():
+        clock.advance(sender.step())
+    assert sender._unacked is not None
+
+    def broken(self, *args, **kwargs):
+        raise SpoolError("the spool failed: disk I/O error")
+
+    for name in ("ack", "release", "put", "take"):
+        monkeypatch.setattr(SqliteSpool, name, broken)
+    left = 0
+    for i in range(6):  # as Sender._run does
+        try:
+            sender.step()
+        except SpoolError as exc:
+            sender._leave_spool(exc)
+            left += 1
+        s._queue.append(("late", i, 1_800_000_100.0 + i))
+    assert left == 1
+    sender.drain()
+    assert [e["value"] for e in t.events() if e["key"] == "late"] + [
+        e[1] for e in sender.store.take(100).events] == list(range(6))
+    sender.thread = None
+    monkeypatch.undo()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s.close(timeout=1)
+
+
+def test_a_recount_of_a_shared_spool_leaves_out_the_batch_awaiting_its_ack(tmp_path):
+    """Another process's events are sent by this one, so the count of waiting events runs
+    out while an accepted batch's ack waits; the recount from the spool must not count that
+    batch, or stats() shows events queued forever."""
+    from isstreamer_jupyter._sender import Marker
+    from isstreamer_jupyter._spool import Segment, SqliteSpool
+
+    s, t, clock = make(batch_size=10, spool=True, spool_dir=tmp_path / "spool",
+                       flush_interval=100.0)
+    sender = s._sender
+    sender.thread = threading.current_thread()
+    other = SqliteSpool(tmp_path / "spool", api_base=s.settings.api_base, access_key=KEY)
+
+    def put(first, end):  # (as the other process logs them)
+        other.put([Segment(s.BucketKey, "Unit",
+                           [("o", i, 1_800_000_000.0 + i) for i in range(first, end)])])
+
+    clock.advance(sender.step())  # the bucket
+    put(0, 5)
+    clock.advance(sender.step())  # 5 waiting, not old enough yet
+    put(5, 30)
+    s._queue.append(Marker())  # a flush: the next batch is taken while one is out
+    for _ in range(10):
+        clock.advance(sender.step())
+    assert [e["value"] for e in t.events()] == list(range(30))
+    assert other.pending() == 0 and s.stats().queued == 0
+    other.close()
+    sender.thread = None
+    s.close(timeout=1)
+
+
 def test_log_leaving_the_spool_while_a_request_is_out(tmp_path):
     """log() itself may leave a failed spool (spilling past max_queue) while the sender has a
     batch out and the next one ready: both are settled in the old spool, the counters stay
