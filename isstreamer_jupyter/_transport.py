@@ -105,7 +105,7 @@ def body_of(events: Sequence[Event]) -> bytes:
             head = heads[key] = '{"key":' + _encode(key) + ',"value":'
         kind = type(value)
         value = repr(value) if kind is float or kind is int else _encode(value)
-        if type(epoch) is float and epoch >= 0.0:
+        if type(epoch) is float and 0.0 < epoch < 1e18:  # (else: below)
             scaled = (epoch - second) * 1e6
             micros = int(scaled + 0.5)
             if not 0 <= micros < 1_000_000:  # another second
