@@ -366,7 +366,12 @@ class Sender:
 
     def _leave_spool(self, exc: SpoolError) -> None:
         """The spool failed: keep going with a memory store (what is on disk stays there for
-        the next streamer), and say so."""
+        the next streamer), and say so. Once in memory, a failure of the spool left behind
+        (settling there a batch that was under way) leaves the memory store as it is."""
+        if isinstance(self.store, MemoryStore):  # (no spool fails but the one left)
+            self._error(f"{exc} (a batch the service accepted stays in the spool left before: "
+                        f"the next Streamer sends it again)", "", level=30)
+            return
         self.store = MemoryStore(self.settings.max_queue)  # (a batch under way, and the one
         self._recheck = True  # made ready, are settled in the spool they came from)
         with self.lock:
@@ -439,7 +444,12 @@ class Sender:
                 self.in_flight = 0
             raise
         # (an exception in the transport is an Answer too: see _request)
-        self._settle(batch, store)  # (if the request ended before its body was out)
+        try:
+            self._settle(batch, store)  # (if the request ended before its body was out)
+        except SpoolError:  # (the batch out stays in the spool, to be sent again)
+            with self.lock:
+                self.in_flight = 0
+            raise
         if answer.outcome is Outcome.ACCEPTED:
             keep = self._next if self._next_store is store else None
             if keep is not None and self.thread is not None:
@@ -655,8 +665,9 @@ class Sender:
     def _check_markers(self) -> None:
         if not self._markers:
             return
-        left = []
-        for marker in self._markers:
+        # (over a copy, and removing in place: log() in another thread, spilling, may drain
+        # a new marker meanwhile)
+        for marker in list(self._markers):
             assert marker.upto is not None
             stop = self._halt
             if stop is None and self._stopped_buckets and not self.store.has_pending_upto(
@@ -669,8 +680,8 @@ class Sender:
                     f"{stop.detail}. Fix: {REMEDIES[stop.outcome]}", pending=self._pending)
                 marker.done.set()
             else:
-                left.append(marker)
-        self._markers = left
+                continue
+            self._markers.remove(marker)
 
     # ---------------------------------------------------------------- reading
     def state(self) -> tuple[State, str, str, float | None, str]:

@@ -630,10 +630,12 @@ def test_a_step_that_sends_nothing_acks_but_keeps_the_next_batch_held(tmp_path):
     s.close(timeout=1)
 
 
-def test_a_spool_failing_to_ack_is_left_once_and_nothing_is_lost(tmp_path, monkeypatch):
+@pytest.mark.parametrize("late", ["after each step", "before each step"])
+def test_a_spool_failing_to_ack_is_left_once_and_nothing_is_lost(tmp_path, monkeypatch, late):
     """The spool fails for good while an accepted batch's ack waits: the sender leaves it
     once (not at every step, each time losing what the last memory store held) and goes on
-    in memory with what is logged afterwards."""
+    in memory with what is logged afterwards, whether log() added it before the step that
+    meets the failure (drained into the first memory store) or after."""
     from isstreamer_jupyter import SpoolError
     from isstreamer_jupyter._spool import SqliteSpool
 
@@ -648,15 +650,19 @@ def test_a_spool_failing_to_ack_is_left_once_and_nothing_is_lost(tmp_path, monke
 
     for name in ("ack", "release", "put", "take"):
         monkeypatch.setattr(SqliteSpool, name, broken)
-    left = 0
+    stores = set()
     for i in range(6):  # as Sender._run does
+        if late == "before each step":
+            s._queue.append(("late", i, 1_800_000_100.0 + i))
         try:
             sender.step()
         except SpoolError as exc:
             sender._leave_spool(exc)
-            left += 1
-        s._queue.append(("late", i, 1_800_000_100.0 + i))
-    assert left == 1
+        stores.add(id(sender.store))
+        if late == "after each step":
+            s._queue.append(("late", i, 1_800_000_100.0 + i))
+    assert len(stores) == 1  # one memory store from the first failure on
+    assert s.stats().in_flight == 0
     sender.drain()
     assert [e["value"] for e in t.events() if e["key"] == "late"] + [
         e[1] for e in sender.store.take(100).events] == list(range(6))
@@ -665,6 +671,32 @@ def test_a_spool_failing_to_ack_is_left_once_and_nothing_is_lost(tmp_path, monke
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         s.close(timeout=1)
+
+
+def test_a_marker_drained_by_another_thread_while_markers_are_checked_is_kept(tmp_path):
+    """log() in another thread may spill the queue, draining a flush marker, while the
+    sender checks the markers it has: that new marker is not lost (its flush would wait out
+    its whole timeout)."""
+    from isstreamer_jupyter._sender import Marker
+
+    s, _, _ = make(batch_size=10)
+    sender = s._sender
+    old, new = Marker(), Marker()
+    old.upto = new.upto = 0
+    sender._markers.append(old)
+    real = sender.store.has_pending_upto
+
+    def meanwhile_a_drain_adds_one(upto, skip=()):
+        if new not in sender._markers:
+            sender._markers.append(new)  # (as _drain does, under its lock, in another thread)
+        return real(upto, skip)
+
+    sender.store.has_pending_upto = meanwhile_a_drain_adds_one
+    sender._check_markers()
+    assert old.done.is_set() and sender._markers == [new]
+    sender._check_markers()
+    assert new.done.is_set() and sender._markers == []
+    s.close(timeout=1)
 
 
 def test_a_recount_of_a_shared_spool_leaves_out_the_batch_awaiting_its_ack(tmp_path):
