@@ -82,12 +82,23 @@ def _str(raw: str) -> str:
     return raw.strip()
 
 
+def _access_key(raw: str) -> str:
+    """Stripped, as every text setting; and fit for an HTTP header (never shown: it is
+    secret). A line break pasted inside, or a character a header cannot carry, would make
+    every request fail before it is sent."""
+    key = raw.strip()
+    if not (key.isprintable() and key.isascii()):
+        raise ValueError("expected printable ASCII characters only: look for a pasted line "
+                         "break or a stray character")
+    return key
+
+
 _POS_INT = _parse_number(int, 1, strict=False)
 _NONNEG_FLOAT = _parse_number(float, 0, strict=False)
 _POS_FLOAT = _parse_number(float, 0, strict=True)
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("access_key", _str, "", ("IS_ACCESS_KEY", "IS_API_ACCESS_KEY"),
+    Setting("access_key", _access_key, "", ("IS_ACCESS_KEY", "IS_API_ACCESS_KEY"),
             ((CLIENT, "access_key"),), "Initial State access key; none means record locally",
             secret=True),
     Setting("bucket_name", _str, "", ("IS_BUCKET_NAME",), ((CLIENT, "default_bucket"),),
@@ -269,7 +280,8 @@ def _check_keyword(setting: Setting, value: Any) -> Any:
     try:
         return setting.parse(str(value))
     except ValueError as exc:
-        raise ConfigError(f"{setting.name}={value!r} (keyword argument): {exc}") from None
+        shown = "(hidden)" if setting.secret else repr(value)
+        raise ConfigError(f"{setting.name}={shown} (keyword argument): {exc}") from None
 
 
 _BUCKET_KEY_OK = re.compile(r"[!#-&(-9;-~]+")  # printable ASCII but space : " '  (a header)

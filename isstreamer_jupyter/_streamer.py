@@ -467,6 +467,14 @@ class Streamer:
         if self.settings.offline or self._custom_transport:
             raise ConfigError("this streamer records offline; create a new Streamer with "
                               "access_key=... to stream")
+        if self._closed:
+            raise StreamerClosed("this streamer is closed: create a new Streamer")
+        try:  # (the settings' own rule: stripped, fit for a header; the key is never shown)
+            access_key = _config.BY_NAME["access_key"].parse(str(access_key))
+        except ValueError as exc:
+            raise ConfigError(f"AccessKey: {exc}") from None
+        if not access_key:
+            raise ConfigError("AccessKey: empty; assign the key from your Initial State account")
         self.settings = self.settings.replace(access_key=access_key)
         store, transport = self._sender.store, self._sender.transport
 

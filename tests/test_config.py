@@ -112,6 +112,14 @@ def test_a_bad_access_key_source_never_echoes_it(folders):
     assert "secret-value" not in repr(s)
 
 
+@pytest.mark.parametrize("key", ["secret\nvalue", "secret\x00value", "secrét-value"])
+def test_an_access_key_a_header_cannot_carry_is_refused_without_showing_it(folders, key):
+    with pytest.raises(ConfigError, match=r"access_key ?= ?\(hidden\)") as info:
+        resolve({"access_key": key})
+    assert "secret" not in str(info.value)
+    assert resolve({"access_key": " secret-value\n"}).access_key == "secret-value"
+
+
 def test_missing_ini_file_location_is_an_error(folders, tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         resolve({}, ini_file_location=tmp_path / "nope.ini")

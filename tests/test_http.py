@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from isstreamer_jupyter import AccessDenied, State, Streamer
+from isstreamer_jupyter import AccessDenied, ConfigError, State, Streamer
 from isstreamer_jupyter.receiver import Faults
 
 KEY = "ist_http_test_secret_key_abcdef"
@@ -155,6 +155,31 @@ def test_key_fixed_while_a_request_with_the_old_one_is_out(make_receiver, stream
     assert s.flush(timeout=10)
     assert values(rx.events(s.BucketKey)) == [1]
     assert rx.stats()["statuses"].get(401) == 1  # the late one; nothing was refused since
+
+
+def test_a_fixed_key_pasted_with_a_line_break_loses_nothing_and_shows_nothing(
+        make_receiver, stream):
+    """The right key, assigned as read from a file (a trailing newline), is stripped as the
+    settings strip it: delivery resumes. Before, every request failed before it was sent (a
+    header cannot carry a line break), the held events were deleted one by one as refused,
+    and the key showed in the messages."""
+    rx = make_receiver(access_keys={"ist_the_right_key"})
+    s = stream(rx, batch_size=4)
+    for i in range(8):
+        s.log("n", i)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert not s.flush(timeout=3)  # stopped: the key is refused, the events held
+    s.AccessKey = "ist_the_right_key\n"
+    assert s.flush(timeout=10)
+    assert values(rx.events(s.BucketKey)) == list(range(8))
+    stats = s.stats()
+    assert stats.refused == 0
+    shown = " ".join([*s.messages(), stats.last_error, stats.reason, repr(s)])
+    assert "ist_the_right_key" not in shown and KEY not in shown
+    with pytest.raises(ConfigError, match="line break") as info:
+        s.AccessKey = "ist_the\nright_key"
+    assert "ist_the" not in str(info.value)
 
 
 def test_401_held_events_go_out_with_a_new_streamer_and_fixed_key(make_receiver, stream):
