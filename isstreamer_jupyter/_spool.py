@@ -386,17 +386,18 @@ class SqliteSpool:
                 raise SpoolError(f"the spool {self.path} failed: {exc}") from None
 
     def put(self, segments: Sequence[Segment]) -> int:
-        rows = [(self.ns, part.bucket_key, part.bucket_name, marshal.dumps(part.events),
+        rows = [(part.bucket_key, part.bucket_name, marshal.dumps(part.events),
                  len(part.events)) for segment in segments for part in split(segment)]
         if not rows:
             return 0
         with self._transaction() as db:
-            for ns, bucket_key, bucket_name, blob, count in rows:
+            ns = self.ns  # (read under the lock: rekey() may be replacing it)
+            for bucket_key, bucket_name, blob, count in rows:
                 seg_id = db.execute("INSERT INTO segments(ns, bucket_key, bucket_name, count) "
                                     "VALUES (?, ?, ?, ?)",
                                     (ns, bucket_key, bucket_name, count)).lastrowid
                 db.execute("INSERT INTO segment_events(id, events) VALUES (?, ?)", (seg_id, blob))
-            self._unchecked += sum(len(row[3]) for row in rows)
+            self._unchecked += sum(len(row[2]) for row in rows)
             if self._unchecked < min(1 << 20, self.max_bytes // 16):
                 return 0
             self._unchecked = 0
@@ -582,7 +583,7 @@ class SqliteSpool:
         with self._transaction() as db:
             db.execute("UPDATE segments SET ns=? WHERE ns=?", (new, self.ns))
             db.execute("DELETE FROM denied WHERE ns=?", (self.ns,))
-        self.ns = new
+            self.ns = new  # (under the lock: a put() waiting for it writes to the new one)
 
     def reopen(self) -> None:
         """After fork: a connection of our own (the parent's leases stay its own). The

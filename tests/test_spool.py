@@ -383,3 +383,42 @@ def test_a_spool_of_the_first_format_is_upgraded_and_delivered(make_receiver, en
     assert db.execute("SELECT seq FROM sqlite_sequence WHERE name='segments'").fetchone()[0] > 100
     assert {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index'")} >= {
         "segments_ns", "segments_leased"}
+
+
+def test_a_put_waiting_while_the_key_is_replaced_writes_under_the_new_key(tmp_path, monkeypatch):
+    """The sender thread puts events while the user replaces a refused key: the put that
+    waited for rekey() writes them under the new key, not under the old one, where nothing
+    would send them (and nothing adopts them: rekey() clears the old key's refusal)."""
+    import threading
+
+    import isstreamer_jupyter._spool as spool_module
+    from isstreamer_jupyter._spool import Segment, SqliteSpool
+
+    api = "http://127.0.0.1:9/api"
+    spool = SqliteSpool(tmp_path, api_base=api, access_key=KEY)
+    spool.put([Segment("b", "B", [("k", 1, 1.7e9)])])
+    spool.mark_denied()
+    encoding, go_on = threading.Event(), threading.Event()
+    real = spool_module.marshal
+
+    class SlowMarshal:  # put() encodes before it takes the lock: hold it there
+        version = real.version
+        loads = staticmethod(real.loads)
+
+        @staticmethod
+        def dumps(obj):
+            encoding.set()
+            go_on.wait(5)
+            return real.dumps(obj)
+
+    monkeypatch.setattr(spool_module, "marshal", SlowMarshal)
+    putter = threading.Thread(target=spool.put,
+                              args=([Segment("b", "B", [("k", 2, 1.7e9), ("k", 3, 1.7e9)])],))
+    putter.start()
+    assert encoding.wait(5)
+    spool.rekey(api, "ist_the_new_key_0123456789")
+    go_on.set()
+    putter.join(5)
+    monkeypatch.setattr(spool_module, "marshal", real)
+    assert spool.pending() == 3
+    spool.close()
