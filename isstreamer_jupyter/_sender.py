@@ -665,8 +665,8 @@ class Sender:
     def _check_markers(self) -> None:
         if not self._markers:
             return
-        # (over a copy, and removing in place: log() in another thread, spilling, may drain
-        # a new marker meanwhile)
+        # (over a copy, removing in place: log() spilling in another thread may drain a new
+        # marker meanwhile, or check these at the same time)
         for marker in list(self._markers):
             assert marker.upto is not None
             stop = self._halt
@@ -681,7 +681,8 @@ class Sender:
                 marker.done.set()
             else:
                 continue
-            self._markers.remove(marker)
+            with contextlib.suppress(ValueError):  # (the other thread removed it first)
+                self._markers.remove(marker)
 
     # ---------------------------------------------------------------- reading
     def state(self) -> tuple[State, str, str, float | None, str]:

@@ -6,6 +6,7 @@ fake clock moves only when the sender waits, so every timing is exact and nothin
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -697,6 +698,43 @@ def test_a_marker_drained_by_another_thread_while_markers_are_checked_is_kept(tm
     sender._check_markers()
     assert new.done.is_set() and sender._markers == []
     s.close(timeout=1)
+
+
+def test_log_spilling_while_the_sender_checks_the_same_flush_marker_does_not_raise():
+    """log() spilling in the user's thread and the sender thread may check the same flush
+    marker at once: both see it done, and neither fails removing it."""
+    import time
+
+    transport = FakeTransport()
+    s = Streamer(bucket_name="Unit", access_key=KEY, transport=transport, spool=False,
+                 max_queue=3, max_requests_per_second=0, flush_interval=0.05,
+                 spool_interval=0.02)
+    assert s.flush(timeout=5)  # the bucket exists
+    sender = s._sender
+    together = threading.Barrier(2, timeout=3)
+
+    def has_pending_upto(upto, skip=()):  # both threads look at the marker together
+        with contextlib.suppress(threading.BrokenBarrierError):
+            together.wait()
+        return False
+
+    sender.store.has_pending_upto = has_pending_upto
+    flusher = threading.Thread(target=s.flush, kwargs={"timeout": 5})
+    flusher.start()
+    deadline = time.monotonic() + 3
+    while not sender._markers:  # the sender drained the marker and waits at the barrier
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i in range(6):  # max_queue=3: log() spills, the memory store drops, rechecks
+            s.log("x", i)
+    flusher.join(5)
+    time.sleep(0.1)
+    assert not [m for m in s.messages() if "internal error" in m]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s.close(timeout=1)
 
 
 def test_a_recount_of_a_shared_spool_leaves_out_the_batch_awaiting_its_ack(tmp_path):
