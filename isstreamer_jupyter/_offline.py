@@ -9,8 +9,10 @@ in ``<file>.upload.json``: interrupted and run again, it sends nothing twice.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
+import re
 import time
 import warnings
 from collections.abc import Iterator
@@ -70,10 +72,16 @@ class UploadSummary:
         return "\n".join(lines)
 
 
+_INT_TEXT = re.compile(r"[-+]?[0-9]+", re.ASCII)
+_FLOAT_TEXT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?", re.ASCII)
+
+
 def parse_value(text: str) -> str | int | float | bool:
     """CSV has no types: whole numbers, then (finite) numbers, then True/False, else the
     text ("nan" stays the text it was logged as)."""
-    for kind in (int, float):
+    for kind, shape in ((int, _INT_TEXT), (float, _FLOAT_TEXT)):
+        if not shape.fullmatch(text):  # what repr() writes; not '1_000', ' 7 ', '١٢'
+            continue
         try:
             number = kind(text)
         except ValueError:
@@ -94,9 +102,30 @@ def read_rows(path: Path, bucket_name: str = "", bucket_key: str = "",
     """
     current = (bucket_name, bucket_key) if bucket_name or bucket_key else fallback
     with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh)  # a quoted value may span lines: line_num is where it ends
+        at_start = [True]
+
+        def lines() -> Iterator[str]:
+            # a '#' line between rows is one cell whatever it holds (a bucket name may hold
+            # ," which would open a quoted field swallowing the rest of the file)
+            for raw in fh:
+                if at_start[0] and raw.startswith("#"):
+                    raw = '"' + raw.rstrip("\r\n").replace('"', '""') + '"\n'
+                at_start[0] = False
+                yield raw
+
+        reader = csv.reader(lines())  # a quoted value may span lines: line_num is its end
         first_line = 1
-        for cells in reader:
+        while True:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                number, first_line = first_line, reader.line_num + 1
+                at_start[0] = True
+                yield number, f"not a CSV row: {exc}"
+                continue
+            at_start[0] = True
             number, first_line = first_line, reader.line_num + 1
             if not cells or not any(cells):
                 continue
@@ -124,7 +153,17 @@ def read_rows(path: Path, bucket_name: str = "", bucket_key: str = "",
             yield Row(number, name, key or derive_bucket_key(name), epoch, event_key, value)
 
 
-def _load_state(state_path: Path, target: str, size: int) -> int:
+_HEAD = 65536
+
+
+def _head(source: Path, size: int) -> str:
+    """A fingerprint of the recording's first bytes (a recording only grows: a file put in
+    its place has other epochs there)."""
+    with source.open("rb") as fh:
+        return hashlib.sha256(fh.read(min(size, _HEAD))).hexdigest()
+
+
+def _load_state(state_path: Path, target: str, size: int, source: Path) -> int:
     try:
         state = json.loads(state_path.read_text())
     except (OSError, ValueError):
@@ -132,15 +171,17 @@ def _load_state(state_path: Path, target: str, size: int) -> int:
     entry = state.get(target, {})
     if entry.get("size", 0) > size:  # the file was replaced by a shorter one: start over
         return 0
+    if "head" in entry and entry["head"] != _head(source, entry.get("size", 0)):  # replaced
+        return 0
     return int(entry.get("line", 0))
 
 
-def _save_state(state_path: Path, target: str, line: int, size: int) -> None:
+def _save_state(state_path: Path, target: str, line: int, size: int, head: str) -> None:
     try:
         state = json.loads(state_path.read_text())
     except (OSError, ValueError):
         state = {}
-    state[target] = {"line": line, "size": size}
+    state[target] = {"line": line, "size": size, "head": head}
     tmp = state_path.with_name(state_path.name + ".tmp")
     tmp.write_text(json.dumps(state))
     os.replace(tmp, state_path)
@@ -171,7 +212,8 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
     size = source.stat().st_size
     state_path = source.with_name(source.name + STATE_SUFFIX)
     target = f"{bucket_key or bucket_name or '(file buckets)'}"
-    done_line = _load_state(state_path, target, size)
+    done_line = _load_state(state_path, target, size, source)
+    head = _head(source, size)
     summary = UploadSummary(str(source))
     started = time.monotonic()
     streamer: Streamer | None = None
@@ -194,7 +236,7 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
         refused = error.refused if isinstance(error, EventsLost) else 0
         if error is not None and (not isinstance(error, EventsLost) or error.dropped):
             raise DeliveryError(streamer.stats().last_error or str(error))
-        _save_state(state_path, target, pending[-1].line, size)  # (a refused row is final)
+        _save_state(state_path, target, pending[-1].line, size, head)  # (refused rows are final)
         summary.sent += len(pending) - refused
         summary.refused += refused
         bar.update(len(pending))

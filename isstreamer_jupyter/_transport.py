@@ -334,7 +334,8 @@ class CsvTransport:
         text.getvalue().encode("utf-8")
         with self._lock, self.path.open("a", newline="", encoding="utf-8") as fh:
             # every batch names its bucket: another streamer may append to the same file
-            fh.write(f"# bucket: {bucket_key} {self._names.get(bucket_key, bucket_key)}\n")
+            name = " ".join(self._names.get(bucket_key, bucket_key).splitlines())  # one line
+            fh.write(f"# bucket: {bucket_key} {name}\n")
             fh.write(text.getvalue())
         if meanwhile is not None:
             meanwhile()

@@ -175,3 +175,61 @@ def test_two_streamers_on_one_file_and_multi_line_values(env, make_receiver):
     assert summary.ok and summary.sent == 3 and not summary.bad_rows
     assert [e["value"] for e in rx.events(a.BucketKey)] == ["line one\nline two, with a comma", 1]
     assert [e["value"] for e in rx.events(b.BucketKey)] == [2]
+
+
+def test_a_recording_put_in_the_place_of_an_uploaded_one_is_sent_whole(env, make_receiver):
+    """The uploaded recording is deleted (its .upload.json stays) and a longer session is
+    recorded to the same file: all of it is sent, not only what lies past the old length."""
+    rx = make_receiver()
+    opts = {"access_key": KEY, "api_base": rx.api_base, "max_requests_per_second": 0,
+            "bucket_name": "Daily", "progress": False}
+    recording = write(env / "isstreamer_out.csv",
+                      "".join(f"{1795000000 + i},monday,{i}\n" for i in range(5)))
+    assert upload(recording, **opts).sent == 5
+    recording.unlink()
+    write(recording, "".join(f"{1795100000 + i},tuesday,{i}\n" for i in range(10)))
+    summary = upload(recording, **opts)
+    assert (summary.already_sent, summary.sent) == (0, 10)
+    assert [e["value"] for e in rx.events() if e["key"] == "tuesday"] == list(range(10))
+    with open(recording, "a") as fh:  # a recording that grows keeps its progress
+        fh.write("1795100010,tuesday,10\n")
+    summary = upload(recording, **opts)
+    assert (summary.already_sent, summary.sent) == (10, 1)
+
+
+@pytest.mark.parametrize("name", ['Lab,"North', "Lab\nNorth"])
+def test_a_bucket_name_with_a_quote_or_a_line_break_loses_no_later_row(env, name):
+    """The '# bucket:' line holds the name as it is: a quote after a comma used to open a
+    quoted field that swallowed every later row, and a line break split the line."""
+    from isstreamer_jupyter._config import derive_bucket_key
+    from isstreamer_jupyter._offline import read_rows
+
+    with Streamer(bucket_name=name, offline=True, offline_file="rec.csv") as a:
+        a.log("t", 1)
+    with Streamer(bucket_name="South", offline=True, offline_file="rec.csv") as b:
+        for i in range(3):
+            b.log("t", 10 + i)
+    rows = list(read_rows(env / "rec.csv"))
+    assert [r.value for r in rows] == [1, 10, 11, 12]
+    assert rows[0].bucket_key == derive_bucket_key(name)
+
+
+def test_a_field_over_the_csv_limit_is_a_bad_row_not_a_traceback(env):
+    from isstreamer_jupyter._offline import read_rows
+
+    recording = write(env / "odd.csv", '1795000000,a,1\n1795000001,b,"' + "x" * 200_000
+                      + '"\n1795000002,c,3\n')
+    rows = list(read_rows(recording, "B"))
+    assert [r.key for r in rows if not isinstance(r, tuple)] == ["a", "c"]
+    assert [why for r in rows if isinstance(r, tuple) for why in r[1:]] == [
+        "not a CSV row: field larger than field limit (131072)"]
+
+
+@pytest.mark.parametrize("text", ["2024_06", "1_000", " 7 ", "\u0661\u0662", "1e5_0"])
+def test_text_that_python_would_read_as_a_number_stays_text(text):
+    """The recorder writes numbers as repr() does: other spellings Python's int()/float()
+    accept were logged as text, and are uploaded as text."""
+    from isstreamer_jupyter._offline import parse_value
+
+    assert parse_value(text) == text
+    assert parse_value("-12") == -12 and parse_value("1e-05") == 1e-05
