@@ -156,6 +156,9 @@ def parse_value(text: str, namespace: dict[str, Any] | None = None,
     a UsageError, not text: quoting it logs the text.
     """
     if _INT.match(text):
+        if len(text) > 4000:  # (int() refuses past 4300 digits)
+            raise UsageError(f"a {len(text)}-digit number is too long to log as a number; "
+                             f"quote it to log it as text")
         return int(text)
     try:
         return ast.literal_eval(text)
@@ -303,11 +306,7 @@ class IsStreamMagics(Magics, Configurable):
         if streamer is None or new is None:
             return
         if name in ("bucket_name", "bucket_key"):
-            # a name without a key means the key derived from the name, as in set_bucket()
-            bucket = streamer.BucketName if self.bucket_name is None else self.bucket_name
-            key = self.bucket_key or _config.derive_bucket_key(bucket)
-            if (bucket, key) != (streamer.BucketName, streamer.BucketKey):
-                streamer.set_bucket(bucket, key)
+            self._apply_bucket()
         elif getattr(streamer.settings, name) == new:
             return
         elif name == "debug_level":
@@ -321,6 +320,17 @@ class IsStreamMagics(Magics, Configurable):
             left = self._close_session_streamer()
             print(f"{NOTE} {name} changed: closed the session streamer{left}; the next "
                   f"%isstream starts one with the new setting")
+
+    def _apply_bucket(self) -> None:
+        """Move the open session streamer to the bucket settings (a name without a key means
+        the key derived from the name, as in set_bucket())."""
+        streamer = self._streamer
+        if streamer is None or streamer.IsClosed:  # (the next one is made with them)
+            return
+        bucket = streamer.BucketName if self.bucket_name is None else self.bucket_name
+        key = self.bucket_key or _config.derive_bucket_key(bucket)
+        if (bucket, key) != (streamer.BucketName, streamer.BucketKey):
+            streamer.set_bucket(bucket, key)
 
     def _overrides(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in SETTING_TRAITS}
@@ -493,12 +503,16 @@ class IsStreamMagics(Magics, Configurable):
             raise UsageError(str(exc)) from None
 
     def _switch_bucket(self, name: str, key: str | None) -> None:
+        """--bucket: the bucket settings (as %config would set them), so a streamer the
+        magics make later (after --offline, a changed setting) keeps streaming to it."""
         name, key = _unquote(name), _unquote(key) if key else ""
         try:
-            if self._streamer is None:
-                self._make(bucket_name=name, bucket_key=key or None)
-            else:
-                self.streamer.set_bucket(name, key)
+            with self.hold_trait_notifications():  # (one switch, to the final name and key)
+                self.bucket_key = key or None
+                self.bucket_name = name
+            self._apply_bucket()  # (also when the settings already said so)
+        except TraitError as exc:
+            raise UsageError(str(exc).split(": ", 1)[-1]) from None  # (the core's words)
         except IsStreamerError as exc:
             raise UsageError(str(exc)) from None
         stats = self.streamer.stats()
@@ -628,8 +642,15 @@ class IsStreamMagics(Magics, Configurable):
         if tree.body and isinstance(tree.body[-1], ast.Expr):
             last = ast.Expression(tree.body.pop().value)
         glob, local = shell.user_global_ns, shell.user_ns
+        try:
+            code = shell.compile(tree, filename, "exec")
+        except SyntaxError as exc:
+            if "await" not in str(exc.msg):
+                raise
+            raise UsageError("%%isstream cannot run a cell that uses top-level await: run it "
+                             "as a normal cell, then %isstream NAME=VALUE ...") from None
         start = time.perf_counter()
-        exec(shell.compile(tree, filename, "exec"), glob, local)
+        exec(code, glob, local)
         value = eval(shell.compile(last, filename, "eval"), glob, local) if last else None
         return value, names, time.perf_counter() - start
 

@@ -614,3 +614,27 @@ def test_assigned_names_are_top_level_assignments_only() -> None:
 def test_the_panel_is_imported_only_when_shown() -> None:
     assert re.search(r"^from \._panel|^import ipywidgets", Path(
         sys.modules["isstreamer_jupyter._magics"].__file__).read_text(), re.M) is None
+
+
+def test_offline_keeps_the_bucket_chosen_with_bucket(session: Session, env: Path) -> None:
+    """--bucket is a setting as %config would set it: the streamer made after --offline
+    (or any changed setting) records to that bucket, not the default one."""
+    session.ok('%isstream --bucket "Run 7"')
+    session.ok("%isstream --offline")
+    session.ok("%isstream b 2")
+    session.ok("%isstream --flush")
+    text = (env / "work" / "isstreamer_out.csv").read_text()
+    assert f"# bucket: {derive_bucket_key('Run 7')} Run 7" in text, text
+
+
+def test_a_number_too_long_for_python_is_a_usage_error(session: Session) -> None:
+    for line in ("%isstream k ", "%isstream k="):
+        assert "5000-digit number is too long" in session.usage_error(line + "9" * 5000)
+
+
+def test_a_cell_that_awaits_is_a_usage_error(session: Session) -> None:
+    """A notebook cell may await at top level; %%isstream runs its cell itself and cannot:
+    one clear line instead of a SyntaxError traceback into the package."""
+    session.ok("import asyncio")
+    assert "top-level await" in session.usage_error(
+        "%%isstream\nawait asyncio.sleep(0)\nx = 1\n")
