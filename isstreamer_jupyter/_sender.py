@@ -286,6 +286,9 @@ class Sender:
                         f"segment", "none: the rest of the spool is fine")
             self._damaged_seen = damaged
         if batch is None:
+            if self._unacked is None and not self._stopped_buckets:
+                with self.lock:  # (what this one counted, another streamer on the spool sent)
+                    self._pending = store.pending()
             self._check_markers()
             return idle
         if batch.bucket_key not in self._created:

@@ -737,6 +737,31 @@ def test_log_spilling_while_the_sender_checks_the_same_flush_marker_does_not_rai
         s.close(timeout=1)
 
 
+def test_counts_do_not_stick_when_another_streamer_sends_the_shared_events(tmp_path):
+    """Two streamers with one key and one spool (a cell re-run without close()): when the
+    second sends what the first put in the spool, the first's count of waiting events
+    follows, instead of showing them queued for good."""
+    import time
+
+    opts = {"spool": True, "spool_dir": tmp_path / "spool", "flush_interval": 0.05,
+            "clock": Clock()}
+    first, _, _ = make(**opts)
+    for i in range(5):
+        first.log("x", i)
+    first._sender.drain()  # in the spool, not sent yet
+    second, t2, _ = make(**opts)
+    assert second.recovered == 5 and second.flush(timeout=5)
+    assert [e["value"] for e in t2.events()] == list(range(5))
+    first._sender.start()  # (as with use_async=True: its thread's rounds find nothing to send)
+    deadline = time.monotonic() + 5
+    while first.stats().queued:
+        assert time.monotonic() < deadline, first.stats()
+        time.sleep(0.01)
+    assert first.stats().spooled == 0 and first.flush(timeout=5)
+    first.close(timeout=1)
+    second.close(timeout=1)
+
+
 def test_a_recount_of_a_shared_spool_leaves_out_the_batch_awaiting_its_ack(tmp_path):
     """Another process's events are sent by this one, so the count of waiting events runs
     out while an accepted batch's ack waits; the recount from the spool must not count that
