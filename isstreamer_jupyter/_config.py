@@ -136,7 +136,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("spool_interval", _POS_FLOAT, 0.2, ("IS_SPOOL_INTERVAL",),
             ((CLIENT, "spool_interval"),), "seconds before accepted events are on disk, at most"),
     Setting("spool_max_bytes", _POS_INT, 256 * 1024 * 1024, ("IS_SPOOL_MAX_BYTES",),
-            ((CLIENT, "spool_max_bytes"),), "size bound of the spool; past it the oldest drop",
+            ((CLIENT, "spool_max_bytes"),),
+            "bound on one access key's waiting events in the spool; past it, its oldest drop",
             shown="256 MiB"),
 )
 BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}

@@ -404,25 +404,24 @@ class SqliteSpool:
             return self._trim(db)
 
     def _trim(self, db: sqlite3.Connection) -> int:
-        """Past ``max_bytes``, drop this namespace's oldest segments until under it (another
-        account's events are never dropped here). Checked after every MiB (or 1/16 of
-        ``max_bytes``) written, so the file may pass the bound by that much."""
-        page_size = db.execute("PRAGMA page_size").fetchone()[0]
-
-        def used() -> int:
-            return (db.execute("PRAGMA page_count").fetchone()[0]
-                    - db.execute("PRAGMA freelist_count").fetchone()[0]) * page_size
-
+        """Past ``max_bytes`` of this namespace's waiting events (as stored), drop its oldest
+        segments until under it. Another key's events sharing the file are neither dropped
+        here nor counted: its backlog never costs this key its events. Checked after every
+        MiB (or 1/16 of ``max_bytes``) written, so it may pass the bound by that much."""
+        size = db.execute("SELECT COALESCE(SUM(length(e.events)), 0) FROM segments s "
+                          "JOIN segment_events e ON e.id = s.id WHERE s.ns=?",
+                          (self.ns,)).fetchone()[0]
         dropped = 0
-        size = used()
         while size > self.max_bytes:
-            oldest = db.execute("SELECT id, count - done FROM segments WHERE ns=? AND lease=0 "
-                                "ORDER BY id LIMIT 1", (self.ns,)).fetchone()
+            oldest = db.execute(
+                "SELECT s.id, s.count - s.done, length(e.events) FROM segments s "
+                "JOIN segment_events e ON e.id = s.id WHERE s.ns=? AND s.lease=0 "
+                "ORDER BY s.id LIMIT 1", (self.ns,)).fetchone()
             if oldest is None:
                 break
             db.execute("DELETE FROM segments WHERE id=?", (oldest[0],))
             dropped += oldest[1]
-            size = used()
+            size -= oldest[2]
         return dropped
 
     def _free_dead_leases(self, db: sqlite3.Connection, now: float) -> None:

@@ -422,3 +422,35 @@ def test_a_put_waiting_while_the_key_is_replaced_writes_under_the_new_key(tmp_pa
     monkeypatch.setattr(spool_module, "marshal", real)
     assert spool.pending() == 3
     spool.close()
+
+
+def test_another_keys_backlog_does_not_make_this_key_drop_its_events(tmp_path):
+    """Two access keys share the spool file; the other's backlog alone is past this key's
+    max_bytes. This key keeps its events (its own bound counts its own events), and past
+    its bound it drops only its oldest."""
+    from isstreamer_jupyter._spool import Segment, SqliteSpool
+
+    api = "http://127.0.0.1:9/api"
+
+    def segment(tag, n=2000):
+        return [Segment("b", "B", [("k", f"{'y' * 200}{tag}-{j}", 1.7e9 + j) for j in range(n)])]
+
+    other = SqliteSpool(tmp_path, api_base=api, access_key="ist_another_key_0123456789")
+    for i in range(10):  # about 4 MB waiting under the other key
+        other.put(segment(f"o{i}"))
+    other.close()
+    mine = SqliteSpool(tmp_path, api_base=api, access_key=KEY, max_bytes=2 << 20)
+    dropped = sum(mine.put(segment(f"m{i}")) for i in range(4))  # about 1.6 MB: under
+    assert dropped == 0 and mine.pending() == 8000
+    dropped = sum(mine.put(segment(f"n{i}")) for i in range(8))  # past 2 MiB: the oldest go
+    kept = mine.pending()
+    assert dropped > 0 and kept == 12 * 2000 - dropped and kept >= 4000  # its bound's worth
+    batch = mine.take(10**6)
+    assert batch is not None and len(batch.events) == kept
+    assert batch.events[-1][1].endswith("n7-1999")  # the newest kept, the oldest dropped
+    assert not any(e[1].endswith("m0-0") for e in batch.events)
+    mine.release(batch)
+    mine.close()
+    again = SqliteSpool(tmp_path, api_base=api, access_key="ist_another_key_0123456789")
+    assert again.pending() == 10 * 2000  # never dropped by this key's trimming
+    again.close()
