@@ -102,15 +102,16 @@ def read_rows(path: Path, bucket_name: str = "", bucket_key: str = "",
     """
     current = (bucket_name, bucket_key) if bucket_name or bucket_key else fallback
     with path.open(newline="", encoding="utf-8") as fh:
-        at_start = [True]
+        at_start = True  # (the next line begins a row, not the inside of a quoted value)
 
         def lines() -> Iterator[str]:
             # a '#' line between rows is one cell whatever it holds (a bucket name may hold
             # ," which would open a quoted field swallowing the rest of the file)
+            nonlocal at_start
             for raw in fh:
-                if at_start[0] and raw.startswith("#"):
+                if at_start and raw.startswith("#"):
                     raw = '"' + raw.rstrip("\r\n").replace('"', '""') + '"\n'
-                at_start[0] = False
+                at_start = False
                 yield raw
 
         reader = csv.reader(lines())  # a quoted value may span lines: line_num is its end
@@ -122,10 +123,10 @@ def read_rows(path: Path, bucket_name: str = "", bucket_key: str = "",
                 break
             except csv.Error as exc:
                 number, first_line = first_line, reader.line_num + 1
-                at_start[0] = True
+                at_start = True
                 yield number, f"not a CSV row: {exc}"
                 continue
-            at_start[0] = True
+            at_start = True
             number, first_line = first_line, reader.line_num + 1
             if not cells or not any(cells):
                 continue

@@ -254,10 +254,7 @@ class Sender:
         if bucket.key not in self._created and bucket.key not in self._stopped_buckets:
             return pace or self._create(bucket, now)
         if self._pending <= 0:
-            # another process (or a recovered row) may share this spool: ask the store
-            self._settle(self._next, self._next_store)  # (not counting an accepted batch)
-            with self.lock:
-                self._pending = self.store.pending()
+            self._recount()  # (another process, or a recovered row, may share this spool)
             if self._pending == 0:
                 self._first_pending_at = None
                 return idle
@@ -286,9 +283,8 @@ class Sender:
                         f"segment", "none: the rest of the spool is fine")
             self._damaged_seen = damaged
         if batch is None:
-            if self._unacked is None and not self._stopped_buckets:
-                with self.lock:  # (what this one counted, another streamer on the spool sent)
-                    self._pending = store.pending()
+            if not self._stopped_buckets:  # (what this one counted, another streamer sent)
+                self._recount()
             self._check_markers()
             return idle
         if batch.bucket_key not in self._created:
@@ -317,6 +313,13 @@ class Sender:
         if self._recheck:  # (a new flush marker, or events dropped: otherwise only an ack
             self._recheck = False  # can complete a flush, and _send checks then)
             self._check_markers()
+
+    def _recount(self) -> None:
+        """Ask the store what waits (the spool may be shared), after acking a batch whose
+        ack waited (it would be counted; the batch made ready stays leased)."""
+        self._settle(self._next, self._next_store)
+        with self.lock:
+            self._pending = self.store.pending()
 
     def _drain(self, count: int) -> None:
         items = list(map(deque.popleft, repeat(self.queue, count)))  # (a C loop: 2.5x faster)
