@@ -213,6 +213,16 @@ class Sender:
             self.drain()  # whatever arrived last goes to the store
         except SpoolError as exc:
             self._error(str(exc), "")
+        finally:  # (here, not in close(): close() may have returned while a request was out)
+            self.close_resources()
+
+    def close_resources(self) -> None:
+        """Close the HTTP session and the spool: by the thread as it ends, or by close()
+        when there is no thread (use_async=False)."""
+        try:
+            self.transport.close()
+        finally:
+            self.store.close()
 
     def stop(self, timeout: float) -> bool:
         """Stop the thread; True if it ended within `timeout`."""

@@ -247,7 +247,9 @@ class Streamer:
 
         At ``debug_level >= 2`` a failure raises a :class:`DeliveryError`; otherwise it is
         warned about (unless ``warn=False``, for callers that show it themselves) and
-        ``False`` is returned. Unsent events stay queued either way.
+        ``False`` is returned. Unsent events stay queued either way. With ``use_async=False``
+        the requests are made here; one under way at the bound ends within ``timeout`` (the
+        setting): cut short, its events would be sent twice.
         """
         closed = self._closed and not self._sender_alive()
         error = self._flush(timeout)
@@ -340,7 +342,7 @@ class Streamer:
         self._update_slow()
         _live.discard(self)
         # within the caller's bound: a sender still in a request is left to end on its own
-        stopped = self._sender.stop(timeout=max(0.1, deadline - time.monotonic()))
+        self._sender.stop(timeout=max(0.1, deadline - time.monotonic()))
         if not self.use_async:
             self._sender.drain()
         left = self._sender._pending + sum(1 for item in self._queue if type(item) is tuple)
@@ -351,9 +353,8 @@ class Streamer:
                           f"Streamer with the same access key sends them")
             else:
                 self._say(logging.WARNING, f"{left} events were not delivered (spool is off)")
-        if stopped:
-            self._sender.transport.close()
-            self._sender.store.close()
+        if self._sender.thread is None:  # (a thread closes them itself as it ends)
+            self._sender.close_resources()
         self._closed_ok = delivered
         if error is not None:
             raise error

@@ -242,7 +242,7 @@ class HttpTransport:
 
     def _target(self, path: str) -> tuple[Any, str]:
         """(the session adapter's urllib3 pool, the URL to ask it for) of an API path; asked
-        of the adapter again once that pool is closed (``session.close()``, evicted)."""
+        of the adapter again once that pool is closed."""
         target = self._targets.get(path)
         if target is None or target[0].pool is None:
             import requests
@@ -277,6 +277,11 @@ class HttpTransport:
         return classify(response.status, response.data, response.headers)
 
     def close(self) -> None:
+        # urllib3 2 no longer closes a pool its manager lets go of (the connections close
+        # when the pool is garbage-collected), and _targets holds ours: close them here.
+        for pool, _url in self._targets.values():
+            pool.close()
+        self._targets.clear()
         self._session.close()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sqlite3
 import time
 import warnings
 
@@ -96,6 +97,46 @@ def test_slow_answers_time_out_and_are_retried(make_receiver, stream):
     assert s.flush(timeout=30)
     assert 1 in values(rx.events(s.BucketKey))
     assert s.stats().retries >= 1
+
+
+def test_close_closes_the_keep_alive_connection(make_receiver, stream):
+    rx = make_receiver()
+    s = stream(rx)
+    s.log("a", 1)
+    assert s.flush(timeout=5)
+    pools = {id(pool): pool for pool, _url in s._sender.transport._targets.values()}.values()
+    assert s.close(timeout=5)
+    assert pools and all(pool.pool is None for pool in pools)  # urllib3: a closed pool
+
+
+def test_close_timing_out_mid_request_still_closes_its_connection_and_spool(make_receiver,
+                                                                             stream):
+    """close() returns within its bound while a request is out; the sender, once that request
+    ends, closes the HTTP connection and the spool itself (they used to stay open)."""
+    rx = make_receiver(faults=Faults(latency=1.0))
+    s = stream(rx)
+    s.log("a", 1)
+    deadline = time.monotonic() + 5
+    while s.stats().in_flight == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert s.stats().in_flight == 1
+    sender = s._sender
+    pools = {id(pool): pool for pool, _url in sender.transport._targets.values()}.values()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert not s.close(timeout=0.2)
+    assert sender.thread.is_alive()  # still waiting for the answer
+    sender.thread.join(5)
+    assert not sender.thread.is_alive()
+    assert values(rx.events(s.BucketKey)) == [1]
+    assert pools and all(pool.pool is None for pool in pools)  # urllib3: a closed pool
+    with pytest.raises(sqlite3.ProgrammingError):  # the spool's connection is closed
+        sender.store._db.execute("SELECT 1")
+    rx.set_faults(latency=0)
+    again = stream(rx)  # the same spool: the answered batch was acknowledged before closing
+    assert again.stats().queued == 0
+    assert again.flush(timeout=5)
+    assert values(rx.events(s.BucketKey)) == [1]
 
 
 def test_outage_loses_nothing(make_receiver, stream):
