@@ -28,8 +28,18 @@ How it stays live, once displayed in a kernel:
 * Each refresh sets only the widget values that changed (every set is a comm message) and
   reuses the HTML of signals whose values did not move; the debug log is rebuilt only while
   its section is open. See ``benchmarks/bench_panel.py``.
-* It stops when closed (:meth:`Panel.close`, closing its widget, or :func:`close_panels`) and
-  after the streamer is closed. :meth:`Panel.refresh` refreshes it by hand (tests do).
+* **Only while someone can see it.** The panel's widget is built with ipywidgets'
+  ``_view_count`` set to 0, so the frontend counts the views it shows: one more when it
+  displays a view, one less when it removes one (the output cleared, the cell run again).
+  When the count falls to 0 the panel stops refreshing: its loop chain ends and the watchdog
+  drops it, so it does no work at all. When a view is back (``display(panel)``, or the widget
+  shown again) it starts again, on the same loop. The count is trusted only once it falls:
+  until the frontend has reported a view, and with no frontend at all (nbconvert, nbval,
+  tests), a displayed panel refreshes as before. A view the frontend never removes (a
+  browser tab closed or reloaded) keeps the count up, and the panel refreshing.
+* It stops for good when closed (:meth:`Panel.close`, closing its widget, ``Widget.close_all()``
+  or :func:`close_panels`) and after the streamer is closed. :meth:`Panel.refresh` refreshes it
+  by hand, displayed or not (tests do).
 
 Outside a widget frontend (a plain terminal, ``python script.py``, no ipywidgets) :func:`show`
 prints the compact text status of :func:`~isstreamer_jupyter._stats.status_text` instead; a
@@ -320,6 +330,12 @@ class Panel:
         self._lock = threading.RLock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
+        # bumped whenever refreshing starts or stops: a tick of an older chain, still
+        # scheduled on the loop, sees it was ended and does nothing
+        self._chain = 0
+        # while every view is gone: the loop it refreshed on, to start again there when a
+        # view is back; None otherwise
+        self._resume_loop: asyncio.AbstractEventLoop | None = None
         self._beat = float("inf")  # monotonic time of the last loop tick; inf: not started
         self._last_refresh = 0.0
         # the thread now writing widgets from a snapshot: the change observers ignore its
@@ -372,7 +388,8 @@ class Panel:
                    layout=w.Layout(flex_flow="row wrap", align_items="center")),
             self.signals,
             self.log_section,
-        ], layout=w.Layout(border="1px solid #ddd", padding="6px 10px"))
+        ], layout=w.Layout(border="1px solid #ddd", padding="6px 10px"),
+            _view_count=0)  # an int, not None: the frontend counts the views it shows
         self.widget.add_class("isstreamer-panel")
         self.switch_button.on_click(self._on_switch)
         self.flush_button.on_click(self._on_flush)
@@ -380,6 +397,7 @@ class Panel:
         self.debug_level.observe(self._on_debug_level, "value")
         self.log_section.observe(self._on_log_section, "selected_index")
         self.widget.observe(self._on_widget_closed, "comm")
+        self.widget.observe(self._on_view_count, "_view_count")
 
     def _widgets(self) -> list[Any]:
         """Every widget of the panel, the VBox last."""
@@ -416,14 +434,16 @@ class Panel:
             if loop is None or loop.is_closed():
                 return False
             self._loop = loop
+            self._resume_loop = None
             self._beat = time.monotonic()
-            loop.call_soon_threadsafe(self._loop_tick)
+            self._chain += 1
+            loop.call_soon_threadsafe(self._loop_tick, self._chain)
             _watchdog.add(self)
             return True
 
     @property
     def running(self) -> bool:
-        """Whether the panel refreshes automatically."""
+        """Whether the panel refreshes automatically (not while every view of it is gone)."""
         return self._loop is not None and not self.closed
 
     def close(self) -> None:
@@ -432,11 +452,8 @@ class Panel:
             if self.closed:
                 return
             self.closed = True
-            _watchdog.discard(self)
-            handle, self._handle = self._handle, None
-            if handle is not None and self._on_loop_thread():
-                handle.cancel()  # off the loop's thread the next tick sees `closed` instead
-            self._loop = None
+            self._resume_loop = None
+            self._stop_refreshing()
             for widget in self._widgets():
                 with contextlib.suppress(Exception):
                     widget.close()
@@ -445,20 +462,35 @@ class Panel:
         if change["new"] is None:
             self.close()
 
+    def _on_view_count(self, change: dict[str, Any]) -> None:
+        """The frontend displayed or removed a view of the widget (on a kernel thread: the
+        shell's, or a subshell's). Refreshing stops when the count falls to 0, and starts
+        again on the same loop when it rises; a count that never rose (no view reported
+        yet, or no frontend at all) changes nothing."""
+        new, old = change["new"], change["old"]
+        with self._lock:
+            if new is not None and new <= 0 < (old or 0):
+                if self._loop is not None:  # running (not stopped, closed or never started)
+                    self._resume_loop = self._loop
+                    self._stop_refreshing()
+            elif (new is None or new > 0) and self._resume_loop is not None:
+                self.start(self._resume_loop)
+
     def _on_loop_thread(self) -> bool:
         try:
             return asyncio.get_running_loop() is self._loop
         except RuntimeError:
             return False
 
-    def _loop_tick(self) -> None:
+    def _loop_tick(self, chain: int) -> None:
+        loop = self._loop
+        if chain != self._chain or self.closed or loop is None:
+            return  # its chain was ended (stopped, closed, no view left): no work
         self._handle = None
-        if self.closed or self._loop is None:
-            return
         self._beat = time.monotonic()
         self._tick()
-        if not self.closed and self._loop is not None:
-            self._handle = self._loop.call_later(REFRESH_INTERVAL, self._loop_tick)
+        if chain == self._chain and not self.closed and self._loop is loop:
+            self._handle = loop.call_later(REFRESH_INTERVAL, self._loop_tick, chain)
 
     def _tick(self) -> None:
         """One automatic refresh, from the loop or the watchdog: at most 4 a second, never
@@ -468,6 +500,8 @@ class Panel:
         if not self._lock.acquire(blocking=False):
             return
         try:
+            if self._loop is None:  # stopped meanwhile (its last view went, say): no work
+                return
             stats = self.refresh()
             if stats.state is State.STOPPED and self.streamer.IsClosed:
                 self._stop_refreshing()  # nothing moves any more
@@ -478,7 +512,12 @@ class Panel:
             self._lock.release()
 
     def _stop_refreshing(self) -> None:
+        """End the refresh chain and leave the watchdog; the caller holds the lock."""
         _watchdog.discard(self)
+        self._chain += 1
+        handle, self._handle = self._handle, None
+        if handle is not None and self._on_loop_thread():
+            handle.cancel()  # off the loop's thread that is unsafe: the tick sees its chain ended
         self._loop = None
         self._beat = float("inf")
 

@@ -563,23 +563,24 @@ def test_refresh_sends_only_what_changed(receiver: Receiver, make_streamer,
 
 
 # ----------------------------------------------------------------------------- refreshing
-def count_refreshes(panel: Panel) -> list[str]:
-    """Record the thread of every refresh from now on."""
+def count_calls(panel: Panel, method: str = "refresh") -> list[str]:
+    """Record the thread of every call of the panel's `method` from now on: "refresh", or
+    "_tick" (each automatic tick, the loop's and the watchdog's, whether it refreshes or not)."""
     threads: list[str] = []
-    real = panel.refresh
+    real = getattr(panel, method)
 
-    def refresh() -> Any:
+    def record() -> Any:
         threads.append(threading.current_thread().name)
         return real()
 
-    panel.refresh = refresh  # type: ignore[method-assign]
+    setattr(panel, method, record)
     return threads
 
 
 def test_refreshes_on_the_loop_at_most_4_a_second(receiver: Receiver, make_streamer) -> None:
     streamer = make_streamer(receiver)
     panel = Panel(streamer)
-    threads = count_refreshes(panel)
+    threads = count_calls(panel)
     loop = asyncio.new_event_loop()
     try:
         assert panel.start(loop) and panel.running
@@ -607,7 +608,7 @@ def test_watchdog_takes_over_while_the_loop_is_blocked(receiver: Receiver,
     try:
         panel.start(loop)
         loop.run_until_complete(asyncio.sleep(0.3))
-        threads = count_refreshes(panel)
+        threads = count_calls(panel)
         started = time.monotonic()
         for i in range(5):  # a busy cell: the loop does not run
             streamer.log("busy", i)
@@ -636,7 +637,7 @@ def test_no_watchdog_when_switched_off(receiver: Receiver, make_streamer,
     try:
         panel.start(loop)
         loop.run_until_complete(asyncio.sleep(0.3))
-        threads = count_refreshes(panel)
+        threads = count_calls(panel)
         time.sleep(1.6)
         assert threads == []
     finally:
@@ -717,6 +718,159 @@ def test_a_failing_refresh_stops_the_auto_refresh_quietly(receiver: Receiver, ma
             loop.run_until_complete(asyncio.sleep(0.6))
         assert not panel.running
         assert "panel refresh failed" in caplog.text
+    finally:
+        panel.close()
+        loop.close()
+
+
+# ----------------------------------------------------------------------------- views
+def frontend_views(panel: Panel, count: int) -> None:
+    """Say that the panel's widget has `count` views, the way the frontend does: a comm
+    "update" of ``_view_count`` (ipywidgets' WidgetView sends one when a view of the model is
+    displayed, and one when it is removed), handled as the kernel handles it."""
+    widget_comm = panel.widget.comm
+    widget_comm.handle_msg({"content": {"comm_id": widget_comm.comm_id, "data": {
+        "method": "update", "state": {"_view_count": count}, "buffer_paths": []}},
+        "buffers": []})
+
+
+def test_refreshing_stops_when_every_view_is_gone_and_resumes_when_one_is_back(
+        receiver: Receiver, make_streamer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(panel_mod, "BLOCKED_AFTER", 0.3)
+    streamer = make_streamer(receiver)
+    panel = Panel(streamer)
+    assert panel.widget._view_count == 0  # tracked: the frontend keeps it up to date
+    loop = asyncio.new_event_loop()
+    try:
+        assert panel.start(loop)
+        ticks = count_calls(panel, "_tick")
+        loop.run_until_complete(asyncio.sleep(0.6))
+        assert ticks and panel.running  # no view reported yet (or no frontend): it refreshes
+        frontend_views(panel, 1)  # the frontend displayed it
+        assert panel.running
+        frontend_views(panel, 0)  # and removed it: the output was cleared
+        assert not panel.running
+        assert panel not in panel_mod._watchdog.panels
+
+        ticks.clear()
+        refreshes = count_calls(panel)
+        streamer.log("v", 1)
+        assert streamer.flush(10)
+        loop.run_until_complete(asyncio.sleep(0.8))  # the loop is free: nothing is scheduled
+        time.sleep(0.8)  # the loop is blocked past BLOCKED_AFTER: the watchdog leaves it too
+        assert ticks == [] and refreshes == []
+        assert counters(panel)["sent"] == "0"
+
+        frontend_views(panel, 1)  # shown again
+        assert panel.running
+        loop.run_until_complete(asyncio.sleep(0.8))
+        assert counters(panel)["sent"] == "1"
+        assert set(refreshes) == {threading.current_thread().name}  # on its loop, as before
+        assert 1 <= len(ticks) <= 5  # one chain of ticks at 4 a second, not two
+    finally:
+        panel.close()
+        loop.close()
+
+
+def test_a_panel_without_views_starts_again_when_displayed(
+        receiver: Receiver, make_streamer, monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = asyncio.new_event_loop()
+    monkeypatch.setattr(panel_mod, "_kernel_loop", lambda: loop)
+    streamer = make_streamer(receiver)
+    panel = Panel(streamer)
+    try:
+        panel._repr_mimebundle_()  # what display(panel) calls
+        assert panel.running
+        frontend_views(panel, 1)
+        frontend_views(panel, 0)
+        assert not panel.running
+        bundle = panel._repr_mimebundle_()  # display(panel) again, in another cell
+        view = bundle["application/vnd.jupyter.widget-view+json"]
+        assert view["model_id"] == panel.widget.model_id
+        assert panel.running  # at once: the count is still 0 until the new view reports
+        refreshes = count_calls(panel)
+        loop.run_until_complete(asyncio.sleep(0.6))
+        assert refreshes
+        frontend_views(panel, 1)  # the new view
+        frontend_views(panel, 2)  # a second view came
+        frontend_views(panel, 1)  # and went: one is left
+        assert panel.running
+        frontend_views(panel, 0)
+        assert not panel.running
+    finally:
+        panel.close()
+        loop.close()
+
+
+@pytest.mark.parametrize("how", ["widget.close()", "Widget.close_all()"])
+def test_a_closed_panel_without_views_never_starts_again(
+        receiver: Receiver, make_streamer, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    loop = asyncio.new_event_loop()
+    monkeypatch.setattr(panel_mod, "_kernel_loop", lambda: loop)
+    streamer = make_streamer(receiver)
+    panel = Panel(streamer)
+    try:
+        assert panel.start(loop)
+        frontend_views(panel, 1)
+        frontend_views(panel, 0)
+        assert not panel.running  # waiting for a view, to start again
+        if how == "widget.close()":
+            panel.widget.close()
+        else:  # closes every widget of this process: this test's are the only live ones
+            ipywidgets.Widget.close_all()
+        assert panel.closed
+        # no frontend can send on a closed comm; even a count set here does not revive it
+        panel.widget.set_state({"_view_count": 1})
+        assert not panel.running
+        assert panel._repr_mimebundle_().keys() == {"text/plain"}
+        assert not panel.start(loop) and not panel.running
+        ticks = count_calls(panel, "_tick")
+        loop.run_until_complete(asyncio.sleep(0.6))
+        assert ticks == []
+    finally:
+        panel.close()
+        loop.close()
+
+
+def test_view_counts_from_other_threads_leave_one_refresh_chain(
+        receiver: Receiver, make_streamer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """View counts arrive on a kernel thread (the shell's, or a subshell's) while the loop
+    and the watchdog refresh: however starts and stops interleave, what is left is one
+    chain of ticks, or none."""
+    monkeypatch.setattr(panel_mod, "BLOCKED_AFTER", 0.2)
+    streamer = make_streamer(receiver)
+    panel = Panel(streamer)
+    loop = asyncio.new_event_loop()
+
+    def flip(times: int) -> None:
+        for i in range(1, times + 1):
+            frontend_views(panel, i % 2)
+            time.sleep(0.002)
+
+    async def run_while(thread: threading.Thread) -> None:
+        thread.start()
+        busy = False
+        while thread.is_alive():
+            await asyncio.sleep(0.003)  # the loop runs its ticks
+            if busy:
+                time.sleep(0.3)  # a busy cell blocks the loop: the watchdog's turn
+            busy = not busy
+
+    try:
+        assert panel.start(loop)
+        flipper = threading.Thread(target=flip, args=(301,))  # ends on 1: a view
+        loop.run_until_complete(run_while(flipper))
+        assert panel.running
+        ticks = count_calls(panel, "_tick")
+        loop.run_until_complete(asyncio.sleep(1.0))
+        assert 2 <= len(ticks) <= 6, ticks  # 4 a second: one chain
+        flipper = threading.Thread(target=flip, args=(300,))  # ends on 0: no view
+        loop.run_until_complete(run_while(flipper))
+        assert not panel.running
+        ticks.clear()
+        loop.run_until_complete(asyncio.sleep(0.6))
+        time.sleep(0.5)
+        assert ticks == []
     finally:
         panel.close()
         loop.close()
