@@ -8,6 +8,9 @@ open a notebook that loads the extension, shows the panel and logs; wait for the
 idle; Run All; see the panel render and its sent counter rise while a cell is still busy; type
 a new bucket name and click Switch; run a cell that logs more; check that the receiver got
 those events in the new bucket. A screenshot of the panel is saved to ``build/panel.png``.
+Then the kernel says the frontend counted one view of the panel and it refreshes; the panel
+cell's output is cleared in the browser, and the kernel says no view is left and the panel no
+longer refreshes.
 
 Every wait is bounded; the browser and the server (with its kernel) are stopped in ``finally``.
 Slow on purpose (about half a minute on two cores); CI runs it (``-m "not browser"`` skips it
@@ -58,7 +61,8 @@ CELLS = [
      "from isstreamer_jupyter import Streamer\n"
      "\n"
      f"s = Streamer(bucket_name={BEFORE!r})\n"
-     "s.panel()"),
+     "p = s.panel()\n"
+     "p"),
     ("code",
      "import math\n"
      "import time\n"
@@ -73,7 +77,10 @@ CELLS = [
      "for i in range(10):\n"
      "    s.log('after switch', run * 100 + i)\n"
      "print('delivered:', s.flush(20), 'bucket:', s.BucketName)"),
+    ("code",
+     "print(f'panel refreshing: {p.running}, views: {p.widget._view_count}')"),
 ]
+PANEL_CELL, STATUS_CELL = 1, 4
 
 
 def notebook() -> str:
@@ -207,6 +214,23 @@ def command(page: Any, name: str, args: dict[str, Any] | None = None) -> None:
     }""", [name, args])
 
 
+def run_again(page: Any, index: int) -> str:
+    """Run cell `index` again and wait until it ran; returns its output's text."""
+    cell = page.locator(".jp-Cell").nth(index)
+
+    def prompt() -> str:
+        return cell.locator(".jp-InputPrompt").inner_text()
+
+    before = prompt()
+    page.evaluate(f"() => {{ window.jupyterapp.shell.currentWidget.content.activeCellIndex"
+                  f" = {index}; }}")
+    command(page, "notebook:run-cell")
+    wait_until(lambda: prompt() != before and "*" not in prompt(), 60,
+               f"cell {index} run again")
+    wait_until(lambda: kernel_idle(page), 60, "the kernel idle")
+    return cell.locator(".jp-OutputArea").inner_text()
+
+
 def text(page: Any, selector: str) -> str:
     found = page.query_selector(selector)
     return found.inner_text().strip() if found else ""
@@ -332,6 +356,17 @@ def drive(page: Any, base: str, token: str, receiver: Receiver, access_key: str)
     page.locator(panel).screenshot(path=str(SCREENSHOT))
     assert SCREENSHOT.stat().st_size > 10_000
     assert re.search(r"\d", text(page, f"{panel} [data-field=events_per_second]"))
+
+    # the browser counted its view of the panel: the kernel-side panel refreshes
+    wait_until(lambda: "panel refreshing: True, views: 1" in run_again(page, STATUS_CELL), 60,
+               "the kernel seeing the panel's one view")
+    # clear the panel cell's output: the view is gone, and the kernel-side panel stops
+    page.evaluate("(i) => { window.jupyterapp.shell.currentWidget.content.activeCellIndex"
+                  " = i; }", PANEL_CELL)
+    command(page, "notebook:clear-cell-output")
+    wait_until(lambda: page.locator(panel).count() == 0, 30, "the panel gone from the page")
+    wait_until(lambda: "panel refreshing: False, views: 0" in run_again(page, STATUS_CELL), 60,
+               "the kernel-side panel stopping once its view was cleared")
 
 
 def test_the_notebook_holds_no_key() -> None:
