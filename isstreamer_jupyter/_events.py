@@ -1,8 +1,9 @@
 """Events: what a logged key, value and epoch may be, and how the rest is coerced or refused.
 
-``Streamer.log`` checks the common case (a short ``str`` key, an ``int``/``float``/``bool``/short
-``str`` value, no epoch) inline; everything else comes here. Every refusal names the key, the
-limit and the fix.
+``Streamer.log`` checks the common case (a short ``str`` key, an ``int`` of at most
+``INT_SAFE_BITS`` bits/finite ``float``/``bool``/short ``str`` value, no epoch) inline; everything
+else comes here. Every refusal names the key, the limit and the fix. ``body_of`` refuses an int
+past the limit by the same rule, should one reach it by another path.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import datetime as _dt
 import enum
 import math
 import numbers
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from decimal import Decimal
@@ -25,6 +27,22 @@ KEY_WARN = 100
 VALUE_MAX = 2000
 #: the service replaces timestamps this old with its own time
 EPOCH_MIN_AGE = 10 * 365.25 * 86400
+#: An int goes out as a JSON number. The API reference gives a value as a string, bool or
+#: number and no range; JSON readers (JavaScript's among them) read a number as a 64-bit float,
+#: and one past the largest float (about 1.8e308, 309 digits) becomes Infinity or an error
+#: there; past 4300 digits Python cannot even write one (sys.int_info). So ints
+#: beyond ±INT_MAX are refused at log(), where the user sees it and can fix it. Ints between 2**53
+#: and INT_MAX go out digit for digit, as ISStreamer sent them, neither refused nor warned about:
+#: the service may keep them rounded to a float's 15-17 significant digits, as it keeps every
+#: float; ints past 2**53 are common (nanosecond times, ids), and a warning would nag those users
+#: and move their log() off the fast path. To keep every digit, log str(value).
+INT_MAX = int(sys.float_info.max)
+INT_MIN = -INT_MAX
+#: Ints of at most this many bits (|v| < 2**1023, inside ±INT_MAX) need no other check: log()'s
+#: fast path and body_of test only this (one bit_length() call: half the cost of comparing with
+#: INT_MIN and INT_MAX, 1024-bit ints) and leave longer ones to coerce_value.
+INT_SAFE_BITS = 1023
+_LOG10_2 = math.log10(2)
 
 Value = str | int | float | bool
 
@@ -59,7 +77,9 @@ def check_key(key: Any) -> str:
 def coerce_value(key: str, value: Any) -> Value:
     """Return a JSON-ready str, int, float or bool, or raise :class:`RefusedValue`."""
     kind = type(value)
-    if kind is bool or kind is int:
+    if kind is int:
+        return value if INT_MIN <= value <= INT_MAX else _too_large(key, value)
+    if kind is bool:
         return value
     if kind is float:
         return _finite(key, value)
@@ -74,8 +94,8 @@ def coerce_value(key: str, value: Any) -> Value:
         return _short(key, str(value))
     if type(value).__name__ == "bool_" and hasattr(value, "item"):  # numpy.bool_
         return bool(value)
-    if isinstance(value, numbers.Integral):
-        return int(value)
+    if isinstance(value, numbers.Integral):  # int subclasses; numpy's are always in range
+        return coerce_value(key, int(value))
     if isinstance(value, numbers.Real | Decimal):
         try:
             return _finite(key, float(value))
@@ -99,6 +119,26 @@ def coerce_value(key: str, value: Any) -> Value:
         f"value for key {_shorten(key)!r} is a {describe(value)}; values are numbers, booleans "
         f"or strings: {fix}"
     )
+
+
+def _too_large(key: str, value: int) -> int:
+    """Refuse an int outside ``INT_MIN`` .. ``INT_MAX`` (see there why)."""
+    digits = _digits(abs(value))
+    fix = "log it scaled, e.g. math.log10(abs(value))"
+    if digits + (value < 0) <= VALUE_MAX:
+        fix = "log it as text, str(value), or scaled, e.g. math.log10(abs(value))"
+    raise RefusedValue(
+        f"value for key {_shorten(key)!r} is an integer of {digits} digits, past the limit of "
+        f"±1.8e308 (the largest 64-bit float: JSON numbers are read as such): {fix}"
+    )
+
+
+def _digits(n: int) -> int:
+    """The decimal digits of ``n >= 1``, without writing it (str() refuses past 4300)."""
+    digits = int(n.bit_length() * _LOG10_2) + 1  # this, or one off
+    if n >= 10**digits:
+        return digits + 1
+    return digits - 1 if n < 10 ** (digits - 1) else digits
 
 
 def _finite(key: str, value: float) -> float:

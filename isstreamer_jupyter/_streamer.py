@@ -27,7 +27,15 @@ from ._errors import (
     SpoolError,
     StreamerClosed,
 )
-from ._events import EPOCH_MIN_AGE, KEY_WARN, check_key, coerce_epoch, coerce_value, iter_items
+from ._events import (
+    EPOCH_MIN_AGE,
+    INT_SAFE_BITS,
+    KEY_WARN,
+    check_key,
+    coerce_epoch,
+    coerce_value,
+    iter_items,
+)
 from ._sender import Bucket, Clock, Marker, Sender
 from ._spool import SEGMENT_EVENTS, MemoryStore, SqliteSpool, Store
 from ._stats import State, Stats
@@ -171,7 +179,9 @@ class Streamer:
         if (not self._slow and type(key) is str and 0 < len(key) <= KEY_WARN and key.isascii()
                 and (epoch is None or (type(epoch) is float and _EPOCH_FLOOR < epoch < 1e11))):
             kind = type(value)
-            if ((kind is float and value - value == 0.0) or kind is int or kind is bool
+            # (an int near or past a 64-bit float's range goes the slow way: refused there)
+            if ((kind is float and value - value == 0.0)
+                    or (kind is int and value.bit_length() <= INT_SAFE_BITS) or kind is bool
                     or (kind is str and len(value) <= 2000 and value.isascii())):
                 queue = self._queue
                 queue.append((key, value, epoch or _time()))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import json
+import sys
+import warnings
 from collections import namedtuple
 from dataclasses import dataclass
 from decimal import Decimal
@@ -15,8 +17,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from isstreamer_jupyter import RefusedValue
-from isstreamer_jupyter._events import check_key, coerce_epoch, coerce_value, iter_items
+from isstreamer_jupyter import IsStreamerWarning, RefusedValue, Streamer
+from isstreamer_jupyter._events import (
+    INT_MAX,
+    INT_MIN,
+    INT_SAFE_BITS,
+    check_key,
+    coerce_epoch,
+    coerce_value,
+    iter_items,
+)
 from isstreamer_jupyter._transport import body_of
 
 NOW = 1_800_000_000.0
@@ -73,6 +83,110 @@ def test_refusals_name_key_limit_and_fix(value, words):
 def test_bad_keys_are_refused(key, words):
     with pytest.raises(RefusedValue, match=words):
         check_key(key)
+
+
+#: the largest int a 64-bit float holds: what a JSON number can be at the service
+LIMIT = int(sys.float_info.max)
+
+
+class Huge(enum.IntEnum):
+    BIG = 10**400
+
+
+class MyInt(int):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("value", "digits"),
+    [
+        (10**400, 401), (-(2**1024), 309), (LIMIT + 1, 309), (-LIMIT - 1, 309), (10**5000, 5001),
+        (Huge.BIG, 401), (MyInt(10**400), 401),
+    ],
+    ids=["1e400", "-2**1024", "limit+1", "-limit-1", "1e5000", "IntEnum", "int-subclass"],
+)
+def test_ints_beyond_a_64_bit_float_are_refused_naming_key_limit_and_fix(value, digits):
+    with pytest.raises(RefusedValue) as info:
+        coerce_value("sensor_1", value)
+    text = str(info.value)
+    assert "'sensor_1'" in text and f"an integer of {digits} digits" in text
+    assert "past the limit of ±1.8e308" in text and "math.log10(abs(value))" in text
+    assert ("str(value)" in text) == (digits <= 2000)  # as text only if a string can hold it
+
+
+def test_the_quick_int_check_of_log_and_body_of_lets_through_only_ints_within_the_limit():
+    assert 2**INT_SAFE_BITS - 1 < LIMIT == INT_MAX == -INT_MIN
+    assert float(INT_MAX) == sys.float_info.max
+
+
+@pytest.mark.parametrize(
+    "value", [2**1000, -(2**1000), 2**1023, LIMIT, -LIMIT, 2**53 + 1, -(2**63),
+              np.uint64(2**64 - 1)])
+def test_big_ints_a_json_number_can_hold_go_out_exactly(value):
+    got = coerce_value("k", value)
+    assert type(got) is int and got == int(value)
+    assert json.loads(body_of([("k", got, NOW)]))[0]["value"] == got  # every digit written
+
+
+@pytest.mark.parametrize("value", [10**400, -(2**1024), 10**5000],
+                         ids=["1e400", "-2**1024", "1e5000"])
+def test_body_of_refuses_an_int_that_slipped_past_log(value):
+    """The wire's guard: the same rule and message as log(), should another path queue one."""
+    with pytest.raises(RefusedValue, match=r"'k' is an integer of \d+ digits, past the limit"):
+        body_of([("ok", 1, NOW), ("k", value, NOW)])
+
+
+@pytest.fixture
+def _no_settings(monkeypatch, tmp_path):
+    """No setting from the environment or an ini file reaches the streamers made here."""
+    for name in ("IS_ACCESS_KEY", "IS_API_ACCESS_KEY", "IS_OFFLINE", "IS_BUCKET_KEY",
+                 "IS_BUCKET_NAME", "IS_API_BASE", "IS_API_HOST", "IS_BATCH_SIZE", "IS_MAX_RPS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+
+@pytest.mark.usefixtures("_no_settings")
+def test_huge_ints_are_refused_at_log_and_the_rest_reaches_the_receiver(receiver):
+    s = Streamer(bucket_name="Ints", access_key="ist_events_test_secret_key_0123", spool=False,
+                 api_base=receiver.api_base, max_requests_per_second=0, flush_interval=0.1)
+    try:
+        with pytest.warns(IsStreamerWarning) as caught:
+            s.log("a", 1)
+            s.log("huge", 10**5000)
+            s.log("b", 2**1000)  # big, but a JSON number the service holds
+            s.log("negative", -(2**1024))
+            s.log_object({"c": 3, "d": Huge.BIG}, key_prefix="obj")
+        messages = [str(w.message) for w in caught]
+        assert len(messages) == 3
+        for key, digits, w in zip(("huge", "negative", "obj_d"), (5001, 309, 401), messages,
+                                  strict=True):
+            assert f"{key!r} is an integer of {digits} digits, past the limit of ±1.8e308" in w
+            assert "math.log10(abs(value))" in w
+        assert s.flush(timeout=10)  # nothing refused at send: it was all said at log()
+        assert [(e["key"], e["value"]) for e in receiver.events(s.BucketKey)] == [
+            ("a", 1), ("b", 2**1000), ("obj_c", 3)]
+        stats = s.stats()
+        assert stats.refused == 3 and stats.sent == 3 and not stats.last_error
+    finally:
+        s.close(timeout=2)
+
+
+@pytest.mark.usefixtures("_no_settings")
+def test_huge_ints_are_refused_at_log_when_recording_offline(tmp_path, capsys):
+    # (capsys takes the notice an offline streamer prints)
+    s = Streamer(offline=True, offline_file=tmp_path / "out.csv", spool=False)
+    with pytest.warns(IsStreamerWarning, match=r"'big' is an integer of 401 digits"):
+        s.log("ok", 1)
+        s.log("big", 10**400)
+        s.log("ok", 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing refused when written
+        assert s.close(timeout=5)
+    rows = [line.split(",")[1:] for line in (tmp_path / "out.csv").read_text().splitlines()
+            if not line.startswith("#")]
+    assert rows == [["ok", "1"], ["ok", "2"]]
+    assert s.stats().refused == 1
 
 
 def test_emoji_and_colons_are_fine_in_keys():

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import threading
+import time
 import warnings
 
 import pytest
@@ -384,7 +386,8 @@ def test_access_key_never_shown(debug_level, capsys, caplog):
 
 valid_keys = st.text(min_size=1, max_size=250)
 anything = st.one_of(
-    st.none(), st.integers(), st.floats(), st.booleans(), st.text(max_size=2100),
+    st.none(), st.integers(), st.integers(-(2**1100), 2**1100), st.floats(), st.booleans(),
+    st.text(max_size=2100),
     st.binary(max_size=5), st.lists(st.integers(), max_size=2), st.decimals(),
     st.datetimes(), st.fractions(),
 )
@@ -406,6 +409,8 @@ def test_anything_logged_is_sent_valid_or_counted_refused(events):
     for e in sent:
         assert isinstance(e["key"], str) and 0 < len(e["key"]) <= 250
         assert type(e["value"]) in (str, int, float, bool)
+        if type(e["value"]) is int:  # a JSON number the service can hold: a 64-bit float
+            assert abs(e["value"]) <= sys.float_info.max
         if isinstance(e["value"], float):
             assert math.isfinite(e["value"])
         if isinstance(e["value"], str):
@@ -413,16 +418,45 @@ def test_anything_logged_is_sent_valid_or_counted_refused(events):
         assert math.isfinite(e["epoch"]) and e["epoch"] > 1.4e9
 
 
-def test_an_event_the_wire_cannot_carry_is_dropped_alone():
+@pytest.mark.parametrize("huge", [10**400, 10**5000], ids=["1e400", "1e5000"])
+def test_an_event_the_wire_cannot_carry_is_dropped_alone(huge):
+    """The wire's guard, should an event get past log() (here: put on its queue directly)."""
     s, t, _ = make(batch_size=5)
     for i in range(5):
-        s.log("n", 10 ** 5000 if i == 2 else i)  # an int too long to write as text
+        if i == 2:
+            s._queue.append(("n", huge, time.time()))  # an int no JSON number can hold
+        else:
+            s.log("n", i)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         s.flush()
     assert [e["value"] for e in t.events()] == [0, 1, 3, 4]
     stats = s.stats()
     assert stats.refused == 1 and stats.in_flight == 0 and "cannot be sent" in stats.last_error
+    assert "'n' is an integer of" in stats.last_error and "±1.8e308" in stats.last_error
+
+
+LIMIT = int(sys.float_info.max)  # the largest int a 64-bit float (a JSON number) holds
+
+
+@pytest.mark.parametrize("huge", [10**5000, -(2**1024), LIMIT + 1],
+                         ids=["1e5000", "-2**1024", "limit+1"])
+def test_huge_ints_are_refused_at_log_raised_at_debug_2_and_the_rest_goes_out(huge):
+    s, t, _ = make(batch_size=4, debug_level=2)
+    s.log("a", 1)
+    with pytest.raises(RefusedValue, match=r"'huge' is an integer of \d+ digits, past the limit "
+                                           r"of ±1\.8e308 .*math\.log10\(abs\(value\)\)"):
+        s.log("huge", huge)
+    s.log("b", 2**1000)  # big, but within a 64-bit float's range
+    s.log("edge", -LIMIT)  # (past log()'s quick check, 2**1023: checked in full, and fine)
+    s.DebugLevel = 0
+    with pytest.warns(IsStreamerWarning, match=r"'huge' is an integer"):
+        s.log("huge", huge)
+    s.log("c", 3)
+    assert s.flush()  # nothing refused at send: both were refused at log()
+    assert [(e["key"], e["value"]) for e in t.events()] == [
+        ("a", 1), ("b", 2**1000), ("edge", -LIMIT), ("c", 3)]
+    assert s.stats().refused == 2 and not s.stats().last_error
 
 
 def test_a_bucket_the_service_will_not_create_stops_with_a_remedy():
