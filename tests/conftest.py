@@ -32,3 +32,14 @@ def receiver() -> Iterator[Receiver]:
     rx = Receiver().start()
     yield rx
     rx.stop()
+
+
+@pytest.fixture
+def no_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """No setting from the environment or an ini file reaches a Streamer the test makes: the
+    IS_* variables are unset, and the working and home folders are the test's own."""
+    for name in ("IS_ACCESS_KEY", "IS_API_ACCESS_KEY", "IS_OFFLINE", "IS_BUCKET_KEY",
+                 "IS_BUCKET_NAME", "IS_API_BASE", "IS_API_HOST", "IS_BATCH_SIZE", "IS_MAX_RPS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))

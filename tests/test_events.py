@@ -136,17 +136,7 @@ def test_body_of_refuses_an_int_that_slipped_past_log(value):
         body_of([("ok", 1, NOW), ("k", value, NOW)])
 
 
-@pytest.fixture
-def _no_settings(monkeypatch, tmp_path):
-    """No setting from the environment or an ini file reaches the streamers made here."""
-    for name in ("IS_ACCESS_KEY", "IS_API_ACCESS_KEY", "IS_OFFLINE", "IS_BUCKET_KEY",
-                 "IS_BUCKET_NAME", "IS_API_BASE", "IS_API_HOST", "IS_BATCH_SIZE", "IS_MAX_RPS"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HOME", str(tmp_path))
-
-
-@pytest.mark.usefixtures("_no_settings")
+@pytest.mark.usefixtures("no_settings")
 def test_huge_ints_are_refused_at_log_and_the_rest_reaches_the_receiver(receiver):
     s = Streamer(bucket_name="Ints", access_key="ist_events_test_secret_key_0123", spool=False,
                  api_base=receiver.api_base, max_requests_per_second=0, flush_interval=0.1)
@@ -172,7 +162,7 @@ def test_huge_ints_are_refused_at_log_and_the_rest_reaches_the_receiver(receiver
         s.close(timeout=2)
 
 
-@pytest.mark.usefixtures("_no_settings")
+@pytest.mark.usefixtures("no_settings")
 def test_huge_ints_are_refused_at_log_when_recording_offline(tmp_path, capsys):
     # (capsys takes the notice an offline streamer prints)
     s = Streamer(offline=True, offline_file=tmp_path / "out.csv", spool=False)

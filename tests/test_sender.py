@@ -36,12 +36,8 @@ KEY = "ist_unit_test_secret_key_0123456789"
 
 
 @pytest.fixture(autouse=True)
-def _quiet_env(monkeypatch, tmp_path):
-    for name in ("IS_ACCESS_KEY", "IS_API_ACCESS_KEY", "IS_OFFLINE", "IS_BUCKET_KEY",
-                 "IS_BUCKET_NAME", "IS_API_BASE", "IS_API_HOST", "IS_BATCH_SIZE", "IS_MAX_RPS"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HOME", str(tmp_path))
+def _quiet_env(no_settings):
+    """Every test here: no setting from the environment or an ini file (see conftest)."""
 
 
 def make(script=(), **kw):
