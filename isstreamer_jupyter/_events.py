@@ -2,8 +2,7 @@
 
 ``Streamer.log`` checks the common case (a short ``str`` key, an ``int`` of at most
 ``INT_SAFE_BITS`` bits/finite ``float``/``bool``/short ``str`` value, no epoch) inline; everything
-else comes here. Every refusal names the key, the limit and the fix. ``body_of`` refuses an int
-past the limit by the same rule, should one reach it by another path.
+else comes here. Every refusal names the key, the limit and the fix.
 """
 
 from __future__ import annotations
@@ -39,8 +38,8 @@ EPOCH_MIN_AGE = 10 * 365.25 * 86400
 INT_MAX = int(sys.float_info.max)
 INT_MIN = -INT_MAX
 #: Ints of at most this many bits (|v| < 2**1023, inside ±INT_MAX) need no other check: log()'s
-#: fast path and body_of test only this (one bit_length() call: half the cost of comparing with
-#: INT_MIN and INT_MAX, 1024-bit ints) and leave longer ones to coerce_value.
+#: fast path tests only this (one bit_length() call: half the cost of comparing with INT_MIN
+#: and INT_MAX, 1024-bit ints) and leaves longer ones to coerce_value.
 INT_SAFE_BITS = 1023
 _LOG10_2 = math.log10(2)
 

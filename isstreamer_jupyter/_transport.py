@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ._events import INT_SAFE_BITS, coerce_value
 from ._version import __version__
 
 #: the service answers 413 past this body size
@@ -87,9 +86,7 @@ def body_of(events: Sequence[Event]) -> bytes:
 
     Made for speed (it is most of the sender's work): a key's JSON is made once; an int or a
     float value (always finite here: ``log()`` refuses the rest) is written by its ``repr``,
-    as ``json`` writes it (an int ``log()`` would refuse, should one come by another path, is
-    refused here with log()'s message: a ``RefusedValue``, so the sender drops it alone and
-    says why); an epoch with microsecond precision (``time.time()``'s
+    as ``json`` writes it; an epoch with microsecond precision (``time.time()``'s
     resolution), exactly the text ``f"{epoch:.6f}"`` gives, made from integers: the whole
     second once per second (the events of a batch mostly share it), then the microseconds
     (``epoch - second`` is exact in binary floating point; the few values near a rounding tie
@@ -107,14 +104,7 @@ def body_of(events: Sequence[Event]) -> bytes:
         if head is None:
             head = heads[key] = '{"key":' + _encode(key) + ',"value":'
         kind = type(value)
-        if kind is float:
-            value = repr(value)
-        elif kind is int:
-            if value.bit_length() > INT_SAFE_BITS:  # (refused past ±INT_MAX: _events' rule)
-                coerce_value(key, value)
-            value = repr(value)
-        else:
-            value = _encode(value)
+        value = repr(value) if kind is float or kind is int else _encode(value)
         if type(epoch) is float and 0.0 < epoch < 1e18:  # (else: below)
             scaled = (epoch - second) * 1e6
             micros = int(scaled + 0.5)

@@ -114,7 +114,7 @@ def test_ints_beyond_a_64_bit_float_are_refused_naming_key_limit_and_fix(value, 
     assert ("str(value)" in text) == (digits <= 2000)  # as text only if a string can hold it
 
 
-def test_the_quick_int_check_of_log_and_body_of_lets_through_only_ints_within_the_limit():
+def test_the_quick_int_check_of_log_lets_through_only_ints_within_the_limit():
     assert 2**INT_SAFE_BITS - 1 < LIMIT == INT_MAX == -INT_MIN
     assert float(INT_MAX) == sys.float_info.max
 
@@ -126,14 +126,6 @@ def test_big_ints_a_json_number_can_hold_go_out_exactly(value):
     got = coerce_value("k", value)
     assert type(got) is int and got == int(value)
     assert json.loads(body_of([("k", got, NOW)]))[0]["value"] == got  # every digit written
-
-
-@pytest.mark.parametrize("value", [10**400, -(2**1024), 10**5000],
-                         ids=["1e400", "-2**1024", "1e5000"])
-def test_body_of_refuses_an_int_that_slipped_past_log(value):
-    """The wire's guard: the same rule and message as log(), should another path queue one."""
-    with pytest.raises(RefusedValue, match=r"'k' is an integer of \d+ digits, past the limit"):
-        body_of([("ok", 1, NOW), ("k", value, NOW)])
 
 
 @pytest.mark.usefixtures("no_settings")

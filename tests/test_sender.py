@@ -414,9 +414,10 @@ def test_anything_logged_is_sent_valid_or_counted_refused(events):
         assert math.isfinite(e["epoch"]) and e["epoch"] > 1.4e9
 
 
-@pytest.mark.parametrize("huge", [10**400, 10**5000], ids=["1e400", "1e5000"])
-def test_an_event_the_wire_cannot_carry_is_dropped_alone(huge):
-    """The wire's guard, should an event get past log() (here: put on its queue directly)."""
+def test_an_event_the_wire_cannot_carry_is_dropped_alone():
+    """Should an event the wire cannot carry get past log() (here: put on its queue
+    directly), it is dropped alone and said."""
+    huge = 10**5000  # (too long to write as text)
     s, t, _ = make(batch_size=5)
     for i in range(5):
         if i == 2:
@@ -429,7 +430,6 @@ def test_an_event_the_wire_cannot_carry_is_dropped_alone(huge):
     assert [e["value"] for e in t.events()] == [0, 1, 3, 4]
     stats = s.stats()
     assert stats.refused == 1 and stats.in_flight == 0 and "cannot be sent" in stats.last_error
-    assert "'n' is an integer of" in stats.last_error and "±1.8e308" in stats.last_error
 
 
 LIMIT = int(sys.float_info.max)  # the largest int a 64-bit float (a JSON number) holds
