@@ -51,7 +51,11 @@ def _shorten(text: str, limit: int = 60) -> str:
 
 
 def describe(value: Any) -> str:
-    return f"{type(value).__module__}.{type(value).__qualname__}".removeprefix("builtins.")
+    """What a refused value is, for a message: "None", "a list", "an int", "a numpy.ndarray"."""
+    if value is None:
+        return "None"
+    name = f"{type(value).__module__}.{type(value).__qualname__}".removeprefix("builtins.")
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def check_key(key: Any) -> str:
@@ -60,7 +64,7 @@ def check_key(key: Any) -> str:
             key = str(key)
         else:
             raise RefusedValue(
-                f"key {_shorten(repr(key))} is a {describe(key)}; keys are strings: "
+                f"key {_shorten(repr(key))} is {describe(key)}; keys are strings: "
                 f"use log(str(key), value)"
             )
     if not key:
@@ -115,7 +119,7 @@ def coerce_value(key: str, value: Any) -> Value:
     else:
         fix = "convert it with str(value) or float(value)"
     raise RefusedValue(
-        f"value for key {_shorten(key)!r} is a {describe(value)}; values are numbers, booleans "
+        f"value for key {_shorten(key)!r} is {describe(value)}; values are numbers, booleans "
         f"or strings: {fix}"
     )
 
@@ -145,7 +149,7 @@ def _finite(key: str, value: float) -> float:
         return value
     raise RefusedValue(
         f"value for key {_shorten(key)!r} is {value!r}; JSON has no NaN or infinity: "
-        f"skip it or log a string such as 'nan'"
+        f"skip it or log a string such as {str(value)!r}"
     )
 
 
@@ -192,7 +196,7 @@ def coerce_epoch(key: str, epoch: Any, now: float | None = None) -> float:
             seconds = math.nan
     else:
         raise RefusedValue(
-            f"epoch for key {_shorten(key)!r} is a {describe(epoch)}; give seconds since 1970 "
+            f"epoch for key {_shorten(key)!r} is {describe(epoch)}; give seconds since 1970 "
             f"(a number), a datetime or an ISO 8601 string"
         )
     if math.isnan(seconds) or seconds == math.inf:

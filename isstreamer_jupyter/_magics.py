@@ -47,7 +47,7 @@ from traitlets.config import Configurable
 
 from . import _config
 from ._errors import IsStreamerError, IsStreamerWarning
-from ._events import VALUE_MAX, check_key, coerce_epoch, coerce_value
+from ._events import VALUE_MAX, check_key, coerce_epoch, coerce_value, describe
 from ._stats import status_text
 from ._streamer import Streamer
 
@@ -525,7 +525,7 @@ class IsStreamMagics(Magics, Configurable):
                              f"{name} = Streamer(...)")
         streamer = namespace[name]
         if not isinstance(streamer, Streamer):
-            raise UsageError(f"--use {name}: {name} is a {type(streamer).__name__}, not an "
+            raise UsageError(f"--use {name}: {name} is {describe(streamer)}, not an "
                              f"isstreamer_jupyter Streamer")
         if streamer.IsClosed:
             raise UsageError(f"--use {name}: {name} is closed; make a new Streamer")
@@ -544,7 +544,9 @@ class IsStreamMagics(Magics, Configurable):
         except IsStreamerError as exc:  # debug_level >= 2
             raise UsageError(self._scrub(str(exc))) from None
         if done:
-            print(f"{NOTE} delivered ({streamer.stats().sent} events sent so far)")
+            stats = streamer.stats()
+            print(f"{NOTE} recorded ({stats.sent} events so far, in {stats.offline_file})"
+                  if stats.offline_file else f"{NOTE} delivered ({stats.sent} events sent so far)")
         else:
             print(f"{NOTE} {self._scrub('; '.join(caught.messages) or 'not all delivered')}")
 

@@ -582,6 +582,8 @@ class Panel:
                 continue
             tip = (f' title="resets {_clock(budget.reset)}"'
                    if name == "budget" and budget is not None else "")
+            if name == "sent" and stats.offline_file:
+                label = "recorded"  # (to the file: nothing went to the service)
             self._set(self.counters[name], (
                 f'<div style="text-align:center;line-height:1.2"{tip}>'
                 f'<div style="font-size:80%;opacity:.7">{label}</div>'

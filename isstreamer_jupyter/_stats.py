@@ -114,7 +114,8 @@ def status_text(stats: Stats) -> str:
     if stats.offline_file:
         lines.append(f"  file:    {stats.offline_file}")
     lines.append(
-        f"  events:  {stats.queued} queued · {stats.in_flight} in flight · {stats.sent} sent · "
+        f"  events:  {stats.queued} queued · {stats.in_flight} in flight · {stats.sent} "
+        f"{'recorded' if stats.offline_file else 'sent'} · "
         f"{stats.retries} retried · {stats.refused} refused · {stats.dropped} dropped · "
         f"{stats.events_per_second:.1f}/s")
     if stats.budget is not None:

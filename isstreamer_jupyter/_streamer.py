@@ -140,8 +140,10 @@ class Streamer:
         _live.add(self)
         if settings.offline and not self._custom_transport:  # say so once, in the caller
             path = self._sender.transport.path  # type: ignore[attr-defined]
-            print(f"isstreamer_jupyter: {settings.offline_reason}, so recording locally to "
-                  f"{path}; upload it later with: python -m isstreamer_jupyter upload {path}")
+            notice = (f"{settings.offline_reason}, so recording locally to {path}; upload it "
+                      f"later with: python -m isstreamer_jupyter upload {path}")
+            self._say(logging.WARNING, notice)  # (the ring, the panel's log: logging too)
+            print(f"isstreamer_jupyter: {notice}")
         recovered = getattr(store, "recovered", 0)
         if recovered:
             self._say(logging.WARNING, f"resuming {recovered} events found in the spool for "

@@ -55,15 +55,16 @@ def test_values_are_coerced_to_json_types(value, expected):
 @pytest.mark.parametrize(
     ("value", "words"),
     [
-        (None, "log a string such as 'none'"),
+        (None, "is None; values are numbers, booleans or strings: log a string such as 'none'"),
         (float("nan"), "no NaN or infinity"),
-        (float("inf"), "no NaN or infinity"),
+        (float("-inf"), "no NaN or infinity: skip it or log a string such as '-inf'"),
         (np.float64("nan"), "no NaN"),
         (Decimal("NaN"), "no NaN"),
         ([1, 2], "log_object"),
-        ({"a": 1}, "log_object"),
+        ({"a": 1}, "is a dict; values"),
         (b"raw", "decode it"),
-        (object(), "str(value)"),
+        (object(), "is an object; values are numbers, booleans or strings: convert it with "
+                   "str(value)"),
         ("x" * 2001, "2001 characters; the limit is 2000"),
         ("bad \ud800 text", "lone surrogate"),
     ],

@@ -235,7 +235,9 @@ def test_offline_records_locally(session: Session, env: Path) -> None:
     assert session.magics.offline is True
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the core's one notice: "recording locally to ..."
-        session.ok("%isstream temp 2 --flush")
+        flushed = session.ok("%isstream temp 2 --flush").text
+    assert "recorded (1 events so far, in isstreamer_out.csv)" in flushed  # not "delivered"
+    assert " 1 recorded · " in session.ok("%isstream --status").text
     assert session.magics.streamer.Offline
     assert [e["value"] for e in session.rx.events()] == [1]  # nothing sent after --offline
     csv = (env / "work" / "isstreamer_out.csv").read_text()
@@ -290,7 +292,7 @@ def test_use_my_streamer(session: Session, receiver: Any, env: Path) -> None:
 def test_use_mistakes(session: Session) -> None:
     assert "no variable 'nothing'" in session.usage_error("%isstream --use nothing")
     session.ok("x = 3")
-    assert "is a int, not an isstreamer_jupyter Streamer" in session.usage_error(
+    assert "is an int, not an isstreamer_jupyter Streamer" in session.usage_error(
         "%isstream --use x")
 
 

@@ -35,6 +35,7 @@ def test_no_access_key_records_locally_and_says_so_once(env, capsys):
     assert s.close()
     out = capsys.readouterr().out
     assert out.count("recording locally to run1.csv") == 1
+    assert sum("recording locally to run1.csv" in m for m in s.messages()) == 1  # (the panel's)
     lines = (env / "run1.csv").read_text().splitlines()
     assert lines[0].startswith("# bucket: Bench_")
     assert [line.split(",")[1:] for line in lines[1:]] == [["t", "0"], ["t", "1"], ["t", "2"]]

@@ -252,6 +252,7 @@ def test_recording_offline(tmp_path: Path, make_streamer) -> None:
     assert str(out) in html.unescape(panel.header.value)
     assert "offline mode is on" in field(panel, "reason")
     assert counters(panel)["sent"] == "4"
+    assert ">recorded</div>" in panel.counters["sent"].value  # its label: nothing was sent
     assert out.read_text().count("level") == 4
 
 
