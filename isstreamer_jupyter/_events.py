@@ -37,6 +37,7 @@ EPOCH_MIN_AGE = 10 * 365.25 * 86400
 #: and move their log() off the fast path. To keep every digit, log str(value).
 INT_MAX = int(sys.float_info.max)
 INT_MIN = -INT_MAX
+_PAST_LIMIT = "past the limit of ±1.8e308 (the largest 64-bit float: JSON numbers are read as such)"
 #: Ints of at most this many bits (|v| < 2**1023, inside ±INT_MAX) need no other check: log()'s
 #: fast path tests only this (one bit_length() call: half the cost of comparing with INT_MIN
 #: and INT_MAX, 1024-bit ints) and leaves longer ones to coerce_value.
@@ -101,9 +102,14 @@ def coerce_value(key: str, value: Any) -> Value:
         return coerce_value(key, int(value))
     if isinstance(value, numbers.Real | Decimal):
         try:
-            return _finite(key, float(value))
-        except (ValueError, OverflowError):  # signaling NaN, numbers beyond float's range
-            return _finite(key, math.nan)
+            number = float(value)
+        except (ValueError, OverflowError):  # a signaling NaN; a Fraction past float's range
+            number = math.nan if isinstance(value, Decimal) else math.inf
+        if math.isinf(number) and (value.is_finite() if isinstance(value, Decimal)
+                                   else isinstance(value, numbers.Rational)):
+            raise RefusedValue(f"value for key {_shorten(key)!r} is {_shorten(str(value))}, "
+                               f"{_PAST_LIMIT}: log it as text, str(value), or scaled")
+        return _finite(key, number)
     if isinstance(value, _dt.datetime | _dt.date | _dt.time):
         return value.isoformat()
     if isinstance(value, _dt.timedelta):
@@ -131,8 +137,7 @@ def _too_large(key: str, value: int) -> int:
     if digits + (value < 0) <= VALUE_MAX:
         fix = "log it as text, str(value), or scaled, e.g. math.log10(abs(value))"
     raise RefusedValue(
-        f"value for key {_shorten(key)!r} is an integer of {digits} digits, past the limit of "
-        f"±1.8e308 (the largest 64-bit float: JSON numbers are read as such): {fix}"
+        f"value for key {_shorten(key)!r} is an integer of {digits} digits, {_PAST_LIMIT}: {fix}"
     )
 
 
