@@ -615,7 +615,8 @@ class Sender:
                 self.refused += 1
                 if store is self.store:
                     self._pending -= 1
-            self._error(f"the service refused an event: {answer.detail}", REMEDIES[outcome])
+            who = "the service" if answer.status is not None else "the client (before sending)"
+            self._error(f"{who} refused an event: {answer.detail}", REMEDIES[outcome])
             self._check_markers()
             return 0.0
         # say so first: whoever sees the stopped state finds the notice waiting

@@ -430,6 +430,7 @@ def test_an_event_the_wire_cannot_carry_is_dropped_alone():
     assert [e["value"] for e in t.events()] == [0, 1, 3, 4]
     stats = s.stats()
     assert stats.refused == 1 and stats.in_flight == 0 and "cannot be sent" in stats.last_error
+    assert stats.last_error.startswith("the client (before sending) refused an event")
 
 
 LIMIT = int(sys.float_info.max)  # the largest int a 64-bit float (a JSON number) holds
