@@ -4,6 +4,11 @@ The rows are ISStreamer's ``epoch,key,value``; ours add ``# bucket: <key> <name>
 rows go back to the bucket they were logged to. An upload keeps the original timestamps, goes
 as fast as the rate limits allow, and records after every acknowledged request how far it got
 in ``<file>.upload.json``: interrupted and run again, it sends nothing twice.
+
+The progress is kept per destination, named by the spool's one-way fingerprint of (API base,
+access key), so a trial upload to a test receiver leaves the real upload to do; the key is
+never written. A progress file of the older form (one that did not say where its rows went)
+belongs to no known destination: its rows are sent again, with a note saying so.
 """
 
 from __future__ import annotations
@@ -23,8 +28,12 @@ from typing import Any
 from ._config import BY_NAME, check_bucket, derive_bucket_key, resolve
 from ._errors import ConfigError, DeliveryError, EventsLost, IsStreamerError, RefusedValue
 from ._events import check_key, coerce_epoch, coerce_value
+from ._spool import fingerprint
 
 STATE_SUFFIX = ".upload.json"
+STATE_FORMAT = 2  # {"format": 2, "destinations": {fingerprint: {target: progress}}}
+LEGACY_NOTE = ("the progress file {name} is of an older form that does not say where its rows "
+               "went: they are sent again to this destination (some may now be there twice)")
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,7 @@ class UploadSummary:
     buckets: dict[str, str] = field(default_factory=dict)  # key -> name
     seconds: float = 0.0
     error: str = ""
+    note: str = ""
 
     @property
     def ok(self) -> bool:
@@ -67,6 +77,8 @@ class UploadSummary:
         if self.refused:
             lines.append(f"  {self.refused} refused by the service (sent alone, each refused: "
                          f"they are not sent again)")
+        if self.note:
+            lines.append(f"  note: {self.note}")
         if self.error:
             lines.append(f"  stopped: {self.error}")
         return "\n".join(lines)
@@ -164,27 +176,39 @@ def _head(source: Path, size: int) -> str:
         return hashlib.sha256(fh.read(min(size, _HEAD))).hexdigest()
 
 
-def _load_state(state_path: Path, target: str, size: int, source: Path) -> int:
+def _read_state(state_path: Path) -> tuple[dict[str, dict[str, dict[str, Any]]], bool]:
+    """The progress file's destinations, and whether it was of the older form (whose
+    progress belongs to no known destination, so none of it is used)."""
     try:
         state = json.loads(state_path.read_text())
     except (OSError, ValueError):
-        return 0
-    entry = state.get(target, {})
+        return {}, False
+    if not isinstance(state, dict):
+        return {}, False
+    if state.get("format") != STATE_FORMAT:
+        return {}, bool(state)
+    destinations = state.get("destinations")
+    return (destinations if isinstance(destinations, dict) else {}), False
+
+
+def _load_state(state_path: Path, destination: str, target: str, size: int,
+                source: Path) -> tuple[int, bool]:
+    """(the last line delivered to `destination`, whether the file was of the older form)."""
+    destinations, legacy = _read_state(state_path)
+    entry = destinations.get(destination, {}).get(target, {})
     if entry.get("size", 0) > size:  # the file was replaced by a shorter one: start over
-        return 0
+        return 0, legacy
     if "head" in entry and entry["head"] != _head(source, entry.get("size", 0)):  # replaced
-        return 0
-    return int(entry.get("line", 0))
+        return 0, legacy
+    return int(entry.get("line", 0)), legacy
 
 
-def _save_state(state_path: Path, target: str, line: int, size: int, head: str) -> None:
-    try:
-        state = json.loads(state_path.read_text())
-    except (OSError, ValueError):
-        state = {}
-    state[target] = {"line": line, "size": size, "head": head}
+def _save_state(state_path: Path, destination: str, target: str, line: int, size: int,
+                head: str) -> None:
+    destinations, _ = _read_state(state_path)  # (an older form's progress is dropped)
+    destinations.setdefault(destination, {})[target] = {"line": line, "size": size, "head": head}
     tmp = state_path.with_name(state_path.name + ".tmp")
-    tmp.write_text(json.dumps(state))
+    tmp.write_text(json.dumps({"format": STATE_FORMAT, "destinations": destinations}))
     os.replace(tmp, state_path)
 
 
@@ -213,9 +237,12 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
     size = source.stat().st_size
     state_path = source.with_name(source.name + STATE_SUFFIX)
     target = f"{bucket_key or bucket_name or '(file buckets)'}"
-    done_line = _load_state(state_path, target, size, source)
+    destination = fingerprint(resolved.api_base, resolved.access_key)  # (never the key)
+    done_line, legacy = _load_state(state_path, destination, target, size, source)
     head = _head(source, size)
     summary = UploadSummary(str(source))
+    if legacy:
+        summary.note = LEGACY_NOTE.format(name=state_path.name)
     started = time.monotonic()
     streamer: Streamer | None = None
     total = sum(1 for _ in read_rows(source, bucket_name, bucket_key, fallback))
@@ -237,7 +264,8 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
         refused = error.refused if isinstance(error, EventsLost) else 0
         if error is not None and (not isinstance(error, EventsLost) or error.dropped):
             raise DeliveryError(streamer.stats().last_error or str(error))
-        _save_state(state_path, target, pending[-1].line, size, head)  # (refused rows are final)
+        # (refused rows are final)
+        _save_state(state_path, destination, target, pending[-1].line, size, head)
         summary.sent += len(pending) - refused
         summary.refused += refused
         bar.update(len(pending))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,7 +11,8 @@ import time
 import pytest
 
 from isstreamer_jupyter import State, Streamer
-from isstreamer_jupyter._offline import upload
+from isstreamer_jupyter._offline import _head, upload
+from isstreamer_jupyter._spool import fingerprint
 from isstreamer_jupyter.receiver import Faults
 
 KEY = "ist_offline_test_secret_key_777"
@@ -234,3 +236,45 @@ def test_text_that_python_would_read_as_a_number_stays_text(text):
 
     assert parse_value(text) == text
     assert parse_value("-12") == -12 and parse_value("1e-05") == 1e-05
+
+
+def test_progress_is_kept_per_destination_and_never_holds_the_key(env, make_receiver):
+    """A trial upload to one receiver leaves the real upload to do: progress is per
+    (API base, access key), named by the spool's one-way fingerprint."""
+    trial, real = make_receiver(), make_receiver()
+    other_key = "ist_offline_test_other_secret_888"
+    recording = write(env / "rec.csv", "".join(f"{1795000000 + i},n,{i}\n" for i in range(15)))
+    opts = {"bucket_name": "Dest", "max_requests_per_second": 0, "progress": False}
+    assert upload(recording, access_key=KEY, api_base=trial.api_base, **opts).sent == 15
+    summary = upload(recording, access_key=other_key, api_base=real.api_base, **opts)
+    assert (summary.sent, summary.already_sent) == (15, 0)
+    assert [e["value"] for e in real.events()] == list(range(15))
+    # the same API base with another key is another destination (another account)
+    assert upload(recording, access_key=other_key, api_base=trial.api_base, **opts).sent == 15
+    # and each destination still remembers its own progress: nothing twice
+    again = upload(recording, access_key=KEY, api_base=trial.api_base, **opts)
+    assert (again.sent, again.already_sent) == (0, 15)
+    assert len(trial.events()) == 30 and len(real.events()) == 15
+    text = (env / "rec.csv.upload.json").read_text()
+    assert KEY not in text and other_key not in text
+    assert set(json.loads(text)["destinations"]) == {
+        fingerprint(trial.api_base, KEY), fingerprint(real.api_base, other_key),
+        fingerprint(trial.api_base, other_key)}
+
+
+def test_an_older_progress_file_names_no_destination_so_its_rows_are_sent(env, make_receiver):
+    """The older form recorded only how far the file went, not where: it may be a trial
+    run's, so its rows are sent (a note says so) rather than silently skipped."""
+    rx = make_receiver()
+    recording = write(env / "rec.csv", "".join(f"{1795000000 + i},n,{i}\n" for i in range(4)))
+    size = recording.stat().st_size
+    (env / "rec.csv.upload.json").write_text(json.dumps(
+        {"Old": {"line": 4, "size": size, "head": _head(recording, size)}}))
+    opts = {"bucket_name": "Old", "access_key": KEY, "api_base": rx.api_base,
+            "max_requests_per_second": 0, "progress": False}
+    summary = upload(recording, **opts)
+    assert (summary.sent, summary.already_sent) == (4, 0)
+    assert "older form" in str(summary) and "sent again" in str(summary)
+    again = upload(recording, **opts)  # the file now has the new form: no note, nothing twice
+    assert (again.sent, again.already_sent, again.note) == (0, 4, "")
+    assert len(rx.events()) == 4
