@@ -41,6 +41,19 @@ def demo(args: argparse.Namespace) -> int:
     return 0 if stats.refused == 0 and stats.dropped == 0 else 1
 
 
+#: what ``upload`` exits with (its --help shows this; the README says the same)
+UPLOAD_EXIT_CODES = """\
+exit codes:
+  0  every row of the file is delivered (by this run, or by an earlier one to the same
+     API base and access key)
+  1  the upload stopped before the end of the file (a refused access key, a reached
+     monthly cap, no answer in time): fix what it says and run the same command again;
+     it goes on where it stopped
+  2  it could not start: a mistake in the command, no such file, no access key
+  3  it went through the whole file, but some rows were skipped as unreadable or were
+     refused by the service: those rows are not sent (running it again does not send them)"""
+
+
 def upload(args: argparse.Namespace) -> int:
     from ._errors import IsStreamerError
     from ._offline import upload as run_upload
@@ -56,7 +69,9 @@ def upload(args: argparse.Namespace) -> int:
         print(f"upload: {exc}", file=sys.stderr)
         return 2
     print(summary)
-    return 0 if summary.ok else 1
+    if not summary.ok:
+        return 1
+    return 3 if summary.bad_rows or summary.refused else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,8 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--online", action="store_true",
                    help="send to the configured API instead (needs an access key)")
     p.set_defaults(run=demo)
-    p = commands.add_parser("upload", help="upload an offline recording (CSV)")
-    p.add_argument("file")
+    p = commands.add_parser("upload", help="upload an offline recording (CSV)",
+                            description="Upload an offline recording (CSV) to Initial State.\n"
+                                        "The access key comes from IS_ACCESS_KEY or "
+                                        "isstreamer.ini, never from the command line;\n"
+                                        "the API base from IS_API_BASE (default: Initial "
+                                        "State's).",
+                            epilog=UPLOAD_EXIT_CODES,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", help="the recording: ours, or ISStreamer's epoch,key,value CSV")
     p.add_argument("--bucket-name", help="the bucket (default: the one the file names)")
     p.add_argument("--bucket-key", help="the bucket key (default: derived from the name)")
     p.add_argument("--batch-size", type=int, help="events per request")

@@ -42,3 +42,60 @@ def test_serve_runs_the_receiver_until_interrupted(tmp_path):
         summary, _ = server.communicate(timeout=10)
     assert server.returncode == 0
     assert "receiver stopped: 1 events in 1 buckets from 1 requests" in summary
+
+
+KEY = "ist_cli_test_secret_key_4242"
+
+
+def run_upload(api_base: str, recording, *args: str, key: str = KEY):
+    env = dict(CLEAN_ENV, IS_ACCESS_KEY=key, IS_API_BASE=api_base, IS_MAX_RPS="0")
+    done = subprocess.run([sys.executable, "-m", "isstreamer_jupyter", "upload", str(recording),
+                           "--bucket-name", "CLI", "--quiet", *args],
+                          capture_output=True, text=True, timeout=120, env=env,
+                          cwd=recording.parent)
+    assert key not in done.stdout + done.stderr
+    return done
+
+
+def test_upload_exits_0_only_when_every_row_is_delivered(tmp_path, make_receiver):
+    rx = make_receiver()
+    good = tmp_path / "good.csv"
+    good.write_text("1795000000,a,1\n1795000001,a,2\n")
+    done = run_upload(rx.api_base, good)
+    assert done.returncode == 0, done.stdout + done.stderr
+    again = run_upload(rx.api_base, good)  # delivered by an earlier run: still everything
+    assert again.returncode == 0 and "2 were sent by an earlier run" in again.stdout
+    assert [e["value"] for e in rx.events()] == [1, 2]
+
+
+def test_upload_of_bad_rows_exits_3(tmp_path, make_receiver):
+    rx = make_receiver()
+    junk = tmp_path / "junk.csv"
+    junk.write_text("junk\n1,2\n")
+    done = run_upload(rx.api_base, junk)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "uploaded 0 events" in done.stdout and "2 rows skipped" in done.stdout
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("1795000000,a,1\nnot-a-time,a,2\n1795000002,a,3\n")
+    done = run_upload(rx.api_base, mixed)
+    assert done.returncode == 3 and "line 2:" in done.stdout
+    assert [e["value"] for e in rx.events()] == [1, 3]  # the good rows did go
+
+
+def test_upload_with_rows_the_service_refuses_exits_3(tmp_path, make_receiver):
+    rx = make_receiver(max_key_length=100)
+    recording = tmp_path / "refused.csv"
+    recording.write_text(f"1795000000,{'k' * 150},1\n1795000001,a,2\n")
+    done = run_upload(rx.api_base, recording)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "1 refused by the service" in done.stdout
+    assert [e["value"] for e in rx.events()] == [2]
+
+
+def test_upload_help_states_the_exit_codes():
+    done = subprocess.run([sys.executable, "-m", "isstreamer_jupyter", "upload", "--help"],
+                          capture_output=True, text=True, timeout=60, env=CLEAN_ENV)
+    assert done.returncode == 0
+    codes = done.stdout.split("exit codes:")[1]
+    assert [line.split()[0] for line in codes.splitlines() if line[:3].strip()] == [
+        "0", "1", "2", "3"]
