@@ -1,4 +1,4 @@
-"""``python -m isstreamer_jupyter demo | serve | upload``.
+"""``python -m isstreamer_jupyter demo | serve | upload``: the package on the command line.
 
 - ``demo``: the main job on the embedded default: no account, no network. Streams a short
   simulated sensor run through a Streamer, which records it locally, and says where it went.
@@ -14,6 +14,8 @@ import math
 import sys
 import time
 from pathlib import Path
+
+from ._errors import AccessDenied, BucketRemoved, CapReached, FlushTimeout, IsStreamerError
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -54,8 +56,21 @@ exit codes:
      refused by the service: those rows are not sent (running it again does not send them)"""
 
 
+#: what to do when an upload stopped, by what stopped it (on the command line the access key
+#: and the API base come from the environment or isstreamer.ini)
+AGAIN = "run the same command again: it goes on where it stopped"
+UPLOAD_FIXES: dict[type[IsStreamerError], str] = {
+    AccessDenied: "set IS_ACCESS_KEY (or access_key in isstreamer.ini) to the right access key, "
+                  f"then {AGAIN}",
+    CapReached: "the month's data points are used up: upgrade the plan or wait for the monthly "
+                f"reset, then {AGAIN}",
+    BucketRemoved: "that bucket was deleted in Initial State: run the command again with "
+                   "another --bucket-name (a new name means a new bucket)",
+    FlushTimeout: f"check the network and IS_API_BASE (the events API it sends to), then {AGAIN}",
+}
+
+
 def upload(args: argparse.Namespace) -> int:
-    from ._errors import IsStreamerError
     from ._offline import upload as run_upload
 
     settings = {}
@@ -68,8 +83,10 @@ def upload(args: argparse.Namespace) -> int:
     except IsStreamerError as exc:
         print(f"upload: {exc}", file=sys.stderr)
         return 2
-    print(summary)
+    print(summary.report(stopped=False))
     if not summary.ok:
+        fix = UPLOAD_FIXES.get(summary.stopped_by, AGAIN) if summary.stopped_by else AGAIN
+        print(f"upload stopped: {summary.error.rstrip('.')}. Fix: {fix}.", file=sys.stderr)
         return 1
     return 3 if summary.bad_rows or summary.refused else 0
 
@@ -80,8 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         from .receiver import serve_main
 
         return serve_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m isstreamer_jupyter",
-                                     description=__doc__.split("\n\n")[0].strip("`"))
+    parser = argparse.ArgumentParser(
+        prog="python -m isstreamer_jupyter",
+        description="isstreamer_jupyter on the command line: a demo that needs no account, a "
+                    "loopback Initial State-compatible receiver, and the upload of offline "
+                    "recordings. Each command has its own --help.")
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("demo", help="stream a simulated run with no account (recorded "
                                          "locally)")

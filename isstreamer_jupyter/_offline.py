@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ._config import BY_NAME, check_bucket, derive_bucket_key, resolve
-from ._errors import ConfigError, DeliveryError, EventsLost, IsStreamerError, RefusedValue
+from ._errors import ConfigError, EventsLost, IsStreamerError, RefusedValue
 from ._events import check_key, coerce_epoch, coerce_value
 from ._spool import fingerprint
 
@@ -56,6 +56,7 @@ class UploadSummary:
     buckets: dict[str, str] = field(default_factory=dict)  # key -> name
     seconds: float = 0.0
     error: str = ""
+    stopped_by: type[IsStreamerError] | None = None  # the kind of `error` (AccessDenied, ...)
     note: str = ""
 
     @property
@@ -63,6 +64,11 @@ class UploadSummary:
         return not self.error
 
     def __str__(self) -> str:
+        return self.report()
+
+    def report(self, stopped: bool = True) -> str:
+        """What it did; `stopped=False` leaves out why it stopped (for a caller that says it
+        with its own fix)."""
         lines = [f"uploaded {self.sent} events from {self.path} in {self.seconds:.1f} s"
                  + (f" ({self.already_sent} were sent by an earlier run)"
                     if self.already_sent else "")]
@@ -79,7 +85,7 @@ class UploadSummary:
                          f"they are not sent again)")
         if self.note:
             lines.append(f"  note: {self.note}")
-        if self.error:
+        if self.error and stopped:
             lines.append(f"  stopped: {self.error}")
         return "\n".join(lines)
 
@@ -263,7 +269,7 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
         error = streamer._flush(timeout)
         refused = error.refused if isinstance(error, EventsLost) else 0
         if error is not None and (not isinstance(error, EventsLost) or error.dropped):
-            raise DeliveryError(streamer.stats().last_error or str(error))
+            raise type(error)(streamer.stats().last_error or str(error))
         # (refused rows are final)
         _save_state(state_path, destination, target, pending[-1].line, size, head)
         summary.sent += len(pending) - refused
@@ -271,9 +277,9 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
         bar.update(len(pending))
         pending.clear()
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+    with warnings.catch_warnings():  # (what goes wrong, the summary says: once, without a
+        warnings.simplefilter("ignore")  # warning that points into the package)
+        try:
             for row in read_rows(source, bucket_name, bucket_key, fallback):
                 if not isinstance(row, Row):
                     summary.bad_rows.append(row)
@@ -288,11 +294,11 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
                 pending.append(row)
             if pending:
                 ship()
-    except IsStreamerError as exc:
-        summary.error = str(exc)
-    finally:
-        bar.close()
-        if streamer is not None:
-            streamer.close(timeout=1)
-        summary.seconds = time.monotonic() - started
+        except IsStreamerError as exc:
+            summary.error, summary.stopped_by = str(exc), type(exc)
+        finally:
+            bar.close()
+            if streamer is not None:
+                streamer.close(timeout=1)
+            summary.seconds = time.monotonic() - started
     return summary

@@ -805,15 +805,16 @@ class Receiver:
 
 def serve_main(argv: list[str] | None = None) -> int:
     """``python -m isstreamer_jupyter serve [options]``: run a receiver until Ctrl-C."""
+    host, port = "127.0.0.1", 8080
     parser = argparse.ArgumentParser(
-        prog="isstreamer_jupyter serve",
-        description="Run a loopback Initial State-compatible receiver (events kept in memory).",
+        prog="python -m isstreamer_jupyter serve",
+        description="Run a loopback Initial State-compatible receiver (events kept in memory). "
+        "Point a streamer or an upload at it with IS_API_BASE set to the address it prints "
+        f"(http://{host}:{port}/api by default).",
     )
+    parser.add_argument("--host", default=host, help="address to bind (default: %(default)s)")
     parser.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--port", type=int, default=8080, help="port, 0 = any (default: %(default)s)"
+        "--port", type=int, default=port, help="port, 0 = any (default: %(default)s)"
     )
     parser.add_argument(
         "--access-key",
@@ -831,15 +832,27 @@ def serve_main(argv: list[str] | None = None) -> int:
         help="rate-limit window in seconds (default: %(default)s)",
     )
     parser.add_argument("--monthly-cap", type=int, metavar="N", help="events before 402")
-    parser.add_argument("--max-key-length", type=int, default=250, metavar="N")
-    parser.add_argument("--max-body", type=int, default=1_000_000, metavar="BYTES")
-    parser.add_argument("--p-5xx", type=float, default=0.0, metavar="P")
-    parser.add_argument("--p-reset-before", type=float, default=0.0, metavar="P")
-    parser.add_argument("--p-reset-after", type=float, default=0.0, metavar="P")
-    parser.add_argument("--p-429", type=float, default=0.0, metavar="P")
-    parser.add_argument("--retry-after", type=float, default=1.0, metavar="S")
-    parser.add_argument("--latency", type=float, default=0.0, metavar="S")
-    parser.add_argument("--seed", type=int, help="seed for the fault draws")
+    parser.add_argument("--max-key-length", type=int, default=250, metavar="N",
+                        help="longest event key; longer ones get 400 (default: %(default)s)")
+    parser.add_argument("--max-body", type=int, default=1_000_000, metavar="BYTES",
+                        help="largest request body; larger ones get 413 (default: %(default)s)")
+    faults = parser.add_argument_group(
+        "faults", "each a probability P (0 to 1) per API request; those of a 5xx, a reset "
+                  "before storing and a 429 add up to at most 1")
+    faults.add_argument("--p-5xx", type=float, default=0.0, metavar="P",
+                        help="answer 503 without storing")
+    faults.add_argument("--p-reset-before", type=float, default=0.0, metavar="P",
+                        help="reset the connection without storing")
+    faults.add_argument("--p-reset-after", type=float, default=0.0, metavar="P",
+                        help="store the events, then reset the connection without answering")
+    faults.add_argument("--p-429", type=float, default=0.0, metavar="P",
+                        help="answer 429 (rate limited) without storing")
+    faults.add_argument("--retry-after", type=float, default=1.0, metavar="S",
+                        help="the Retry-After seconds a 429 carries (default: %(default)s)")
+    faults.add_argument("--latency", type=float, default=0.0, metavar="S",
+                        help="seconds to wait before answering each request (default: "
+                             "%(default)s)")
+    faults.add_argument("--seed", type=int, help="seed for the fault draws (repeatable runs)")
     args = parser.parse_args(argv)
     try:
         faults = Faults(

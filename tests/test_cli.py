@@ -99,3 +99,48 @@ def test_upload_help_states_the_exit_codes():
     codes = done.stdout.split("exit codes:")[1]
     assert [line.split()[0] for line in codes.splitlines() if line[:3].strip()] == [
         "0", "1", "2", "3"]
+
+
+def test_upload_with_a_refused_key_says_so_in_one_line_with_the_fix(tmp_path, make_receiver):
+    rx = make_receiver(access_keys=["the-right-key"])
+    recording = tmp_path / "rec.csv"
+    recording.write_text("1795000000,a,1\n")
+    done = run_upload(rx.api_base, recording)  # (run_upload: the key is never shown)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "upload stopped: the service refused the access key (401). Fix: set IS_ACCESS_KEY (or "
+        "access_key in isstreamer.ini) to the right access key, then run the same command "
+        "again: it goes on where it stopped."]  # no warning pointing into the package
+    assert "uploaded 0 events" in done.stdout and "stopped" not in done.stdout
+    fixed = run_upload(rx.api_base, recording, key="the-right-key")
+    assert fixed.returncode == 0 and [e["value"] for e in rx.events()] == [1]
+
+
+def help_text(*command: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "isstreamer_jupyter", *command, "--help"],
+                          capture_output=True, text=True, timeout=60, env=CLEAN_ENV)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_the_top_level_help_reads_well():
+    top = " ".join(help_text().split())
+    assert "``" not in top
+    assert "a demo that needs no account" in top and "the upload of offline recordings" in top
+
+
+def test_serve_help_names_its_command_and_explains_every_option():
+    serve = help_text("serve")
+    assert serve.startswith("usage: python -m isstreamer_jupyter serve ")
+    assert "IS_API_BASE" in serve and "http://127.0.0.1:8080/api" in serve
+    entries: list[list[str]] = []  # an option's lines: its own, then those indented deeper
+    for line in serve.split("options:")[1].splitlines():
+        if line.startswith("  -"):
+            entries.append([line])
+        elif line.startswith("     ") and entries:
+            entries[-1].append(line)
+    said = {entry[0].split()[0].rstrip(","): " ".join(entry).split(maxsplit=2)[2:]
+            for entry in entries}
+    assert {"--p-5xx", "--p-reset-before", "--p-reset-after", "--p-429", "--retry-after",
+            "--latency", "--seed", "--max-key-length", "--max-body"} <= set(said)
+    assert [name for name, text in said.items() if not text] == []  # each option has help
