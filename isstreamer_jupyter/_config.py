@@ -39,16 +39,22 @@ def parse_bool(raw: str) -> bool:
     raise ValueError("expected true or false (also yes/no, on/off, 1/0; any case)")
 
 
-def _parse_number(kind: type, minimum: float, strict: bool) -> Callable[[str], Any]:
+def _parse_number(kind: type, minimum: float, strict: bool,
+                  maximum: float = math.inf) -> Callable[[str], Any]:
+    noun = "a whole number" if kind is int else "a number"
+    if maximum < math.inf:
+        allowed = f"{noun} from {minimum:g} to {maximum:g}"
+    else:
+        allowed = f"{noun} {'above' if strict else 'at least'} {minimum:g}"
+
     def parse(raw: str) -> Any:
         try:
             value = kind(raw.strip())
         except ValueError:
-            noun = "a whole number" if kind is int else "a number"
             raise ValueError(f"expected {noun}") from None
-        if value < minimum or (strict and value == minimum) or not math.isfinite(value):
-            bound = f"above {minimum:g}" if strict else f"at least {minimum:g}"
-            raise ValueError(f"expected a number {bound}")
+        if (value < minimum or (strict and value == minimum) or value > maximum
+                or not math.isfinite(value)):
+            raise ValueError(f"expected {allowed}")
         return value
 
     return parse
@@ -76,6 +82,23 @@ class Setting:
     doc: str = ""
     secret: bool = False
     shown: str = ""  # the default as the README shows it, where repr() would not do
+    aliases: tuple[str, ...] = ()  # other keyword names of it (ISStreamer's)
+
+    @property
+    def default_md(self) -> str:
+        """The default as the README's table tells it."""
+        return self.shown or ("none" if self.default == "" else f"`{self.default}`")
+
+    @property
+    def default_text(self) -> str:
+        """The default as messages and ``%config`` tell it."""
+        return self.default_md.replace("`", "")
+
+    @property
+    def meaning(self) -> str:
+        """What it does, with its other keyword names."""
+        aliases = ", ".join(self.aliases)
+        return f"{self.doc} (alias: {aliases})" if aliases else self.doc
 
 
 def _str(raw: str) -> str:
@@ -107,11 +130,11 @@ SETTINGS: tuple[Setting, ...] = (
             "bucket key; one name always means one bucket", shown="derived from the name"),
     Setting("api_base", normalize_api_base, DEFAULT_API_BASE, ("IS_API_BASE", "IS_API_HOST"),
             ((API, "stream_api_base"), (CLIENT, "stream_api_base")), "events API base URL"),
-    Setting("debug_level", _parse_number(int, 0, strict=False), 0, ("IS_DEBUG_LEVEL",),
+    Setting("debug_level", _parse_number(int, 0, strict=False, maximum=3), 0, ("IS_DEBUG_LEVEL",),
             ((CLIENT, "debug_level"),),
             "0 quiet; 1 echo each event; 2 raise refusals and delivery failures; 3 HTTP detail"),
     Setting("batch_size", _POS_INT, 10, ("IS_BATCH_SIZE",), ((CLIENT, "batch_size"),),
-            "events per request at most (alias: buffer_size)"),
+            "events per request at most", aliases=("buffer_size",)),
     Setting("flush_interval", _POS_FLOAT, 1.0, ("IS_FLUSH_INTERVAL",),
             ((CLIENT, "flush_interval"),), "seconds an event waits for a fuller batch, at most"),
     Setting("max_requests_per_second", _NONNEG_FLOAT, 3.0, ("IS_MAX_RPS",),
@@ -150,8 +173,7 @@ def settings_table() -> str:
     for s in SETTINGS:
         env = ", ".join(f"`{name}`" for name in s.env)
         ini = ", ".join(f"`[{sec.removeprefix('isstreamer.')}] {opt}`" for sec, opt in s.ini)
-        default = s.shown or ("none" if s.default == "" else f"`{s.default}`")
-        rows.append(f"| `{s.name}` | {env} | {ini} | {default} | {s.doc} |")
+        rows.append(f"| `{s.name}` | {env} | {ini} | {s.default_md} | {s.meaning} |")
     return "\n".join(rows)
 
 
@@ -229,16 +251,8 @@ def resolve(
     sources: dict[str, str] = {}
     for setting in SETTINGS:
         raw, source = _lookup(setting, kwargs, env, inis)
-        if source == "default":
-            values[setting.name] = setting.default
-        elif source == "keyword argument" and not isinstance(raw, str):
-            values[setting.name] = _check_keyword(setting, raw)
-        else:
-            try:
-                values[setting.name] = setting.parse(str(raw))
-            except ValueError as exc:
-                shown = "(hidden)" if setting.secret else repr(raw)
-                raise ConfigError(f"{setting.name} = {shown} from {source}: {exc}") from None
+        values[setting.name] = setting.default if source == "default" else _parsed(
+            setting, raw, source)
         sources[setting.name] = source
 
     offline = values["offline"]
@@ -259,9 +273,14 @@ def _lookup(
     env: Mapping[str, str],
     inis: list[tuple[Path, configparser.ConfigParser]],
 ) -> tuple[Any, str]:
-    value = kwargs.get(setting.name)
-    if value is not None and value != "":  # ISStreamer's signature uses "" for "not given"
-        return value, "keyword argument"
+    given = [(name, kwargs[name]) for name in (setting.name, *setting.aliases)
+             if kwargs.get(name) is not None and kwargs[name] != ""]  # ISStreamer: "" = not given
+    if given:
+        (name, value), *others = given
+        if any(other != value for _, other in others):
+            raise ConfigError(f"{' and '.join(n for n, _ in given)} are one setting: give "
+                              f"only one")
+        return value, "keyword argument" + ("" if name == setting.name else f" {name}")
     for name in setting.env:
         if env.get(name, "") != "":
             return env[name], f"environment variable {name}"
@@ -272,17 +291,32 @@ def _lookup(
     return setting.default, "default"
 
 
-def _check_keyword(setting: Setting, value: Any) -> Any:
-    """Keyword arguments arrive typed; check them with the same rules as text."""
-    if isinstance(setting.default, bool) or setting.name == "offline":
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{setting.name}={value!r} (keyword argument): expected True or False")
+def _parsed(setting: Setting, raw: Any, source: str) -> Any:
+    """A value from `source`, checked; keyword arguments arrive typed and are checked with
+    the same rules as text."""
+    keyword = source.startswith("keyword argument")
+    if keyword and setting.parse is parse_bool and not isinstance(raw, str):
+        if isinstance(raw, bool):
+            return raw
+        raise _refused(setting, raw, source, "expected True or False")
     try:
-        return setting.parse(str(value))
+        return setting.parse(str(raw))
     except ValueError as exc:
-        shown = "(hidden)" if setting.secret else repr(value)
-        raise ConfigError(f"{setting.name}={shown} (keyword argument): {exc}") from None
+        raise _refused(setting, raw, source, str(exc)) from None
+
+
+def _refused(setting: Setting, raw: Any, source: str, reason: str) -> ConfigError:
+    """The error for a bad value: the setting, the value (never the access key's), where it
+    came from, what is allowed, and how to fix it there."""
+    shown = "(hidden)" if setting.secret else repr(raw)
+    default = f"for the default ({setting.default_text})"
+    if source.startswith("keyword argument"):
+        fix = f"change it, or leave it out {default}"
+    elif source.startswith("environment variable "):
+        fix = f"change {source.rsplit(' ', 1)[-1]}, or unset it {default}"
+    else:
+        fix = f"change that line, or remove it {default}"
+    return ConfigError(f"{setting.name} = {shown} from {source}: {reason}. Fix: {fix}")
 
 
 _BUCKET_KEY_OK = re.compile(r"[!#-&(-9;-~]+")  # printable ASCII but space : " '  (a header)

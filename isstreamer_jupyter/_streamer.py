@@ -95,12 +95,10 @@ class Streamer:
         transport: Transport | None = None,
         clock: Clock | None = None,
     ) -> None:
-        if buffer_size is not None and batch_size is not None and buffer_size != batch_size:
-            raise ConfigError("buffer_size and batch_size are one setting: give only one")
         kwargs = {
             "bucket_name": bucket_name or bucket, "bucket_key": bucket_key,
             "access_key": access_key or client_key, "api_base": api_base,
-            "debug_level": debug_level, "batch_size": batch_size or buffer_size,
+            "debug_level": debug_level, "batch_size": batch_size, "buffer_size": buffer_size,
             "flush_interval": flush_interval, "max_requests_per_second": max_requests_per_second,
             "max_queue": max_queue, "timeout": timeout, "flush_timeout": flush_timeout,
             "exit_timeout": exit_timeout, "offline": offline, "offline_file": offline_file,

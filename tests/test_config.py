@@ -142,3 +142,79 @@ def test_bucket_keys_that_cannot_travel_in_a_header_are_refused(key):
 
     with pytest.raises(ConfigError, match="cannot be used"):
         check_bucket("name", key)
+
+
+# ------------------------------------------------------------------ ranges
+SECRET = "ik_S3CRET_config_key_51d0"
+
+
+def streamer_with(*args, **kwargs):
+    """A Streamer that can go nowhere (a fake transport, no spool), closed again at once
+    if the settings were accepted."""
+    from isstreamer_jupyter import Streamer
+    from isstreamer_jupyter.testing import FakeTransport
+
+    streamer = Streamer(*args, transport=FakeTransport(), spool=False, **kwargs)
+    streamer.close(timeout=0)
+    return streamer
+
+
+@pytest.fixture
+def with_key(folders, monkeypatch):
+    monkeypatch.setenv("IS_ACCESS_KEY", SECRET)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "words"),
+    [
+        ((), {"debug_level": 9}, "debug_level = 9 from keyword argument: expected a whole "
+                                 "number from 0 to 3"),
+        (("b", "", "", None, 4), {}, "debug_level = 4 from keyword argument: "),  # positional
+        ((), {"debug_level": -4}, "from 0 to 3"),
+        ((), {"batch_size": 0}, "batch_size = 0 from keyword argument: expected a whole number "
+                                "at least 1"),
+        ((), {"buffer_size": 0}, "batch_size = 0 from keyword argument buffer_size: expected "
+                                 "a whole number at least 1"),
+        (("b", "", "", None, 0, 0), {}, "keyword argument buffer_size"),  # ISStreamer's place
+        ((), {"max_queue": 0}, "max_queue = 0 from keyword argument"),
+    ],
+)
+def test_out_of_range_keywords_are_refused_with_the_range_and_the_fix(with_key, args, kwargs,
+                                                                       words):
+    with pytest.raises(ConfigError) as info:
+        streamer_with(*args, **kwargs)
+    message = str(info.value)
+    assert words in message
+    assert "Fix: change it, or leave it out for the default" in message
+    assert SECRET not in message
+
+
+def test_out_of_range_environment_is_refused_with_the_fix(with_key, monkeypatch):
+    monkeypatch.setenv("IS_DEBUG_LEVEL", "9")
+    with pytest.raises(ConfigError) as info:
+        resolve({})
+    assert ("debug_level = '9' from environment variable IS_DEBUG_LEVEL: expected a whole "
+            "number from 0 to 3. Fix: change IS_DEBUG_LEVEL, or unset it for the default (0)"
+            in str(info.value))
+    assert SECRET not in str(info.value)
+
+
+def test_out_of_range_ini_value_names_the_file_and_the_fix(folders):
+    _, work = folders
+    write_ini(work, f"access_key = {SECRET}\ndebug_level = 9\n")
+    with pytest.raises(ConfigError) as info:
+        resolve({})
+    message = str(info.value)
+    assert "isstreamer.ini [isstreamer.client_config] debug_level: expected a whole number " \
+           "from 0 to 3. Fix: change that line, or remove it for the default" in message
+    assert SECRET not in message
+
+
+def test_zero_batch_size_and_buffer_size_are_refused_not_replaced(with_key):
+    """ISStreamer 2.0.0 with buffer_size=0 posted an empty batch at every log() and sent the
+    events only at flush(): nothing to keep. 0 was silently the default (10) here."""
+    for kwargs in ({"batch_size": 0}, {"buffer_size": 0}, {"batch_size": 0, "buffer_size": 5}):
+        with pytest.raises(ConfigError, match=r"at least 1|one setting"):
+            streamer_with(**kwargs)
+    assert streamer_with(buffer_size=3).BufferSize == 3
+    assert streamer_with(batch_size=4, buffer_size=4).BufferSize == 4

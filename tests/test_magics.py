@@ -473,7 +473,8 @@ def test_config_on_a_live_streamer(session: Session, make_receiver: Any) -> None
 
 
 def test_config_refuses_bad_values(session: Session, caplog: Any) -> None:
-    for line, words in (("batch_size = 0", "at least 1"), ("debug_level = -1", "at least 0"),
+    for line, words in (("batch_size = 0", "at least 1"), ("debug_level = -1", "from 0 to 3"),
+                        ("debug_level = 9", "expected a whole number from 0 to 3"),
                         ("api_base = 'ftp://x'", "http"), ("bucket_key = 'a:b'", "cannot be"),
                         ("flush_interval = 0", "above 0")):
         caplog.clear()
@@ -534,7 +535,8 @@ def test_reload_ext_keeps_config_and_replaces_the_streamer(session: Session) -> 
     ("temp=", "no value after temp="),
     ("--debug", "expected one argument"),
     ("--debug x", "invalid int value"),
-    ("--debug -1", "--debug -1: expected a number at least 0"),
+    ("--debug -1", "--debug -1: expected a whole number from 0 to 3"),
+    ("--debug 9", "--debug 9: expected a whole number from 0 to 3"),
     ("note warming up", 'quote text with spaces (note "warming up")'),
     ("a=1 b", "'b' is not KEY=VALUE"),
     ('x="open', "unclosed \""),
