@@ -13,12 +13,13 @@ import hashlib
 import math
 import os
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._errors import ConfigError
+from ._errors import ConfigError, IsStreamerWarning
 
 DEFAULT_API_BASE = "https://groker.init.st/api"
 DEFAULT_BUCKET_NAME = "isstreamer_jupyter"
@@ -168,11 +169,12 @@ BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
 
 def settings_table() -> str:
     """The README's settings table (a test keeps the README equal to it)."""
-    rows = ["| keyword | environment | `isstreamer.ini` | default | meaning |",
+    rows = [f"| keyword | environment | `isstreamer.ini`, in `[{CLIENT}]` | default | meaning |",
             "| --- | --- | --- | --- | --- |"]
     for s in SETTINGS:
         env = ", ".join(f"`{name}`" for name in s.env)
-        ini = ", ".join(f"`[{sec.removeprefix('isstreamer.')}] {opt}`" for sec, opt in s.ini)
+        ini = ", ".join(f"`{opt}`" if sec == CLIENT else f"`{opt}` in `[{sec}]`"
+                        for sec, opt in s.ini)
         rows.append(f"| `{s.name}` | {env} | {ini} | {s.default_md} | {s.meaning} |")
     return "\n".join(rows)
 
@@ -234,8 +236,30 @@ def _read_ini(paths: list[Path]) -> list[tuple[Path, configparser.ConfigParser]]
             parser.read(path, encoding="utf-8")
         except configparser.Error as exc:
             raise ConfigError(f"{path} is not a valid ini file: {exc.message}") from None
+        _check_sections(path, parser)
         parsed.append((path, parser))
     return parsed
+
+
+#: sections meant for ours but not read (as ISStreamer did not read them), by their name in
+#: lower case without an "isstreamer" prefix; and the name to give them
+_MEANT = {"client_config": CLIENT, "api_config": API, "": CLIENT}
+_told_sections: set[tuple[Path, str]] = set()
+
+
+def _check_sections(path: Path, parser: configparser.ConfigParser) -> None:
+    """Say once per file and section that a section which looks like ours is not read, and
+    its right name (``[client_config]``, say, is silently ignored otherwise: a key in it
+    would leave the user recording locally). Names only: no value is ever shown."""
+    for section in parser.sections():
+        meant = _MEANT.get(re.sub(r"^isstreamer[._ ]?", "", section.strip().lower()))
+        told = (path.resolve(), section)
+        if meant is None or section == meant or told in _told_sections:
+            continue
+        _told_sections.add(told)
+        warnings.warn(f"{path}: section [{section}] is not read, so its settings are not "
+                      f"used: rename it to [{meant}] (ISStreamer's name)", IsStreamerWarning,
+                      stacklevel=5)  # (the caller of Streamer())
 
 
 def resolve(

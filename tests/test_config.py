@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
 from isstreamer_jupyter import ConfigError
@@ -218,3 +220,43 @@ def test_zero_batch_size_and_buffer_size_are_refused_not_replaced(with_key):
             streamer_with(**kwargs)
     assert streamer_with(buffer_size=3).BufferSize == 3
     assert streamer_with(batch_size=4, buffer_size=4).BufferSize == 4
+
+
+# ------------------------------------------------------------------ ini sections
+@pytest.mark.parametrize(("section", "real"), [
+    ("client_config", "isstreamer.client_config"),
+    ("api_config", "isstreamer.api_config"),
+    ("Isstreamer.Client_Config", "isstreamer.client_config"),
+    ("isstreamer", "isstreamer.client_config"),
+])
+def test_a_section_like_ours_is_not_read_and_said_once_with_the_fix(folders, section, real):
+    """ISStreamer read only [isstreamer.client_config] and [isstreamer.api_config]; a file
+    with [client_config] was silently ignored (and the user recorded locally). Still not
+    read (the same file means the same thing to both clients), but said, without values."""
+    from isstreamer_jupyter import IsStreamerWarning
+
+    _, work = folders
+    ini = work / "isstreamer.ini"
+    ini.write_text(f"[{section}]\naccess_key = {SECRET}\nstream_api_base = http://h:1\n")
+    with pytest.warns(IsStreamerWarning) as caught:
+        settings = resolve({})
+    assert settings.access_key == "" and settings.offline  # not read, as ISStreamer
+    assert settings.api_base == "https://groker.init.st/api"
+    [warning] = caught
+    message = str(warning.message)
+    assert f"{ini}: section [{section}] is not read" in message
+    assert f"rename it to [{real}]" in message
+    assert SECRET not in message and "h:1" not in message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resolve({})  # said once
+
+
+def test_our_own_sections_and_others_are_not_warned_about(folders):
+    _, work = folders
+    write_ini(work, "access_key = abc\n", "stream_api_base = http://h:1")
+    (work / "isstreamer.ini").write_text((work / "isstreamer.ini").read_text()
+                                         + "\n[my_tool]\nx = 1\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve({}).access_key == "abc"

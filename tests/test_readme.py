@@ -35,3 +35,13 @@ def test_two_setup_commands_are_the_makefiles():
     assert "make run" in README and "make test" in README
     assert re.search(r"^run:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
     assert "make test" in ci
+
+
+def test_readme_names_only_the_ini_sections_that_are_read_and_fully():
+    """`[client_config]` in the README led users to a section that is never read."""
+    from isstreamer_jupyter._config import API, CLIENT
+
+    start = README.index("| keyword | environment |")
+    table = README[start:README.index("\n\n", start)]
+    named = set(re.findall(r"\[([\w.]+)\]", table))
+    assert named == {CLIENT, API}, named
