@@ -26,6 +26,7 @@ import numbers
 import re
 import sys
 import time
+import types
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -53,9 +54,9 @@ from ._streamer import Streamer
 
 __all__ = ["IsStreamMagics", "load", "parse_value", "split_line", "unload"]
 
-#: the settings ``%config IsStreamMagics.<name>`` sets (all but the access key, on purpose)
-SETTING_TRAITS = ("bucket_name", "bucket_key", "debug_level", "batch_size", "flush_interval",
-                  "offline", "api_base", "max_requests_per_second", "spool", "spool_dir")
+#: the settings ``%config IsStreamMagics.<name>`` sets: every one of the settings table but
+#: the access key (on purpose: a trait's value can be shown, and a cell is no place for it)
+SETTING_TRAITS = tuple(s.name for s in _config.SETTINGS if not s.secret)
 #: the key ``--time`` logs the cell's duration under (after ``--prefix``), in seconds
 CELL_SECONDS = "cell_seconds"
 NOTE = "isstream:"
@@ -72,9 +73,14 @@ def _setting_trait(name: str) -> Any:
     trait = {bool: Bool, int: Int, float: Float, str: Unicode}[kind]
     options = dict.fromkeys(f"ini {option}" for _, option in setting.ini)
     sources = " or ".join(setting.env + tuple(options))
-    default = "auto" if setting.default is None else repr(setting.default)
-    help_text = f"{setting.doc}. Unset (None): {sources}, else {default}."
+    help_text = f"{setting.meaning}. Unset (None): {sources}, else {setting.default_text}."
     return trait(None, allow_none=True, help=help_text).tag(config=True)
+
+
+#: the base of IsStreamMagics that holds its traits, one for each of SETTING_TRAITS
+_SettingTraits = types.new_class(
+    "IsStreamSettings", (Configurable,),
+    exec_body=lambda body: body.update({name: _setting_trait(name) for name in SETTING_TRAITS}))
 
 
 # --------------------------------------------------------------------------- parsing the line
@@ -264,19 +270,9 @@ class _Caught:
 
 # --------------------------------------------------------------------------- the magics
 @magics_class
-class IsStreamMagics(Magics, Configurable):
-    """``%isstream`` and ``%%isstream``; ``%config IsStreamMagics.<setting> = value``."""
-
-    bucket_name = _setting_trait("bucket_name")
-    bucket_key = _setting_trait("bucket_key")
-    debug_level = _setting_trait("debug_level")
-    batch_size = _setting_trait("batch_size")
-    flush_interval = _setting_trait("flush_interval")
-    offline = _setting_trait("offline")
-    api_base = _setting_trait("api_base")
-    max_requests_per_second = _setting_trait("max_requests_per_second")
-    spool = _setting_trait("spool")
-    spool_dir = _setting_trait("spool_dir")
+class IsStreamMagics(Magics, _SettingTraits):
+    """``%isstream`` and ``%%isstream``; ``%config IsStreamMagics.<setting> = value`` for each
+    setting of the settings table but the access key (the traits come from the table)."""
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         self._streamer: Streamer | None = None

@@ -475,6 +475,7 @@ def test_config_on_a_live_streamer(session: Session, make_receiver: Any) -> None
 def test_config_refuses_bad_values(session: Session, caplog: Any) -> None:
     for line, words in (("batch_size = 0", "at least 1"), ("debug_level = -1", "from 0 to 3"),
                         ("debug_level = 9", "expected a whole number from 0 to 3"),
+                        ("max_queue = 0", "at least 1"), ("timeout = 0", "above 0"),
                         ("api_base = 'ftp://x'", "http"), ("bucket_key = 'a:b'", "cannot be"),
                         ("flush_interval = 0", "above 0")):
         caplog.clear()
@@ -491,6 +492,25 @@ def test_config_help_comes_from_the_settings_table(session: Session) -> None:
         assert f"IsStreamMagics.{name}=" in text
         assert doc.split()[0] in text
     assert "access_key" not in text and "access_key" not in IsStreamMagics.class_trait_names()
+
+
+def test_config_has_every_setting_of_the_table_but_the_access_key(session: Session) -> None:
+    """One trait per setting of _config.SETTINGS, its default told as the README tells it."""
+    names = {s.name for s in SETTINGS if not s.secret}
+    assert set(IsStreamMagics.class_trait_names(config=True)) == names
+    text = session.ok("%config IsStreamMagics").text
+    for name in names:
+        assert f"IsStreamMagics.{name}=" in text
+    words = " ".join(text.split())  # (help text is wrapped)
+    assert "else 'isstreamer_jupyter'." in words and "else the user data folder." in words
+    assert "else ''" not in words and "access_key" not in words
+    for line in ("timeout = 4.5", "flush_timeout = 2", "exit_timeout = 0", "max_queue = 500",
+                 "offline_file = 'rec.csv'", "spool_interval = 0.1",
+                 "spool_max_bytes = 1000000"):
+        session.ok(f"%config IsStreamMagics.{line}")
+    s = session.magics.streamer.settings
+    assert (s.timeout, s.flush_timeout, s.exit_timeout, s.max_queue, s.offline_file,
+            s.spool_interval, s.spool_max_bytes) == (4.5, 2, 0, 500, "rec.csv", 0.1, 1000000)
 
 
 # ------------------------------------------------------------------------------ load / unload
