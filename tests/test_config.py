@@ -157,7 +157,7 @@ def streamer_with(*args, **kwargs):
     from isstreamer_jupyter.testing import FakeTransport
 
     streamer = Streamer(*args, transport=FakeTransport(), spool=False, **kwargs)
-    streamer.close(timeout=0)
+    streamer.close(timeout=5)
     return streamer
 
 

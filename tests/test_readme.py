@@ -45,3 +45,27 @@ def test_readme_names_only_the_ini_sections_that_are_read_and_fully():
     table = README[start:README.index("\n\n", start)]
     named = set(re.findall(r"\[([\w.]+)\]", table))
     assert named == {CLIENT, API}, named
+
+
+def test_api_table_gives_each_method_s_parameters_and_defaults():
+    """Each `name(params)` row of the README's API table says what the method takes, but
+    keyword-only options for the package's own callers (flush's `warn`) and set_bucket's
+    `retries` (accepted only for ISStreamer's sake), left out on purpose."""
+    import ast
+    import inspect
+
+    from isstreamer_jupyter import Streamer
+
+    table = README[README.index("## The API"):README.index("### How delivery works")]
+    rows = re.findall(r"^\| `(\w+)\(([^)]*)\)`", table, re.M)
+    assert {name for name, _ in rows} >= {"log", "flush", "close", "upload", "set_bucket"}
+    for name, params in rows:
+        told = ast.parse(f"def {name}({params}): pass").body[0].args
+        said = {a.arg: None for a in told.args}
+        said.update({a.arg: ast.literal_eval(d)
+                     for a, d in zip(told.args[::-1], told.defaults[::-1], strict=False)})
+        real = {p.name: None if p.default is p.empty else p.default
+                for p in inspect.signature(getattr(Streamer, name)).parameters.values()
+                if p.name != "self" and p.kind is not p.KEYWORD_ONLY
+                and (name, p.name) != ("set_bucket", "retries")}
+        assert said == real, name
