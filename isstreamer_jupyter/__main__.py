@@ -60,8 +60,8 @@ exit codes:
 #: and the API base come from the environment or isstreamer.ini)
 AGAIN = "run the same command again: it goes on where it stopped"
 UPLOAD_FIXES: dict[type[IsStreamerError], str] = {
-    AccessDenied: "set IS_ACCESS_KEY (or access_key in isstreamer.ini) to the right access key, "
-                  f"then {AGAIN}",
+    AccessDenied: "set IS_ACCESS_KEY (or access_key under [isstreamer.client_config] in "
+                  f"isstreamer.ini) to the right access key, then {AGAIN}",
     CapReached: "the month's data points are used up: upgrade the plan or wait for the monthly "
                 f"reset, then {AGAIN}",
     BucketRemoved: "that bucket was deleted in Initial State: run the command again with "

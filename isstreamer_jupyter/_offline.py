@@ -237,8 +237,8 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
         check_bucket(bucket_name or bucket_key, bucket_key or derive_bucket_key(bucket_name))
     resolved = resolve({k: v for k, v in settings.items() if k in BY_NAME})
     if not resolved.access_key:
-        raise ConfigError("upload needs an access key: set IS_ACCESS_KEY (or access_key in "
-                          "isstreamer.ini)")
+        raise ConfigError("upload needs an access key: set IS_ACCESS_KEY (or access_key under "
+                          "[isstreamer.client_config] in isstreamer.ini)")
     batch_size = resolved.batch_size
     size = source.stat().st_size
     state_path = source.with_name(source.name + STATE_SUFFIX)

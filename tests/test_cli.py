@@ -107,10 +107,10 @@ def test_upload_with_a_refused_key_says_so_in_one_line_with_the_fix(tmp_path, ma
     recording.write_text("1795000000,a,1\n")
     done = run_upload(rx.api_base, recording)  # (run_upload: the key is never shown)
     assert done.returncode == 1
-    assert done.stderr.splitlines() == [
+    assert done.stderr.splitlines() == [  # (no warning pointing into the package)
         "upload stopped: the service refused the access key (401). Fix: set IS_ACCESS_KEY (or "
-        "access_key in isstreamer.ini) to the right access key, then run the same command "
-        "again: it goes on where it stopped."]  # no warning pointing into the package
+        "access_key under [isstreamer.client_config] in isstreamer.ini) to the right access "
+        "key, then run the same command again: it goes on where it stopped."]
     assert "uploaded 0 events" in done.stdout and "stopped" not in done.stdout
     fixed = run_upload(rx.api_base, recording, key="the-right-key")
     assert fixed.returncode == 0 and [e["value"] for e in rx.events()] == [1]
