@@ -105,10 +105,13 @@ def coerce_value(key: str, value: Any) -> Value:
             number = float(value)
         except (ValueError, OverflowError):  # a signaling NaN; a Fraction past float's range
             number = math.nan if isinstance(value, Decimal) else math.inf
-        if math.isinf(number) and (value.is_finite() if isinstance(value, Decimal)
-                                   else isinstance(value, numbers.Rational)):
-            raise RefusedValue(f"value for key {_shorten(key)!r} is {_shorten(str(value))}, "
-                               f"{_PAST_LIMIT}: log it as text, str(value), or scaled")
+        if math.isinf(number) and value not in (math.inf, -math.inf):  # finite, yet past it
+            if isinstance(value, numbers.Rational):  # (its text may be too long to write)
+                what, fix = f"a fraction of {_digits(abs(int(value)))} digits", "scaled"
+            else:  # Decimal, numpy.longdouble
+                what, fix = _shorten(str(value)), "as text, str(value), or scaled"
+            raise RefusedValue(f"value for key {_shorten(key)!r} is {what}, {_PAST_LIMIT}: "
+                               f"log it {fix}, e.g. math.log10(abs(value))")
         return _finite(key, number)
     if isinstance(value, _dt.datetime | _dt.date | _dt.time):
         return value.isoformat()

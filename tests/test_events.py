@@ -62,7 +62,11 @@ def test_values_are_coerced_to_json_types(value, expected):
         (Decimal("NaN"), "no NaN"),
         (Decimal("-Infinity"), "is -inf; JSON has no NaN or infinity"),
         (Decimal("1e400"), "is 1E+400, past the limit of ±1.8e308"),
-        (Fraction(10**400, 3), "past the limit of ±1.8e308"),
+        (Fraction(10**400, 3), "is a fraction of 400 digits, past the limit of ±1.8e308"),
+        (Fraction(10**5000), "is a fraction of 5001 digits, past the limit"),  # (no text)
+        (-Fraction(10**400), "as such): log it scaled, e.g. math.log10(abs(value))"),
+        (np.longdouble("1e400") if np.finfo(np.longdouble).max > 1e400 else Decimal("1e400"),
+         "past the limit of ±1.8e308"),
         ([1, 2], "log_object"),
         ({"a": 1}, "is a dict; values"),
         (b"raw", "decode it"),
