@@ -16,7 +16,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from . import _config
-from ._config import Settings, check_bucket, derive_bucket_key
+from ._config import BY_NAME, Settings, check_bucket, derive_bucket_key
 from ._errors import (
     ConfigError,
     DeliveryError,
@@ -504,7 +504,7 @@ class Streamer:
 
     @DebugLevel.setter
     def DebugLevel(self, level: int) -> None:  # noqa: N802
-        self.settings = self.settings.replace(debug_level=int(level))
+        self.settings = self.settings.replace(debug_level=_checked("debug_level", level))
         self._sender.settings = self.settings
         self._update_slow()
 
@@ -514,9 +514,7 @@ class Streamer:
 
     @BufferSize.setter
     def BufferSize(self, size: int) -> None:  # noqa: N802
-        if int(size) < 1:
-            raise ConfigError(f"BufferSize={size!r}: expected a whole number at least 1")
-        self.settings = self.settings.replace(batch_size=int(size))
+        self.settings = self.settings.replace(batch_size=_checked("batch_size", size))
         self._sender.settings = self.settings
 
     @property
@@ -592,6 +590,14 @@ class Streamer:
                 print(f"isstreamer_jupyter: {left} events wait in the spool "
                       f"{self._sender.store.path}; the next Streamer with the same access key "
                       f"sends them", file=sys.stderr)
+
+
+def _checked(name: str, value: Any) -> Any:
+    """An attribute's new value, by its setting's rule (the constructor's)."""
+    try:
+        return BY_NAME[name].parse(str(value))
+    except ValueError as exc:
+        raise ConfigError(f"{name} = {value!r}: {exc}") from None
 
 
 def _close_all_at_exit() -> None:

@@ -26,7 +26,7 @@ import comm
 import ipywidgets
 import pytest
 
-from isstreamer_jupyter import DeliveryError, IsStreamerWarning, Streamer
+from isstreamer_jupyter import ConfigError, DeliveryError, IsStreamerWarning, Streamer
 from isstreamer_jupyter import _panel as panel_mod
 from isstreamer_jupyter._panel import Panel, close_panels, show, sparkline
 from isstreamer_jupyter._stats import status_text
@@ -425,10 +425,10 @@ def test_debug_level_selector(receiver: Receiver, make_streamer) -> None:
     streamer.DebugLevel = 1  # changed elsewhere: the selector follows
     panel.refresh()
     assert panel.debug_level.value == 1
-    streamer.DebugLevel = 7  # beyond the menu: shown as its top
+    with pytest.raises(ConfigError, match="from 0 to 3"):  # (the menu holds every level)
+        streamer.DebugLevel = 7
     panel.refresh()
-    assert panel.debug_level.value == 3
-    assert streamer.DebugLevel == 7
+    assert panel.debug_level.value == 1 and streamer.DebugLevel == 1
 
 
 def test_debug_log_newest_first_escaped_and_bounded(receiver: Receiver, make_streamer) -> None:

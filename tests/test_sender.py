@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import sys
 import threading
 import time
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 from isstreamer_jupyter import (
     AccessDenied,
     BucketRemoved,
+    ConfigError,
     EventsLost,
     FlushTimeout,
     IsStreamerWarning,
@@ -331,6 +333,20 @@ def test_debug_1_echoes_events(capsys):
     s.log("temp", 21.5)
     out = capsys.readouterr().out
     assert "Unit: temp = 21.5" in out
+
+
+@pytest.mark.parametrize(("attribute", "value", "words"), [
+    ("DebugLevel", 9, "debug_level = 9: expected a whole number from 0 to 3"),
+    ("DebugLevel", -1, "from 0 to 3"),
+    ("BufferSize", 0, "batch_size = 0: expected a whole number at least 1"),
+])
+def test_attributes_take_the_constructors_rules(attribute, value, words):
+    s, _, _ = make(debug_level=1, batch_size=5)
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        setattr(s, attribute, value)
+    assert (s.DebugLevel, s.BufferSize) == (1, 5)  # unchanged
+    setattr(s, attribute, 3)
+    assert getattr(s, attribute) == 3
 
 
 def test_isstreamer_seed_names_and_attributes():
