@@ -367,8 +367,9 @@ class SqliteSpool:
                 yield db
                 db.execute("COMMIT")
             except BaseException as exc:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):  # (a closed connection: nothing to undo)
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
                     raise SpoolError(f"the spool {self.path} failed: {exc}") from None
                 raise

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from isstreamer_jupyter._config import SETTINGS
 from isstreamer_jupyter.receiver import Receiver
 
 
@@ -38,8 +39,8 @@ def receiver() -> Iterator[Receiver]:
 def no_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     """No setting from the environment or an ini file reaches a Streamer the test makes: the
     IS_* variables are unset, and the working and home folders are the test's own."""
-    for name in ("IS_ACCESS_KEY", "IS_API_ACCESS_KEY", "IS_OFFLINE", "IS_BUCKET_KEY",
-                 "IS_BUCKET_NAME", "IS_API_BASE", "IS_API_HOST", "IS_BATCH_SIZE", "IS_MAX_RPS"):
-        monkeypatch.delenv(name, raising=False)
+    for setting in SETTINGS:
+        for name in setting.env:
+            monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))

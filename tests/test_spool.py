@@ -454,3 +454,15 @@ def test_another_keys_backlog_does_not_make_this_key_drop_its_events(tmp_path):
     again = SqliteSpool(tmp_path, api_base=api, access_key="ist_another_key_0123456789")
     assert again.pending() == 10 * 2000  # never dropped by this key's trimming
     again.close()
+
+
+def test_a_closed_spool_fails_as_a_spool_error(tmp_path):
+    """A write racing the sender's close (log() spilling past max_queue in another thread)
+    meets the spool's own error, which callers handle, not sqlite3's."""
+    from isstreamer_jupyter._errors import SpoolError
+    from isstreamer_jupyter._spool import Segment, SqliteSpool
+
+    spool = SqliteSpool(tmp_path, api_base="http://127.0.0.1:9/api", access_key=KEY)
+    spool.close()
+    with pytest.raises(SpoolError, match="failed"):
+        spool.put([Segment("b", "B", [("k", 1, 1.7e9)])])
