@@ -200,7 +200,7 @@ def coerce_epoch(key: str, epoch: Any, now: float | None = None) -> float:
     elif isinstance(epoch, numbers.Real | Decimal) or hasattr(epoch, "item"):
         try:
             seconds = float(epoch)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # (an int past ±1.8e308, say)
             seconds = math.nan
     else:
         raise RefusedValue(
@@ -208,7 +208,8 @@ def coerce_epoch(key: str, epoch: Any, now: float | None = None) -> float:
             f"(a number), a datetime or an ISO 8601 string"
         )
     if math.isnan(seconds) or seconds == math.inf:
-        raise RefusedValue(f"epoch for key {_shorten(key)!r} is not a finite number")
+        raise RefusedValue(f"epoch for key {_shorten(key)!r} is not a finite number (within "
+                           f"±1.8e308); give seconds since 1970")
     for scale in (1e3, 1e3, 1e3):  # ms, then µs, then ns
         if seconds < 1e11:
             break

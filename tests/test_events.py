@@ -202,6 +202,7 @@ def test_epochs_in_any_unit_become_seconds(epoch, expected):
     [
         (12345, "more than 10 years ago"), ("soon", "neither a number nor an ISO 8601"),
         (True, "is a bool"), (float("nan"), "not a finite number"), ([1], "give seconds"),
+        (10**400, "finite number .within ±1.8e308.; give seconds"), (-(10**400), "not a finite"),
     ],
 )
 def test_bad_epochs_are_refused_not_replaced(epoch, words):
