@@ -53,7 +53,8 @@ exit codes:
      it goes on where it stopped
   2  it could not start: a mistake in the command, no such file, no access key
   3  it went through the whole file, but some rows were skipped as unreadable or were
-     refused by the service: those rows are not sent (running it again does not send them)"""
+     refused by the service (by this run or an earlier one): those rows are not sent, and
+     running it again does not send them (it says them again and exits 3 again)"""
 
 
 #: what to do when an upload stopped, by what stopped it (on the command line the access key
@@ -88,7 +89,7 @@ def upload(args: argparse.Namespace) -> int:
         fix = UPLOAD_FIXES.get(summary.stopped_by, AGAIN) if summary.stopped_by else AGAIN
         print(f"upload stopped: {summary.error.rstrip('.')}. Fix: {fix}.", file=sys.stderr)
         return 1
-    return 3 if summary.bad_rows or summary.refused else 0
+    return 3 if summary.not_sent else 0
 
 
 def main(argv: list[str] | None = None) -> int:

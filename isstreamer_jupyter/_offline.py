@@ -3,7 +3,9 @@
 The rows are ISStreamer's ``epoch,key,value``; ours add ``# bucket: <key> <name>`` lines so the
 rows go back to the bucket they were logged to. An upload keeps the original timestamps, goes
 as fast as the rate limits allow, and records after every acknowledged request how far it got
-in ``<file>.upload.json``: interrupted and run again, it sends nothing twice.
+in ``<file>.upload.json``: interrupted and run again, it sends nothing twice. It also keeps
+there how many of those rows the service refused, so a rerun still says they were not
+delivered (the unreadable rows it re-reads from the file, and says again itself).
 
 The progress is kept per destination, named by the spool's one-way fingerprint of (API base,
 access key), so a trial upload to a test receiver leaves the real upload to do; the key is
@@ -53,6 +55,7 @@ class UploadSummary:
     already_sent: int = 0  # rows an earlier, interrupted upload delivered
     bad_rows: list[tuple[int, str]] = field(default_factory=list)
     refused: int = 0  # rows the service refused (each alone): see the streamer's last error
+    refused_earlier: int = 0  # rows the service refused to an earlier run (not sent again)
     buckets: dict[str, str] = field(default_factory=dict)  # key -> name
     seconds: float = 0.0
     error: str = ""
@@ -62,6 +65,12 @@ class UploadSummary:
     @property
     def ok(self) -> bool:
         return not self.error
+
+    @property
+    def not_sent(self) -> int:
+        """Rows of the file that are not delivered and will not be, however often it runs:
+        unreadable, or refused by the service (to this run or an earlier one)."""
+        return len(self.bad_rows) + self.refused + self.refused_earlier
 
     def __str__(self) -> str:
         return self.report()
@@ -83,6 +92,9 @@ class UploadSummary:
         if self.refused:
             lines.append(f"  {self.refused} refused by the service (sent alone, each refused: "
                          f"they are not sent again)")
+        if self.refused_earlier:
+            lines.append(f"  {self.refused_earlier} refused by the service in an earlier run "
+                         f"(they are not sent again)")
         if self.note:
             lines.append(f"  note: {self.note}")
         if self.error and stopped:
@@ -198,21 +210,23 @@ def _read_state(state_path: Path) -> tuple[dict[str, dict[str, dict[str, Any]]],
 
 
 def _load_state(state_path: Path, destination: str, target: str, size: int,
-                source: Path) -> tuple[int, bool]:
-    """(the last line delivered to `destination`, whether the file was of the older form)."""
+                source: Path) -> tuple[int, int, bool]:
+    """(the last line handled for `destination`, how many rows up to it the service refused,
+    whether the file was of the older form)."""
     destinations, legacy = _read_state(state_path)
     entry = destinations.get(destination, {}).get(target, {})
     if entry.get("size", 0) > size:  # the file was replaced by a shorter one: start over
-        return 0, legacy
+        return 0, 0, legacy
     if "head" in entry and entry["head"] != _head(source, entry.get("size", 0)):  # replaced
-        return 0, legacy
-    return int(entry.get("line", 0)), legacy
+        return 0, 0, legacy
+    return int(entry.get("line", 0)), int(entry.get("refused", 0)), legacy
 
 
-def _save_state(state_path: Path, destination: str, target: str, line: int, size: int,
-                head: str) -> None:
+def _save_state(state_path: Path, destination: str, target: str, line: int, refused: int,
+                size: int, head: str) -> None:
     destinations, _ = _read_state(state_path)  # (an older form's progress is dropped)
-    destinations.setdefault(destination, {})[target] = {"line": line, "size": size, "head": head}
+    destinations.setdefault(destination, {})[target] = {
+        "line": line, "refused": refused, "size": size, "head": head}
     tmp = state_path.with_name(state_path.name + ".tmp")
     tmp.write_text(json.dumps({"format": STATE_FORMAT, "destinations": destinations}))
     os.replace(tmp, state_path)
@@ -244,9 +258,10 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
     state_path = source.with_name(source.name + STATE_SUFFIX)
     target = f"{bucket_key or bucket_name or '(file buckets)'}"
     destination = fingerprint(resolved.api_base, resolved.access_key)  # (never the key)
-    done_line, legacy = _load_state(state_path, destination, target, size, source)
+    done_line, refused_earlier, legacy = _load_state(state_path, destination, target, size,
+                                                     source)
     head = _head(source, size)
-    summary = UploadSummary(str(source))
+    summary = UploadSummary(str(source), refused_earlier=refused_earlier)
     if legacy:
         summary.note = LEGACY_NOTE.format(name=state_path.name)
     started = time.monotonic()
@@ -271,9 +286,10 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
         if error is not None and (not isinstance(error, EventsLost) or error.dropped):
             raise type(error)(streamer.stats().last_error or str(error))
         # (refused rows are final)
-        _save_state(state_path, destination, target, pending[-1].line, size, head)
         summary.sent += len(pending) - refused
         summary.refused += refused
+        _save_state(state_path, destination, target, pending[-1].line,
+                    refused_earlier + summary.refused, size, head)
         bar.update(len(pending))
         pending.clear()
 
@@ -301,4 +317,6 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
             if streamer is not None:
                 streamer.close(timeout=1)
             summary.seconds = time.monotonic() - started
+    # (the rows up to the saved line were handled before: all delivered but those refused)
+    summary.already_sent = max(0, summary.already_sent - refused_earlier)
     return summary

@@ -47,13 +47,18 @@ def test_serve_runs_the_receiver_until_interrupted(tmp_path):
 KEY = "ist_cli_test_secret_key_4242"
 
 
-def run_upload(api_base: str, recording, *args: str, key: str = KEY):
-    env = dict(CLEAN_ENV, IS_ACCESS_KEY=key, IS_API_BASE=api_base, IS_MAX_RPS="0")
+def run_upload(api_base: str, recording, *args: str, key: str = KEY, bucket: str | None = "CLI"):
+    """The upload command as a user runs it, in the recording's folder (HOME too: no ini of
+    the user's is read); `bucket=None`: the buckets the file names."""
+    env = dict(CLEAN_ENV, IS_ACCESS_KEY=key, IS_API_BASE=api_base, IS_MAX_RPS="0",
+               HOME=str(recording.parent))
+    named = ["--bucket-name", bucket] if bucket is not None else []
     done = subprocess.run([sys.executable, "-m", "isstreamer_jupyter", "upload", str(recording),
-                           "--bucket-name", "CLI", "--quiet", *args],
+                           *named, "--quiet", *args],
                           capture_output=True, text=True, timeout=120, env=env,
                           cwd=recording.parent)
     assert key not in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
     return done
 
 
@@ -90,6 +95,23 @@ def test_upload_with_rows_the_service_refuses_exits_3(tmp_path, make_receiver):
     assert done.returncode == 3, done.stdout + done.stderr
     assert "1 refused by the service" in done.stdout
     assert [e["value"] for e in rx.events()] == [2]
+    again = run_upload(rx.api_base, recording)  # the refused row is still not delivered
+    assert again.returncode == 3, again.stdout + again.stderr
+    assert "(1 were sent by an earlier run)" in again.stdout
+    assert "1 refused by the service in an earlier run" in again.stdout
+    assert [e["value"] for e in rx.events()] == [2]  # nothing twice
+    assert KEY not in (tmp_path / "refused.csv.upload.json").read_text()
+
+
+def test_a_rerun_still_reports_the_bad_rows_and_exits_3(tmp_path, make_receiver):
+    """Bad rows are read from the file again on each run, so each run names them."""
+    rx = make_receiver()
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("1795000000,a,1\nnot-a-time,a,2\n")
+    assert run_upload(rx.api_base, mixed).returncode == 3
+    again = run_upload(rx.api_base, mixed)
+    assert again.returncode == 3 and "line 2:" in again.stdout
+    assert [e["value"] for e in rx.events()] == [1]
 
 
 def test_upload_help_states_the_exit_codes():

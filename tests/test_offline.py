@@ -136,7 +136,9 @@ def test_a_row_the_service_refuses_is_reported_and_the_upload_goes_on(env, make_
     assert "1 refused by the service" in str(summary)
     assert [e["value"] for e in rx.events()] == [i for i in range(30) if i != 7]
     again = upload(recording, **opts)  # nothing twice, not even the refused row
-    assert again.ok and again.sent == 0 and again.already_sent == 30
+    assert again.ok and again.sent == 0 and again.already_sent == 29
+    assert again.refused_earlier == 1 and again.not_sent == 1  # still said: not delivered
+    assert "1 refused by the service in an earlier run" in str(again)
     assert len(rx.events()) == 29
 
 
