@@ -123,14 +123,25 @@ def parse_value(text: str) -> str | int | float | bool:
     return text
 
 
+def _bucket_problem(name: str, key: str, line: int) -> str:
+    """Why the rows under the '# bucket:' line `line` cannot be sent, or ''."""
+    try:
+        check_bucket(name, key)
+    except ConfigError as exc:
+        return f"the bucket of line {line} cannot be used: {exc}"
+    return ""
+
+
 def read_rows(path: Path, bucket_name: str = "", bucket_key: str = "",
               fallback: tuple[str, str] = ("", "")) -> Iterator[Row | tuple[int, str]]:
     """Rows of a recording, or ``(line, reason)`` for a row that cannot be sent.
 
     An explicit bucket overrides the file's ``# bucket:`` lines; `fallback` (name, key) serves
-    rows before any such line.
+    rows before any such line. The rows under a line naming a bucket the service would refuse
+    are not sent (nor to the bucket before): each is a ``(line, reason)``.
     """
     current = (bucket_name, bucket_key) if bucket_name or bucket_key else fallback
+    unusable = ""  # why the bucket of the file's last '# bucket:' line cannot be used
     with path.open(newline="", encoding="utf-8") as fh:
         at_start = True  # (the next line begins a row, not the inside of a quoted value)
 
@@ -165,9 +176,13 @@ def read_rows(path: Path, bucket_name: str = "", bucket_key: str = "",
                 parts = line[len("# bucket:"):].strip().split(" ", 1)
                 if line.startswith("# bucket:") and parts[0] and not (bucket_name or bucket_key):
                     current = (parts[1] if len(parts) > 1 else parts[0], parts[0])
+                    unusable = _bucket_problem(*current, number)
                 continue
             if len(cells) != 3:
                 yield number, f"expected 3 columns epoch,key,value; found {len(cells)}"
+                continue
+            if unusable:
+                yield number, unusable
                 continue
             name, key = current
             if not (name or key):

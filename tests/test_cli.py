@@ -166,3 +166,21 @@ def test_serve_help_names_its_command_and_explains_every_option():
     assert {"--p-5xx", "--p-reset-before", "--p-reset-after", "--p-429", "--retry-after",
             "--latency", "--seed", "--max-key-length", "--max-body"} <= set(said)
     assert [name for name, text in said.items() if not text] == []  # each option has help
+
+
+def test_a_bucket_line_the_service_would_refuse_skips_its_rows_only(tmp_path, make_receiver):
+    """A '# bucket:' line whose key the service refuses makes its rows bad rows (by line
+    number); the rows under a later, good bucket line still go out."""
+    rx = make_receiver()
+    recording = tmp_path / "buckets.csv"
+    recording.write_text("# bucket: a:b Bad name\n1795000000,a,1\n1795000001,a,2\n"
+                         "# bucket: Good_1 Good\n1795000002,a,3\n")
+    done = run_upload(rx.api_base, recording, bucket=None)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "2 rows skipped" in done.stdout
+    assert "line 2: the bucket of line 1 cannot be used: bucket key 'a:b'" in done.stdout
+    assert "line 3:" in done.stdout and "run the same command again" not in done.stderr
+    assert [e["value"] for e in rx.events("Good_1")] == [3] and rx.buckets == {"Good_1": "Good"}
+    again = run_upload(rx.api_base, recording, bucket=None)
+    assert again.returncode == 3 and "2 rows skipped" in again.stdout
+    assert len(rx.events()) == 1

@@ -280,3 +280,17 @@ def test_an_older_progress_file_names_no_destination_so_its_rows_are_sent(env, m
     again = upload(recording, **opts)  # the file now has the new form: no note, nothing twice
     assert (again.sent, again.already_sent, again.note) == (0, 4, "")
     assert len(rx.events()) == 4
+
+
+def test_a_bad_bucket_line_makes_bad_rows_unless_a_bucket_is_given(env):
+    """The rows under a '# bucket:' line the service would refuse cannot go to it (nor to
+    the bucket before it); a bucket given for the whole upload replaces the file's lines."""
+    from isstreamer_jupyter._offline import read_rows
+
+    recording = write(env / "rec.csv", "# bucket: Good_1 Good\n1795000000,a,1\n"
+                      f"# bucket: {'k' * 251} Long\n1795000001,a,2\n")
+    rows = list(read_rows(recording))
+    assert rows[0].bucket_key == "Good_1"
+    assert rows[1] == (4, "the bucket of line 3 cannot be used: bucket key is 251 characters; "
+                          "the limit is 250: shorten it")
+    assert [r.value for r in read_rows(recording, "Given")] == [1, 2]
