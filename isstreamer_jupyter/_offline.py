@@ -123,13 +123,25 @@ def parse_value(text: str) -> str | int | float | bool:
     return text
 
 
+_UNDECODED = re.compile("[\udc80-\udcff]")  # a byte that is not UTF-8, as surrogateescape reads it
+
+
+def _not_utf8(text: str) -> str:
+    """Why `text` (read with errors="surrogateescape") cannot be sent, or ''."""
+    found = _UNDECODED.search(text)
+    return (f"not UTF-8 text (byte 0x{ord(found.group()) - 0xDC00:02x}): the file must be "
+            f"UTF-8 to send this" if found else "")
+
+
 def _bucket_problem(name: str, key: str, line: int) -> str:
     """Why the rows under the '# bucket:' line `line` cannot be sent, or ''."""
-    try:
-        check_bucket(name, key)
-    except ConfigError as exc:
-        return f"the bucket of line {line} cannot be used: {exc}"
-    return ""
+    problem = _not_utf8(name + key)
+    if not problem:
+        try:
+            check_bucket(name, key)
+        except ConfigError as exc:
+            problem = str(exc)
+    return f"the bucket of line {line} cannot be used: {problem}" if problem else ""
 
 
 def read_rows(path: Path, bucket_name: str = "", bucket_key: str = "",
@@ -138,11 +150,12 @@ def read_rows(path: Path, bucket_name: str = "", bucket_key: str = "",
 
     An explicit bucket overrides the file's ``# bucket:`` lines; `fallback` (name, key) serves
     rows before any such line. The rows under a line naming a bucket the service would refuse
-    are not sent (nor to the bucket before): each is a ``(line, reason)``.
+    are not sent (nor to the bucket before): each is a ``(line, reason)``, as is a row with
+    bytes that are not UTF-8.
     """
     current = (bucket_name, bucket_key) if bucket_name or bucket_key else fallback
     unusable = ""  # why the bucket of the file's last '# bucket:' line cannot be used
-    with path.open(newline="", encoding="utf-8") as fh:
+    with path.open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
         at_start = True  # (the next line begins a row, not the inside of a quoted value)
 
         def lines() -> Iterator[str]:
@@ -181,8 +194,8 @@ def read_rows(path: Path, bucket_name: str = "", bucket_key: str = "",
             if len(cells) != 3:
                 yield number, f"expected 3 columns epoch,key,value; found {len(cells)}"
                 continue
-            if unusable:
-                yield number, unusable
+            if problem := unusable or _not_utf8("".join(cells)):
+                yield number, problem
                 continue
             name, key = current
             if not (name or key):
@@ -260,7 +273,7 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
     from ._streamer import Streamer
 
     source = Path(path)
-    if not source.is_file():
+    if not source.exists():
         raise ConfigError(f"{source}: no such recording")
     if bucket_name or bucket_key:
         check_bucket(bucket_name or bucket_key, bucket_key or derive_bucket_key(bucket_name))
@@ -269,19 +282,23 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
         raise ConfigError("upload needs an access key: set IS_ACCESS_KEY (or access_key under "
                           "[isstreamer.client_config] in isstreamer.ini)")
     batch_size = resolved.batch_size
-    size = source.stat().st_size
+    try:  # (read it all once before sending anything: a file it cannot read cannot start)
+        size = source.stat().st_size
+        head = _head(source, size)
+        total = sum(1 for _ in read_rows(source, bucket_name, bucket_key, fallback))
+    except OSError as exc:
+        raise ConfigError(f"{source} cannot be read ({exc.strerror or exc}): give a recording "
+                          f"(a CSV file) that you may read") from None
     state_path = source.with_name(source.name + STATE_SUFFIX)
     target = f"{bucket_key or bucket_name or '(file buckets)'}"
     destination = fingerprint(resolved.api_base, resolved.access_key)  # (never the key)
     done_line, refused_earlier, legacy = _load_state(state_path, destination, target, size,
                                                      source)
-    head = _head(source, size)
     summary = UploadSummary(str(source), refused_earlier=refused_earlier)
     if legacy:
         summary.note = LEGACY_NOTE.format(name=state_path.name)
     started = time.monotonic()
     streamer: Streamer | None = None
-    total = sum(1 for _ in read_rows(source, bucket_name, bucket_key, fallback))
     bar = tqdm(total=total, disable=not progress, unit="ev", desc=source.name)
     pending: list[Row] = []
 

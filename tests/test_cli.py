@@ -6,7 +6,9 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import requests
 
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("IS_")}
@@ -184,3 +186,52 @@ def test_a_bucket_line_the_service_would_refuse_skips_its_rows_only(tmp_path, ma
     again = run_upload(rx.api_base, recording, bucket=None)
     assert again.returncode == 3 and "2 rows skipped" in again.stdout
     assert len(rx.events()) == 1
+
+
+def test_a_file_that_is_not_utf8_has_its_odd_rows_skipped_not_a_traceback(tmp_path,
+                                                                          make_receiver):
+    rx = make_receiver()
+    recording = tmp_path / "latin1.csv"
+    recording.write_bytes(b"# bucket: Lab_0 Lab\n1795000000,a,1\n1795000001,temp,21 \xb0C\n"
+                          b"1795000002,a,3\n# bucket: Lab_1 Caf\xe9\n1795000003,a,4\n")
+    done = run_upload(rx.api_base, recording, bucket=None)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "2 rows skipped" in done.stdout
+    assert "line 3: not UTF-8 text (byte 0xb0): the file must be UTF-8 to send this" \
+        in done.stdout
+    assert "line 6: the bucket of line 5 cannot be used: not UTF-8 text (byte 0xe9)" \
+        in done.stdout
+    assert [e["value"] for e in rx.events()] == [1, 3] and rx.buckets == {"Lab_0": "Lab"}
+
+
+def test_a_recording_that_cannot_be_read_says_so_in_one_line(tmp_path):
+    folder = tmp_path / "rec.csv"
+    folder.mkdir()
+    done = run_upload("http://127.0.0.1:9/api", folder)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"upload: {folder} cannot be read (Is a directory): give a recording (a CSV file) "
+        "that you may read"]
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
+                    reason="root may read a file whatever its permissions")
+def test_a_recording_without_read_permission_exits_2_in_one_line(tmp_path):
+    recording = tmp_path / "secret.csv"
+    recording.write_text("1795000000,a,1\n")
+    recording.chmod(0)
+    done = run_upload("http://127.0.0.1:9/api", recording)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"upload: {recording} cannot be read (Permission denied): give a recording (a CSV "
+        f"file) that you may read"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="needs Linux's /proc")
+def test_a_recording_whose_reading_fails_exits_2_in_one_line(tmp_path):
+    """/proc/self/mem opens, and its first read fails (EIO): a real read error, as root too."""
+    done = run_upload("http://127.0.0.1:9/api", Path("/proc/self/mem"))
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "upload: /proc/self/mem cannot be read (Input/output error): give a recording (a CSV "
+        "file) that you may read"]
