@@ -76,7 +76,7 @@ def upload(args: argparse.Namespace) -> int:
     from ._offline import upload as run_upload
 
     settings = {}
-    if args.batch_size:
+    if args.batch_size is not None:  # (0 is a value, refused as such)
         settings["batch_size"] = args.batch_size
     try:
         summary = run_upload(args.file, bucket_name=args.bucket_name or "",

@@ -235,3 +235,14 @@ def test_a_recording_whose_reading_fails_exits_2_in_one_line(tmp_path):
     assert done.stderr.splitlines() == [
         "upload: /proc/self/mem cannot be read (Input/output error): give a recording (a CSV "
         "file) that you may read"]
+
+
+@pytest.mark.parametrize("size", ["0", "-3"])
+def test_a_batch_size_below_1_is_refused_not_ignored(tmp_path, make_receiver, size):
+    rx = make_receiver()
+    recording = tmp_path / "rec.csv"
+    recording.write_text("1795000000,a,1\n")
+    done = run_upload(rx.api_base, recording, "--batch-size", size)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert len(done.stderr.splitlines()) == 1 and "batch_size" in done.stderr, done.stderr
+    assert rx.events() == []
