@@ -13,9 +13,19 @@ import argparse
 import math
 import sys
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from ._errors import AccessDenied, BucketRemoved, CapReached, FlushTimeout, IsStreamerError
+from ._errors import (
+    AccessDenied,
+    BucketRemoved,
+    CapReached,
+    FlushTimeout,
+    IsStreamerError,
+    IsStreamerWarning,
+)
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -93,6 +103,23 @@ def upload(args: argparse.Namespace) -> int:
     return 3 if summary.not_sent else 0
 
 
+def run_noting_warnings(command: Callable[[], int]) -> int:
+    """Run `command`, each IsStreamerWarning it raises said as one plain line on stderr
+    (``note: ...``), not as Python shows a warning (the file and line in the package, and the
+    source line there); other warnings as usual."""
+    show = warnings.showwarning
+
+    def note(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, IsStreamerWarning):
+            print(f"note: {' '.join(str(message).split())}", file=sys.stderr)
+        else:
+            show(message, category, *args, **kwargs)
+
+    with warnings.catch_warnings():  # (puts showwarning back after)
+        warnings.showwarning = note
+        return command()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:  # the receiver parses its own options
@@ -130,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("serve", help="run a loopback Initial State-compatible receiver "
                                       "(serve --help for its options)")
     args = parser.parse_args(argv)
-    return int(args.run(args))
+    return run_noting_warnings(lambda: int(args.run(args)))
 
 
 if __name__ == "__main__":

@@ -246,3 +246,32 @@ def test_a_batch_size_below_1_is_refused_not_ignored(tmp_path, make_receiver, si
     assert done.returncode == 2, done.stdout + done.stderr
     assert len(done.stderr.splitlines()) == 1 and "batch_size" in done.stderr, done.stderr
     assert rx.events() == []
+
+
+INI_WITH_THE_WRONG_SECTION = "[client_config]\nbatch_size = 5\n"
+
+
+def ini_note(folder) -> str:
+    """The one line the CLI says for an isstreamer.ini in `folder` with a [client_config]
+    section (no file:line into the package, no source line)."""
+    return (f"note: {folder / 'isstreamer.ini'}: section [client_config] is not read, so its "
+            f"settings are not used: rename it to [isstreamer.client_config] (ISStreamer's name)")
+
+
+def test_an_ini_warning_is_one_plain_line_for_upload(tmp_path, make_receiver):
+    rx = make_receiver()
+    (tmp_path / "isstreamer.ini").write_text(INI_WITH_THE_WRONG_SECTION)
+    recording = tmp_path / "rec.csv"
+    recording.write_text("1795000000,a,1\n")
+    done = run_upload(rx.api_base, recording)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stderr.splitlines() == [ini_note(tmp_path)]
+
+
+def test_an_ini_warning_is_one_plain_line_for_demo(tmp_path):
+    (tmp_path / "isstreamer.ini").write_text(INI_WITH_THE_WRONG_SECTION)
+    done = subprocess.run([sys.executable, "-m", "isstreamer_jupyter", "demo", "--points", "2"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env=dict(CLEAN_ENV, HOME=str(tmp_path)))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [ini_note(tmp_path)]
