@@ -214,19 +214,6 @@ def test_a_recording_that_cannot_be_read_says_so_in_one_line(tmp_path):
         "that you may read"]
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
-                    reason="root may read a file whatever its permissions")
-def test_a_recording_without_read_permission_exits_2_in_one_line(tmp_path):
-    recording = tmp_path / "secret.csv"
-    recording.write_text("1795000000,a,1\n")
-    recording.chmod(0)
-    done = run_upload("http://127.0.0.1:9/api", recording)
-    assert done.returncode == 2
-    assert done.stderr.splitlines() == [
-        f"upload: {recording} cannot be read (Permission denied): give a recording (a CSV "
-        f"file) that you may read"]
-
-
 @pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="needs Linux's /proc")
 def test_a_recording_whose_reading_fails_exits_2_in_one_line(tmp_path):
     """/proc/self/mem opens, and its first read fails (EIO): a real read error, as root too."""
