@@ -15,11 +15,13 @@ belongs to no known destination: its rows are sent again, with a note saying so.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
 import os
 import re
+import stat
 import time
 import warnings
 from collections.abc import Iterator
@@ -32,10 +34,16 @@ from ._errors import ConfigError, EventsLost, IsStreamerError, RefusedValue
 from ._events import check_key, coerce_epoch, coerce_value
 from ._spool import fingerprint
 
+try:
+    import fcntl  # (POSIX: one upload of a file at a time; elsewhere, the user's care)
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
 STATE_SUFFIX = ".upload.json"
 STATE_FORMAT = 2  # {"format": 2, "destinations": {fingerprint: {target: progress}}}
-LEGACY_NOTE = ("the progress file {name} is of an older form that does not say where its rows "
-               "went: they are sent again to this destination (some may now be there twice)")
+LEGACY_NOTE = ("the progress file {name} is of an older form, or damaged, and does not say "
+               "where all its rows went: they are sent again to this destination (some may "
+               "now be there twice)")
 
 
 @dataclass(frozen=True)
@@ -155,14 +163,17 @@ def read_rows(path: Path, bucket_name: str = "", bucket_key: str = "",
     """
     current = (bucket_name, bucket_key) if bucket_name or bucket_key else fallback
     unusable = ""  # why the bucket of the file's last '# bucket:' line cannot be used
-    with path.open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
+    # (utf-8-sig: a byte-order mark some editors write is not part of the first row)
+    with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
         at_start = True  # (the next line begins a row, not the inside of a quoted value)
+        unended = False  # the file's last line has no line end: it may be half written
 
         def lines() -> Iterator[str]:
             # a '#' line between rows is one cell whatever it holds (a bucket name may hold
             # ," which would open a quoted field swallowing the rest of the file)
-            nonlocal at_start
+            nonlocal at_start, unended
             for raw in fh:
+                unended = not raw.endswith(("\n", "\r"))
                 if at_start and raw.startswith("#"):
                     raw = '"' + raw.rstrip("\r\n").replace('"', '""') + '"\n'
                 at_start = False
@@ -190,6 +201,10 @@ def read_rows(path: Path, bucket_name: str = "", bucket_key: str = "",
                 if line.startswith("# bucket:") and parts[0] and not (bucket_name or bucket_key):
                     current = (parts[1] if len(parts) > 1 else parts[0], parts[0])
                     unusable = _bucket_problem(*current, number)
+                continue
+            if unended:  # (not sent, so not marked as done: a later run sends it whole)
+                yield number, ("the last line has no line end: it may still be being written; "
+                               "upload again once the recording is closed (or end the line)")
                 continue
             if len(cells) != 3:
                 yield number, f"expected 3 columns epoch,key,value; found {len(cells)}"
@@ -222,42 +237,79 @@ def _head(source: Path, size: int) -> str:
         return hashlib.sha256(fh.read(min(size, _HEAD))).hexdigest()
 
 
+_ENTRY = {"line": int, "refused": int, "size": int, "head": str}  # one target's progress
+
+
 def _read_state(state_path: Path) -> tuple[dict[str, dict[str, dict[str, Any]]], bool]:
-    """The progress file's destinations, and whether it was of the older form (whose
-    progress belongs to no known destination, so none of it is used)."""
+    """The progress file's destinations, and whether the file held progress it could not use
+    (the older form, which does not say where its rows went; or damaged, or edited): none of
+    that is trusted, so those rows are sent again."""
     try:
         state = json.loads(state_path.read_text())
+    except FileNotFoundError:
+        return {}, False
     except (OSError, ValueError):
-        return {}, False
-    if not isinstance(state, dict):
-        return {}, False
-    if state.get("format") != STATE_FORMAT:
-        return {}, bool(state)
-    destinations = state.get("destinations")
-    return (destinations if isinstance(destinations, dict) else {}), False
+        return {}, True
+    destinations = state.get("destinations") if isinstance(state, dict) else None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or not isinstance(
+            destinations, dict):
+        return {}, True
+    kept = {where: {target: entry for target, entry in targets.items()
+                    if isinstance(entry, dict) and all(
+                        type(entry.get(name)) is kind for name, kind in _ENTRY.items())}
+            for where, targets in destinations.items() if isinstance(targets, dict)}
+    whole = sum(map(len, kept.values())) == sum(
+        len(targets) if isinstance(targets, dict) else 1 for targets in destinations.values())
+    return kept, not whole
 
 
 def _load_state(state_path: Path, destination: str, target: str, size: int,
                 source: Path) -> tuple[int, int, bool]:
     """(the last line handled for `destination`, how many rows up to it the service refused,
-    whether the file was of the older form)."""
-    destinations, legacy = _read_state(state_path)
-    entry = destinations.get(destination, {}).get(target, {})
-    if entry.get("size", 0) > size:  # the file was replaced by a shorter one: start over
-        return 0, 0, legacy
-    if "head" in entry and entry["head"] != _head(source, entry.get("size", 0)):  # replaced
-        return 0, 0, legacy
-    return int(entry.get("line", 0)), int(entry.get("refused", 0)), legacy
+    whether the file held progress it could not use)."""
+    destinations, unusable = _read_state(state_path)
+    entry = destinations.get(destination, {}).get(target)
+    if entry is None or entry["size"] > size:  # (a shorter file replaced it: start over)
+        return 0, 0, unusable
+    if entry["head"] != _head(source, entry["size"]):  # replaced by another recording
+        return 0, 0, unusable
+    return entry["line"], entry["refused"], unusable
 
 
 def _save_state(state_path: Path, destination: str, target: str, line: int, refused: int,
                 size: int, head: str) -> None:
-    destinations, _ = _read_state(state_path)  # (an older form's progress is dropped)
+    destinations, _ = _read_state(state_path)  # (what could not be used is dropped)
     destinations.setdefault(destination, {})[target] = {
         "line": line, "refused": refused, "size": size, "head": head}
     tmp = state_path.with_name(state_path.name + ".tmp")
-    tmp.write_text(json.dumps({"format": STATE_FORMAT, "destinations": destinations}))
-    os.replace(tmp, state_path)
+    try:
+        tmp.write_text(json.dumps({"format": STATE_FORMAT, "destinations": destinations}))
+        os.replace(tmp, state_path)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the progress file {state_path} ({exc.strerror or exc})"
+                          f": make its folder writable") from None
+
+
+@contextlib.contextmanager
+def _one_at_a_time(state_path: Path) -> Iterator[None]:
+    """Hold ``<progress file>.lock`` for the upload: two uploads of one file at once would
+    send rows twice and write the progress over each other."""
+    if fcntl is None:  # pragma: no cover - Windows
+        yield
+        return
+    lock_path = state_path.with_name(state_path.name + ".lock")
+    try:
+        fh = lock_path.open("a")
+    except OSError as exc:
+        raise ConfigError(f"cannot create {lock_path} ({exc.strerror or exc}): make the "
+                          f"recording's folder writable") from None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ConfigError(f"another upload of {state_path.name.removesuffix(STATE_SUFFIX)}"
+                              f" is running: wait for it to end") from None
+        yield
 
 
 def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: str = "",
@@ -275,6 +327,9 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
     source = Path(path)
     if not source.exists():
         raise ConfigError(f"{source}: no such recording")
+    if not (stat.S_ISREG(source.stat().st_mode) or source.is_dir()):  # (a directory: below)
+        raise ConfigError(f"{source} is not a file (a pipe or a device can be read only once, "
+                          f"and an upload reads the recording twice): copy it to a file first")
     if bucket_name or bucket_key:
         check_bucket(bucket_name or bucket_key, bucket_key or derive_bucket_key(bucket_name))
     resolved = resolve({k: v for k, v in settings.items() if k in BY_NAME})
@@ -285,70 +340,75 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
     try:  # (read it all once before sending anything: a file it cannot read cannot start)
         size = source.stat().st_size
         head = _head(source, size)
-        total = sum(1 for _ in read_rows(source, bucket_name, bucket_key, fallback))
+        total = sum(isinstance(row, Row) for row in read_rows(source, bucket_name, bucket_key,
+                                                              fallback))
     except OSError as exc:
         raise ConfigError(f"{source} cannot be read ({exc.strerror or exc}): give a recording "
                           f"(a CSV file) that you may read") from None
     state_path = source.with_name(source.name + STATE_SUFFIX)
-    target = f"{bucket_key or bucket_name or '(file buckets)'}"
-    destination = fingerprint(resolved.api_base, resolved.access_key)  # (never the key)
-    done_line, refused_earlier, legacy = _load_state(state_path, destination, target, size,
-                                                     source)
-    summary = UploadSummary(str(source), refused_earlier=refused_earlier)
-    if legacy:
-        summary.note = LEGACY_NOTE.format(name=state_path.name)
-    started = time.monotonic()
-    streamer: Streamer | None = None
-    bar = tqdm(total=total, disable=not progress, unit="ev", desc=source.name)
-    pending: list[Row] = []
+    with _one_at_a_time(state_path):  # (before reading the progress: see there)
+        # (a file without '# bucket:' lines goes to the fallback: which one is part of where)
+        target = bucket_key or bucket_name or (
+            f"(file buckets, else {fallback[1] or fallback[0]})" if any(fallback) else
+            "(file buckets)")
+        destination = fingerprint(resolved.api_base, resolved.access_key)  # (never the key)
+        done_line, refused_earlier, legacy = _load_state(state_path, destination, target, size,
+                                                         source)
+        summary = UploadSummary(str(source), refused_earlier=refused_earlier)
+        if legacy:
+            summary.note = LEGACY_NOTE.format(name=state_path.name)
+        started = time.monotonic()
+        streamer: Streamer | None = None
+        bar = tqdm(total=total, disable=not progress, unit="ev", desc=source.name)
+        pending: list[Row] = []
 
-    def ship() -> None:
-        nonlocal streamer
-        first = pending[0]
-        if streamer is None:
-            streamer = Streamer(first.bucket_name, first.bucket_key, use_async=False,
-                                spool=False, offline=False, **settings)
-        elif first.bucket_key != streamer.BucketKey:
-            streamer.set_bucket(first.bucket_name, first.bucket_key)
-        summary.buckets[first.bucket_key] = first.bucket_name
-        for row in pending:
-            streamer.log(row.key, row.value, row.epoch)
-        error = streamer._flush(timeout)
-        refused = error.refused if isinstance(error, EventsLost) else 0
-        if error is not None and (not isinstance(error, EventsLost) or error.dropped):
-            raise type(error)(streamer.stats().last_error or str(error))
-        # (refused rows are final)
-        summary.sent += len(pending) - refused
-        summary.refused += refused
-        _save_state(state_path, destination, target, pending[-1].line,
-                    refused_earlier + summary.refused, size, head)
-        bar.update(len(pending))
-        pending.clear()
+        def ship() -> None:
+            nonlocal streamer
+            first = pending[0]
+            if streamer is None:
+                streamer = Streamer(first.bucket_name, first.bucket_key, use_async=False,
+                                    spool=False, offline=False, **settings)
+            elif first.bucket_key != streamer.BucketKey:
+                streamer.set_bucket(first.bucket_name, first.bucket_key)
+            summary.buckets[first.bucket_key] = first.bucket_name
+            for row in pending:
+                streamer.log(row.key, row.value, row.epoch)
+            error = streamer._flush(timeout)
+            refused = error.refused if isinstance(error, EventsLost) else 0
+            if error is not None and (not isinstance(error, EventsLost) or error.dropped):
+                raise type(error)(streamer.stats().last_error or str(error))
+            # (refused rows are final)
+            summary.sent += len(pending) - refused
+            summary.refused += refused
+            _save_state(state_path, destination, target, pending[-1].line,
+                        refused_earlier + summary.refused, size, head)
+            bar.update(len(pending))
+            pending.clear()
 
-    with warnings.catch_warnings():  # (what goes wrong, the summary says: once, without a
-        warnings.simplefilter("ignore")  # warning that points into the package)
-        try:
-            for row in read_rows(source, bucket_name, bucket_key, fallback):
-                if not isinstance(row, Row):
-                    summary.bad_rows.append(row)
-                    continue
-                if row.line <= done_line:
-                    summary.already_sent += 1
-                    bar.update(1)
-                    continue
-                if pending and (len(pending) >= batch_size
-                                or pending[-1].bucket_key != row.bucket_key):
+        with warnings.catch_warnings():  # (what goes wrong, the summary says: once, without a
+            warnings.simplefilter("ignore")  # warning that points into the package)
+            try:
+                for row in read_rows(source, bucket_name, bucket_key, fallback):
+                    if not isinstance(row, Row):
+                        summary.bad_rows.append(row)
+                        continue
+                    if row.line <= done_line:
+                        summary.already_sent += 1
+                        bar.update(1)
+                        continue
+                    if pending and (len(pending) >= batch_size
+                                    or pending[-1].bucket_key != row.bucket_key):
+                        ship()
+                    pending.append(row)
+                if pending:
                     ship()
-                pending.append(row)
-            if pending:
-                ship()
-        except IsStreamerError as exc:
-            summary.error, summary.stopped_by = str(exc), type(exc)
-        finally:
-            bar.close()
-            if streamer is not None:
-                streamer.close(timeout=1)
-            summary.seconds = time.monotonic() - started
-    # (the rows up to the saved line were handled before: all delivered but those refused)
-    summary.already_sent = max(0, summary.already_sent - refused_earlier)
-    return summary
+            except IsStreamerError as exc:
+                summary.error, summary.stopped_by = str(exc), type(exc)
+            finally:
+                bar.close()
+                if streamer is not None:
+                    streamer.close(timeout=1)
+                summary.seconds = time.monotonic() - started
+        # (the rows up to the saved line were handled before: all delivered but those refused)
+        summary.already_sent = max(0, summary.already_sent - refused_earlier)
+        return summary

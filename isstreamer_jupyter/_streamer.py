@@ -595,9 +595,13 @@ class Streamer:
 def _checked(name: str, value: Any) -> Any:
     """An attribute's new value, by its setting's rule (the constructor's)."""
     try:
-        return BY_NAME[name].parse(str(value))
+        text = str(value)
+    except ValueError:  # (an int past 4300 digits cannot be written)
+        raise ConfigError(f"{name}: that number is far out of range") from None
+    try:
+        return BY_NAME[name].parse(text)
     except ValueError as exc:
-        raise ConfigError(f"{name} = {value!r}: {exc}") from None
+        raise ConfigError(f"{name} = {text[:40]}: {exc}") from None
 
 
 def _close_all_at_exit() -> None:

@@ -262,3 +262,44 @@ def test_an_ini_warning_is_one_plain_line_for_demo(tmp_path):
                           env=dict(CLEAN_ENV, HOME=str(tmp_path)))
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines() == [ini_note(tmp_path)]
+
+
+def test_a_pipe_is_refused_not_read_to_nothing(tmp_path):
+    """An upload reads the recording twice (counting, then sending): a pipe would give its
+    rows to the first read and nothing to the second ("uploaded 0 events", exit 0)."""
+    fifo = tmp_path / "rec.csv"
+    os.mkfifo(fifo)
+    done = run_upload("http://127.0.0.1:9/api", fifo)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"upload: {fifo} is not a file (a pipe or a device can be read only once, and an upload "
+        "reads the recording twice): copy it to a file first"]
+
+
+def test_one_upload_of_a_file_at_a_time(tmp_path, make_receiver):
+    """Two at once would send rows twice and write the progress over each other."""
+    import fcntl
+
+    rx = make_receiver()
+    recording = tmp_path / "rec.csv"
+    recording.write_text("1795000000,a,1\n")
+    with (tmp_path / "rec.csv.upload.json.lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # (an upload of it under way)
+        done = run_upload(rx.api_base, recording)
+    assert done.returncode == 2 and rx.events() == []
+    assert done.stderr.splitlines() == [
+        "upload: another upload of rec.csv is running: wait for it to end"]
+    assert run_upload(rx.api_base, recording).returncode == 0  # (the lock is free again)
+    assert [e["value"] for e in rx.events()] == [1]
+
+
+def test_a_progress_file_that_cannot_be_written_stops_in_one_line(tmp_path, make_receiver):
+    rx = make_receiver()
+    recording = tmp_path / "rec.csv"
+    recording.write_text("1795000000,a,1\n")
+    (tmp_path / "rec.csv.upload.json").mkdir()  # (in the way of the progress file)
+    done = run_upload(rx.api_base, recording)
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"upload stopped: cannot write the progress file "
+                                  f"{tmp_path / 'rec.csv.upload.json'} (")
+    assert len(done.stderr.splitlines()) == 1

@@ -294,3 +294,62 @@ def test_a_bad_bucket_line_makes_bad_rows_unless_a_bucket_is_given(env):
     assert rows[1] == (4, "the bucket of line 3 cannot be used: bucket key is 251 characters; "
                           "the limit is 250: shorten it")
     assert [r.value for r in read_rows(recording, "Given")] == [1, 2]
+
+
+@pytest.mark.parametrize("progress_text", [
+    '{"format": 2, "destinations": {',  # cut short
+    '{"format": 2, "destinations": {"DEST": {"Dest": {"line": null, "refused": 0, '
+    '"size": 1, "head": ""}}}}',
+    '{"format": 2, "destinations": {"DEST": []}}',
+], ids=["truncated", "null line", "list"])
+def test_a_damaged_progress_file_is_said_and_its_rows_sent_again(env, make_receiver,
+                                                                 progress_text):
+    rx = make_receiver()
+    recording = write(env / "rec.csv", "1795000000,n,1\n1795000001,n,2\n")
+    progress_text = progress_text.replace("DEST", fingerprint(rx.api_base, KEY))
+    (env / "rec.csv.upload.json").write_text(progress_text)
+    summary = upload(recording, access_key=KEY, api_base=rx.api_base, bucket_name="Dest",
+                     max_requests_per_second=0, progress=False)
+    assert summary.ok and summary.sent == 2 and "damaged" in summary.note
+    assert [e["value"] for e in rx.events()] == [1, 2]
+    again = upload(recording, access_key=KEY, api_base=rx.api_base, bucket_name="Dest",
+                   max_requests_per_second=0, progress=False)
+    assert (again.sent, again.already_sent, again.note) == (0, 2, "")  # (written whole again)
+
+
+def test_a_last_line_without_its_end_waits_for_the_next_run(env, make_receiver):
+    """A recording being written may end mid-row ('...,temp,2' of '...,temp,21.5'): that row
+    is not sent, nor marked as done; the next run sends it whole."""
+    rx = make_receiver()
+    recording = write(env / "rec.csv", "1795000000,temp,1\n1795000001,temp,2")
+    opts = {"access_key": KEY, "api_base": rx.api_base, "bucket_name": "Dest",
+            "max_requests_per_second": 0, "progress": False}
+    first = upload(recording, **opts)
+    assert first.sent == 1 and [line for line, _ in first.bad_rows] == [2]
+    assert "no line end" in first.bad_rows[0][1]
+    with recording.open("a") as fh:
+        fh.write("1.5\n1795000002,temp,22\n")
+    second = upload(recording, **opts)
+    assert (second.sent, second.already_sent, second.bad_rows) == (2, 1, [])
+    assert [e["value"] for e in rx.events()] == [1, 21.5, 22]
+
+
+def test_a_file_without_buckets_remembers_which_fallback_it_went_to(env, make_receiver):
+    """An ISStreamer recording (no '# bucket:' lines) uploaded from one streamer's bucket,
+    then another's: the second is not skipped as already sent."""
+    rx = make_receiver()
+    recording = write(env / "iss.csv", "1795000000,n,1\n1795000001,n,2\n")
+    for name in ("Alpha", "Beta"):
+        with Streamer(name, access_key=KEY, api_base=rx.api_base, spool=False,
+                      max_requests_per_second=0) as s:
+            assert s.upload(recording, progress=False).sent == 2
+    assert len(rx.events()) == 4 and len(rx.buckets) == 2
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_row(env, make_receiver):
+    rx = make_receiver()
+    recording = env / "bom.csv"
+    recording.write_bytes("\ufeff1795000000,n,1\n1795000001,n,2\n".encode())
+    summary = upload(recording, access_key=KEY, api_base=rx.api_base, bucket_name="Dest",
+                     max_requests_per_second=0, progress=False)
+    assert (summary.sent, summary.bad_rows) == (2, [])

@@ -339,6 +339,8 @@ def test_debug_1_echoes_events(capsys):
     ("DebugLevel", 9, "debug_level = 9: expected a whole number from 0 to 3"),
     ("DebugLevel", -1, "from 0 to 3"),
     ("BufferSize", 0, "batch_size = 0: expected a whole number at least 1"),
+    pytest.param("BufferSize", 10**5000, "batch_size: that number is far out of range",
+                 id="BufferSize-10**5000"),
 ])
 def test_attributes_take_the_constructors_rules(attribute, value, words):
     s, _, _ = make(debug_level=1, batch_size=5)
