@@ -273,7 +273,7 @@ def _load_state(state_path: Path, destination: str, target: str, size: int,
         return 0, 0, unusable
     if entry["head"] != _head(source, entry["size"]):  # replaced by another recording
         return 0, 0, unusable
-    return entry["line"], entry["refused"], unusable
+    return entry["line"], entry["refused"], False  # (what else it held is not this upload's)
 
 
 def _save_state(state_path: Path, destination: str, target: str, line: int, refused: int,

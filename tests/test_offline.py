@@ -353,3 +353,19 @@ def test_a_byte_order_mark_is_not_part_of_the_first_row(env, make_receiver):
     summary = upload(recording, access_key=KEY, api_base=rx.api_base, bucket_name="Dest",
                      max_requests_per_second=0, progress=False)
     assert (summary.sent, summary.bad_rows) == (2, [])
+
+
+def test_a_damaged_entry_of_another_destination_leaves_this_ones_progress_alone(
+        env, make_receiver):
+    rx = make_receiver()
+    recording = write(env / "rec.csv", "1795000000,n,1\n1795000001,n,2\n")
+    opts = {"access_key": KEY, "api_base": rx.api_base, "bucket_name": "Dest",
+            "max_requests_per_second": 0, "progress": False}
+    assert upload(recording, **opts).sent == 2
+    progress = env / "rec.csv.upload.json"
+    state = json.loads(progress.read_text())
+    state["destinations"]["another"] = {"Dest": {"line": None}}  # (damaged: not ours)
+    progress.write_text(json.dumps(state))
+    again = upload(recording, **opts)
+    assert (again.sent, again.already_sent, again.note) == (0, 2, "")
+    assert len(rx.events()) == 2
