@@ -480,10 +480,8 @@ class Streamer:
                               "access_key=... to stream")
         if self._closed:
             raise StreamerClosed("this streamer is closed: create a new Streamer")
-        try:  # (the settings' own rule: stripped, fit for a header; the key is never shown)
-            access_key = _config.BY_NAME["access_key"].parse(str(access_key))
-        except ValueError as exc:
-            raise ConfigError(f"AccessKey: {exc}") from None
+        # (the settings' own rule: stripped, fit for a header; the key is never shown)
+        access_key = _checked("access_key", access_key)
         if not access_key:
             raise ConfigError("AccessKey: empty; assign the key from your Initial State account")
         self.settings = self.settings.replace(access_key=access_key)
@@ -593,15 +591,18 @@ class Streamer:
 
 
 def _checked(name: str, value: Any) -> Any:
-    """An attribute's new value, by its setting's rule (the constructor's)."""
+    """An attribute's new value, by its setting's rule (the constructor's); a secret's value
+    is never shown."""
     try:
         text = str(value)
     except ValueError:  # (an int past 4300 digits cannot be written)
         raise ConfigError(f"{name}: that number is far out of range") from None
+    setting = BY_NAME[name]
     try:
-        return BY_NAME[name].parse(text)
+        return setting.parse(text)
     except ValueError as exc:
-        raise ConfigError(f"{name} = {text[:40]}: {exc}") from None
+        shown = "(hidden)" if setting.secret else text[:40]
+        raise ConfigError(f"{name} = {shown}: {exc}") from None
 
 
 def _close_all_at_exit() -> None:
