@@ -125,14 +125,14 @@ class Streamer:
         self._clock = clock or Clock()
         self._custom_transport = transport is not None
         if settings.offline:
-            settings = settings.replace(spool=False, max_requests_per_second=0.0,
-                                        batch_size=max(settings.batch_size, 500))
+            settings = settings.replace(spool=False, max_requests_per_second=0.0)
         self.settings = settings
         self._spill_at = settings.max_queue
         store = self._open_store(settings, key)
         self._sender = Sender(queue=self._queue, store=store,
                               transport=transport or self._make_transport(),
-                              settings=settings, clock=self._clock, notify=self._say,
+                              settings=self._for_sender(settings), clock=self._clock,
+                              notify=self._say,
                               current_bucket=lambda: self._bucket, redact=self._redact)
         self._update_slow()
         _live.add(self)
@@ -152,6 +152,14 @@ class Streamer:
             self._sender.start()
 
     # ---------------------------------------------------------------- construction helpers
+    @staticmethod
+    def _for_sender(settings: Settings) -> Settings:
+        """The settings the sender runs with: recording offline, it appends rows to the file
+        at least 500 at a time, whatever batch size was asked for (and still says)."""
+        if settings.offline:
+            return settings.replace(batch_size=max(settings.batch_size, 500))
+        return settings
+
     def _make_transport(self) -> Transport:
         s = self.settings
         if s.offline:
@@ -216,7 +224,7 @@ class Streamer:
             print(f"{when} {self._bucket.name}: {key} = {value!r}")
         if len(self._queue) >= self._spill_at:
             self._overflow()
-        if not self.use_async and len(self._queue) >= self.settings.batch_size:
+        if not self.use_async and len(self._queue) >= self._sender.settings.batch_size:
             self._pump(self._clock.monotonic() + self.settings.timeout, None)
 
     def log_object(self, obj: Any, key_prefix: str | None = None, epoch: Any = None) -> None:
@@ -326,7 +334,7 @@ class Streamer:
             delay = sender.step()
             if marker is not None and marker.done.is_set():
                 return
-            if marker is None and sender._pending < self.settings.batch_size:
+            if marker is None and sender._pending < sender.settings.batch_size:
                 return
             if sender.blocked():  # stopped: nothing will go out however long we wait
                 return
@@ -503,7 +511,7 @@ class Streamer:
     @DebugLevel.setter
     def DebugLevel(self, level: int) -> None:  # noqa: N802
         self.settings = self.settings.replace(debug_level=_checked("debug_level", level))
-        self._sender.settings = self.settings
+        self._sender.settings = self._for_sender(self.settings)
         self._update_slow()
 
     @property
@@ -513,7 +521,7 @@ class Streamer:
     @BufferSize.setter
     def BufferSize(self, size: int) -> None:  # noqa: N802
         self.settings = self.settings.replace(batch_size=_checked("batch_size", size))
-        self._sender.settings = self.settings
+        self._sender.settings = self._for_sender(self.settings)
 
     @property
     def Offline(self) -> bool:  # noqa: N802

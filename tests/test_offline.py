@@ -51,6 +51,30 @@ def test_recordings_are_appended_never_truncated(env):
     assert [r.split(",")[2] for r in rows] == ["0", "1"]
 
 
+def test_offline_buffer_size_reads_what_was_asked_and_rows_go_out_in_big_appends(env,
+                                                                                 monkeypatch):
+    """Recording offline appends at least 500 rows at a time, but BufferSize said 500 too,
+    whatever was passed: it reads what was asked, and a later assignment is kept."""
+    from isstreamer_jupyter._transport import CsvTransport
+
+    appends = []
+    real = CsvTransport.post_events
+    monkeypatch.setattr(CsvTransport, "post_events",
+                        lambda self, bucket, events, *a, **k: appends.append(len(events))
+                        or real(self, bucket, events, *a, **k))
+    for use_async in (True, False):
+        s = Streamer(bucket_name="B", offline=True, offline_file="big", buffer_size=20,
+                     use_async=use_async)
+        assert s.BufferSize == 20
+        s.BufferSize = 30
+        assert s.BufferSize == 30
+        appends.clear()
+        for i in range(1200):
+            s.log("x", i)
+        assert s.close()
+        assert sum(appends) == 1200 and max(appends) >= 500, appends
+
+
 def write(path, text):
     path.write_text(text)
     return path
