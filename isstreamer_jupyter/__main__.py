@@ -91,7 +91,7 @@ def upload(args: argparse.Namespace) -> int:
     try:
         summary = run_upload(args.file, bucket_name=args.bucket_name or "",
                              bucket_key=args.bucket_key or "", progress=not args.quiet,
-                             **settings)
+                             timeout=args.timeout, **settings)
     except IsStreamerError as exc:
         print(f"upload: {exc}", file=sys.stderr)
         return 2
@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bucket-name", help="the bucket (default: the one the file names)")
     p.add_argument("--bucket-key", help="the bucket key (default: derived from the name)")
     p.add_argument("--batch-size", type=int, help="events per request")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="how long a batch may wait for the service (retrying what is "
+                        "transient) before the upload stops (default: %(default)g)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=upload)
     commands.add_parser("serve", help="run a loopback Initial State-compatible receiver "

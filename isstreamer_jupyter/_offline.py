@@ -19,6 +19,7 @@ import contextlib
 import csv
 import hashlib
 import json
+import math
 import os
 import re
 import stat
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import _errors as err
 from ._config import BY_NAME, check_bucket, derive_bucket_key, resolve
 from ._errors import ConfigError, EventsLost, IsStreamerError, RefusedValue
 from ._events import check_key, coerce_epoch, coerce_value
@@ -40,6 +42,10 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 STATE_SUFFIX = ".upload.json"
+#: a batch the service has not acknowledged is said after this many seconds, then every
+#: WAIT_NOTE_EVERY seconds, until the upload's timeout
+WAIT_NOTE_AFTER = 10.0
+WAIT_NOTE_EVERY = 60.0
 STATE_FORMAT = 2  # {"format": 2, "destinations": {fingerprint: {target: progress}}}
 LEGACY_NOTE = ("the progress file {name} is of an older form, or damaged, and does not say "
                "where all its rows went: they are sent again to this destination (some may "
@@ -324,6 +330,9 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
 
     from ._streamer import Streamer
 
+    if not (isinstance(timeout, int | float) and 0 < timeout < math.inf):
+        raise ConfigError(f"timeout = {timeout!r}: expected the seconds a batch may wait for "
+                          f"the service, more than 0 (default 600)")
     source = Path(path)
     if not source.exists():
         raise ConfigError(f"{source}: no such recording")
@@ -362,6 +371,31 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
         bar = tqdm(total=total, disable=not progress, unit="ev", desc=source.name)
         pending: list[Row] = []
 
+        def wait(streamer: Streamer) -> err.DeliveryError | None:
+            """Flush, within `timeout`; a batch that waits on the service is said (the first
+            time after WAIT_NOTE_AFTER s, then every WAIT_NOTE_EVERY s): the bar alone would
+            stand still without a word."""
+            deadline = time.monotonic() + timeout
+            step = WAIT_NOTE_AFTER
+            while True:
+                end = min(time.monotonic() + step, deadline)
+                error = streamer._flush(max(0.0, end - time.monotonic()))
+                if not isinstance(error, err.FlushTimeout) or streamer._sender.blocked():
+                    return error
+                # (the next try is due after `end`: flush returned without waiting for it)
+                time.sleep(max(0.0, end - time.monotonic()))
+                left = deadline - time.monotonic()
+                if left < 1:
+                    return error
+                reason = streamer.stats().last_error or "no answer yet"
+                with warnings.catch_warnings():  # (the rest of the upload's are ignored)
+                    warnings.simplefilter("always", err.IsStreamerWarning)
+                    warnings.warn(f"upload: a batch has waited {timeout - left:.0f} s for the "
+                                  f"service ({reason}); trying again for up to {left:.0f} s "
+                                  f"more (interrupted, the same upload goes on where it "
+                                  f"stopped)", err.IsStreamerWarning, stacklevel=4)
+                step = WAIT_NOTE_EVERY
+
         def ship() -> None:
             nonlocal streamer
             first = pending[0]
@@ -373,7 +407,7 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
             summary.buckets[first.bucket_key] = first.bucket_name
             for row in pending:
                 streamer.log(row.key, row.value, row.epoch)
-            error = streamer._flush(timeout)
+            error = wait(streamer)
             refused = error.refused if isinstance(error, EventsLost) else 0
             if error is not None and (not isinstance(error, EventsLost) or error.dropped):
                 raise type(error)(streamer.stats().last_error or str(error))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -303,3 +304,22 @@ def test_a_progress_file_that_cannot_be_written_stops_in_one_line(tmp_path, make
     assert done.stderr.startswith(f"upload stopped: cannot write the progress file "
                                   f"{tmp_path / 'rec.csv.upload.json'} (")
     assert len(done.stderr.splitlines()) == 1
+
+
+def test_timeout_bounds_an_upload_to_a_service_that_does_not_take_it(tmp_path, make_receiver):
+    rx = make_receiver()
+    rx.outage(120)
+    recording = tmp_path / "rec.csv"
+    recording.write_text("1795000000,a,1\n")
+    done = run_upload(rx.api_base, recording, "--timeout", "2")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert re.fullmatch(
+        r"upload stopped: network error: connection reset; retrying in [0-9.]+ s\. Fix: check "
+        r"the network and IS_API_BASE \(the events API it sends to\), then run the same command "
+        r"again: it goes on where it stopped\.\n", done.stderr), done.stderr
+    for bad in ("0", "-5", "nan"):
+        refused = run_upload(rx.api_base, recording, "--timeout", bad)
+        assert refused.returncode == 2 and refused.stderr.startswith("upload: timeout = "), \
+            refused.stderr
+    assert "--timeout SECONDS" in help_text("upload")

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from isstreamer_jupyter import State, Streamer
+from isstreamer_jupyter import ConfigError, State, Streamer
 from isstreamer_jupyter._offline import _head, upload
 from isstreamer_jupyter._spool import fingerprint
 from isstreamer_jupyter.receiver import Faults
@@ -117,6 +117,40 @@ def test_upload_isstreamer_format_keeps_timestamps_and_reports_bad_rows(env, mak
         (1795000003.0, "temperature", "nan"),  # text, as logged: CSV cannot tell
         (1795000004.0, "temperature", 22)]
     assert set(rx.buckets.values()) == {"Old run"}
+
+
+def test_a_batch_waiting_on_the_service_is_said_while_it_waits(env, make_receiver, monkeypatch):
+    """An upload to a service that does not acknowledge used to stand still without a word for
+    its whole timeout (600 s): now it says why it waits, then stops at the timeout."""
+    from isstreamer_jupyter import FlushTimeout, IsStreamerWarning, _offline
+
+    monkeypatch.setattr(_offline, "WAIT_NOTE_AFTER", 0.4)
+    monkeypatch.setattr(_offline, "WAIT_NOTE_EVERY", 0.8)
+    rx = make_receiver()
+    rx.outage(60)
+    recording = write(env / "rec.csv", "1795000000,a,1\n1795000001,a,2\n")
+    with pytest.warns(IsStreamerWarning) as said:
+        summary = upload(recording, bucket_name="W", access_key=KEY, api_base=rx.api_base,
+                         timeout=3.0,
+                         max_requests_per_second=0, progress=False)
+    notes = [str(w.message) for w in said if "has waited" in str(w.message)]
+    assert 2 <= len(notes) <= 3, notes
+    assert "for the service (network error: " in notes[0]
+    assert "the same upload goes on where it stopped" in notes[0]
+    assert KEY not in " ".join(notes)
+    assert summary.stopped_by is FlushTimeout and summary.sent == 0
+    rx.outage(0)
+    again = upload(recording, bucket_name="W", access_key=KEY, api_base=rx.api_base,
+                   progress=False)
+    assert again.ok and [e["value"] for e in rx.events()] == [1, 2]
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf")])
+def test_a_timeout_that_is_not_a_positive_number_is_refused(env, timeout):
+    recording = write(env / "rec.csv", "1795000000,a,1\n")
+    with pytest.raises(ConfigError, match=r"timeout = .*more than 0"):
+        upload(recording, access_key=KEY, api_base="http://127.0.0.1:9/api", timeout=timeout,
+               progress=False)
 
 
 def test_interrupted_upload_resumes_and_sends_nothing_twice(env, make_receiver):
