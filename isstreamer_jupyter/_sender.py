@@ -594,7 +594,8 @@ class Sender:
                                 else State.BACKING_OFF)
             with self.lock:
                 self.retries += 1
-            self._error(f"{answer.detail}; retrying in {delay:.1f} s", REMEDIES[outcome],
+            self._error(f"{answer.detail}; retrying in {delay:.1f} s",
+                        answer.remedy or REMEDIES[outcome],
                         level=20 if outcome is Outcome.RATE_LIMITED else 30)
             return delay
         if batch is None and outcome in (Outcome.TOO_LARGE, Outcome.INVALID):

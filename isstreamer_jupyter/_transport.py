@@ -16,7 +16,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -57,6 +57,7 @@ class Answer:
     retry_after: float | None = None
     budget: RateBudget | None = None
     detail: str = ""  # short, plain words; never contains the access key
+    remedy: str = ""  # the fix, when the transport knows better than the outcome's own
 
 
 class Transport(Protocol):
@@ -154,13 +155,13 @@ def classify(status: int, body: bytes = b"", headers: dict[str, str] | None = No
 
 
 def _budget(headers: dict[str, str]) -> RateBudget | None:
-    try:
+    try:  # (an http.client message gives None for a missing header)
         return RateBudget(
             int(float(headers["X-RateLimit-Limit"])),
             int(float(headers["X-RateLimit-Remaining"])),
             float(headers["X-RateLimit-Reset"]),
         )
-    except (KeyError, ValueError):
+    except (KeyError, TypeError, ValueError):
         return None
 
 
@@ -184,11 +185,14 @@ class HttpTransport:
     """One keep-alive ``requests.Session`` to the events API.
 
     The session holds the settings (headers, TLS verification, proxies from the environment)
-    and the connection pool. Requests go through the session adapter's urllib3 pool directly:
-    the same connection, TLS and proxy handling, without requests' per-request ``Response``,
-    cookie and redirect work (about half of a 500-event request's client cost, as profiled
-    while making the delivery benchmark faster), which an API client posting JSON does not use.
-    The access key lives only in the session's headers; nothing here formats it.
+    and its adapter the urllib3 pool with the connection. A request takes that connection from
+    the pool (which checks that the service has not dropped it) and speaks plain
+    ``http.client`` over it: the pool's own connection set-up (TLS, proxy tunnel), without
+    requests' and urllib3's per-request layers (sessions, retries, redirects, response
+    wrapping and decoding), which an API client posting JSON and reading a status does not
+    use, and which were about half of a 500-event request's client cost (measured with
+    ``benchmarks/bench_delivery_path.py``). The access key lives only in the headers; nothing
+    here formats it.
     """
 
     def __init__(self, api_base: str, access_key: str, timeout: float = 10.0,
@@ -197,7 +201,6 @@ class HttpTransport:
         self.timeout = timeout
         self.max_body = max_body
         import requests  # here, not at import: it is most of the package's import time
-        import urllib3
 
         self._session = requests.Session()
         # Read the environment's proxy and CA-bundle settings once, not on every request.
@@ -213,7 +216,7 @@ class HttpTransport:
         })
         for implied in ("Accept", "Connection"):  # */* and keep-alive: HTTP/1.1's defaults
             self._session.headers.pop(implied, None)
-        self._timeout = urllib3.Timeout(connect=timeout, read=timeout)
+        self._headers = {k: v for k, v in self._session.headers.items() if k != "Accept-Encoding"}
         self._targets: dict[str, tuple[Any, str]] = {}  # API path -> (pool, URL)
         self._ready: tuple[Sequence[Event], bytes] | None = None  # the next batch, encoded
 
@@ -222,6 +225,7 @@ class HttpTransport:
 
     def set_access_key(self, access_key: str) -> None:
         self._session.headers["X-IS-AccessKey"] = access_key
+        self._headers["X-IS-AccessKey"] = access_key
 
     def create_bucket(self, bucket_key: str, bucket_name: str) -> Answer:
         body = json.dumps({"bucketKey": bucket_key, "bucketName": bucket_name}).encode()
@@ -237,8 +241,7 @@ class HttpTransport:
         if len(body) > self.max_body:
             return Answer(Outcome.TOO_LARGE, None, detail=f"{len(body)} bytes over the 1 MB limit")
         headers = {"X-IS-BucketKey": bucket_key, "Content-Length": str(len(body))}
-        return self._post("/events", body if meanwhile is None else _then(body, meanwhile),
-                          headers)
+        return self._post("/events", body, headers, meanwhile)
 
     def _target(self, path: str) -> tuple[Any, str]:
         """(the session adapter's urllib3 pool, the URL to ask it for) of an API path; asked
@@ -256,25 +259,43 @@ class HttpTransport:
             target = self._targets[path] = (pool, adapter.request_url(request, session.proxies))
         return target
 
-    def _post(self, path: str, body: bytes | Iterator[bytes], headers: dict[str, str]) -> Answer:
+    def _post(self, path: str, body: bytes, headers: dict[str, str],
+              meanwhile: Callable[[], None] | None = None) -> Answer:
+        import http.client
+        import ssl
+
         import urllib3.exceptions as u3
 
         try:
             pool, url = self._target(path)
-            response = pool.urlopen(
-                "POST", url, body=body, headers={**self._session.headers, **headers},
-                redirect=False, assert_same_host=False, retries=False, timeout=self._timeout,
-                preload_content=True, decode_content=True)
-        except u3.NewConnectionError as exc:  # (a ConnectTimeoutError subclass in urllib3 2)
-            return Answer(Outcome.RETRY, None, detail=f"network error: {_reason(exc)}")
-        except u3.TimeoutError:
-            return Answer(Outcome.RETRY, None, detail=f"no answer within {self.timeout:g} s")
-        except u3.SSLError:
-            return Answer(Outcome.RETRY, None, detail=(
-                "TLS certificate check failed: update the CA bundle (pip install -U certifi)"))
+            conn = pool._get_conn()
         except (u3.HTTPError, OSError) as exc:
             return Answer(Outcome.RETRY, None, detail=f"network error: {_reason(exc)}")
-        return classify(response.status, response.data, response.headers)
+        try:
+            conn.timeout = self.timeout
+            http.client.HTTPConnection.request(conn, "POST", url, body,
+                                               {**self._headers, **headers})
+            if meanwhile is not None:
+                meanwhile()
+            response = http.client.HTTPConnection.getresponse(conn)
+            data = response.read()
+        except BaseException as exc:
+            conn.close()
+            pool._put_conn(conn)
+            if isinstance(exc, u3.NewConnectionError):
+                return Answer(Outcome.RETRY, None, detail=f"network error: {_reason(exc)}")
+            if isinstance(exc, TimeoutError | u3.TimeoutError):
+                return Answer(Outcome.RETRY, None, detail=f"no answer within {self.timeout:g} s")
+            if isinstance(exc, ssl.SSLError | u3.SSLError):
+                return Answer(Outcome.RETRY, None, detail="TLS certificate check failed",
+                              remedy=("update the CA bundle (pip install -U certifi), or set "
+                                      "REQUESTS_CA_BUNDLE to your network's CA file; events "
+                                      "are kept and retried with backoff"))
+            if isinstance(exc, u3.HTTPError | OSError | http.client.HTTPException):
+                return Answer(Outcome.RETRY, None, detail=f"network error: {_reason(exc)}")
+            raise
+        pool._put_conn(conn)
+        return classify(response.status, data, response.headers)
 
     def close(self) -> None:
         # urllib3 2 no longer closes a pool its manager lets go of (the connections close
@@ -283,13 +304,6 @@ class HttpTransport:
             pool.close()
         self._targets.clear()
         self._session.close()
-
-
-def _then(body: bytes, meanwhile: Callable[[], None]) -> Iterator[bytes]:
-    """The body for urllib3, which asks for more once the last byte is sent (the length is
-    in the headers, so nothing more goes out): `meanwhile` runs while the service works."""
-    yield body
-    meanwhile()
 
 
 def _reason(exc: Exception) -> str:

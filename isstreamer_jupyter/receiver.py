@@ -29,6 +29,7 @@ import selectors
 import signal
 import socket
 import socketserver
+import ssl
 import struct
 import sys
 import threading
@@ -471,6 +472,13 @@ class _Server(ThreadingHTTPServer):
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
 
+    def get_request(self) -> tuple[socket.socket, Any]:
+        request, address = super().get_request()
+        tls = self.receiver.tls
+        if tls is not None:  # (the handshake is the connection's thread's first read)
+            request = tls.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+        return request, address
+
     def process_request(self, request: Any, client_address: Any) -> None:
         t = threading.Thread(
             target=self.process_request_thread,
@@ -526,6 +534,7 @@ class Receiver:
     it 429. ``monthly_cap``: total stored events beyond which a request gets 402.
     ``max_key_length``: longest event key (the service documents both 100 and 250).
     ``max_body``: bytes, over it 413. ``faults``/``seed``: injected faults and their RNG seed.
+    ``tls``: a server-side ``ssl.SSLContext`` (with its certificate loaded) to serve HTTPS.
     """
 
     def __init__(
@@ -541,6 +550,7 @@ class Receiver:
         max_body: int = 1_000_000,
         faults: Faults | None = None,
         seed: int | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if rate_limit is not None and rate_limit < 1:
             raise ValueError("rate_limit must be at least 1")
@@ -560,6 +570,7 @@ class Receiver:
         self._state_lock = threading.Lock()  # start/stop
         self._reset_state()
 
+        self.tls = tls
         self._server: _Server | None = _Server((host, port), self)
         self.port: int = self._server.server_address[1]
         self._thread: threading.Thread | None = None
@@ -581,9 +592,10 @@ class Receiver:
 
     @property
     def host_base(self) -> str:
-        """``http://HOST:PORT``: what ISStreamer 2.0.0 takes as ``stream_api_base``."""
+        """``http://HOST:PORT`` (``https`` with ``tls``): what ISStreamer 2.0.0 takes as
+        ``stream_api_base``."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     @property
     def api_base(self) -> str:
@@ -644,6 +656,11 @@ class Receiver:
         """For ``seconds`` from now, reset every API request's connection before storing."""
         with self._cond:
             self._outage_until = time.monotonic() + seconds
+
+    def drop_connections(self) -> None:
+        """Close every open keep-alive connection now, as a service does with idle ones."""
+        if self._server is not None:
+            self._server.close_connections()
 
     def remove_bucket(self, bucket_key: str) -> None:
         """Delete a bucket: later requests to it get 400 BUCKET_REMOVED. Stored events stay."""

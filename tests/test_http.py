@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import socket
 import sqlite3
+import ssl
 import time
 import warnings
 
 import pytest
+import trustme
 
 from isstreamer_jupyter import AccessDenied, ConfigError, State, Streamer
 from isstreamer_jupyter.receiver import Faults
@@ -57,6 +59,53 @@ def test_delivery_over_one_keep_alive_connection_with_types(make_receiver, strea
     stats = s.stats()
     assert stats.state is State.ONLINE and stats.sent == len(sent) and stats.queued == 0
 
+
+def test_https_checks_the_certificate_and_delivers_once_its_ca_is_trusted(make_receiver, stream,
+                                                                          monkeypatch, tmp_path):
+    """The real service is HTTPS: the pool's connection does the TLS, and a certificate that
+    does not check is said with its fix, the events kept (then delivered once it checks)."""
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    rx = make_receiver(tls=context)
+    assert rx.api_base.startswith("https://127.0.0.1:")
+    untrusted = stream(rx, bucket_name="TLS")
+    untrusted.log("t", 1)
+    assert not untrusted.flush(timeout=1)
+    stats = untrusted.stats()
+    assert stats.last_error.startswith("TLS certificate check failed; retrying in ")
+    assert stats.remedy.startswith("update the CA bundle (pip install -U certifi), or set "
+                                   "REQUESTS_CA_BUNDLE")
+    assert rx.events() == []
+    assert not untrusted.close(timeout=0.1)  # (its event stays in the spool)
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    connections = rx.stats()["connections"]  # (one per failed handshake)
+    trusted = stream(rx, bucket_name="TLS")
+    assert trusted.recovered == 1
+    for i in range(2, 30):
+        trusted.log("t", i)
+    assert trusted.flush(timeout=10)
+    assert values(rx.events()) == list(range(1, 30))
+    assert trusted.stats().retries == 0 and rx.stats()["connections"] == connections + 1
+
+
+def test_a_connection_the_service_closed_while_idle_is_replaced_without_a_retry(make_receiver,
+                                                                              stream):
+    """Services close idle keep-alive connections: the next request opens a new one at once,
+    with no error, retry or backoff (the pool checks the connection before using it)."""
+    rx = make_receiver()
+    s = stream(rx, batch_size=10)
+    for round_ in range(3):
+        for i in range(10):
+            s.log("n", round_ * 10 + i)
+        assert s.flush(timeout=10)
+        rx.drop_connections()
+    assert values(rx.events(s.BucketKey)) == list(range(30))
+    assert rx.stats()["connections"] == 3
+    stats = s.stats()
+    assert (stats.retries, stats.last_error) == (0, ""), stats
 
 def test_time_based_flush_without_calling_flush(make_receiver, stream):
     rx = make_receiver()
