@@ -228,6 +228,22 @@ def ini_paths(ini_file_location: str | os.PathLike[str] | None) -> list[Path]:
     return seen
 
 
+def _ini_problem(exc: configparser.Error) -> str:
+    """What is wrong, by line number: never the line's text (it may be the access key's)."""
+    if isinstance(exc, configparser.MissingSectionHeaderError):
+        return (f"line {exc.lineno} comes before any [section] line: put "
+                f"[{CLIENT}] above it")
+    if isinstance(exc, configparser.ParsingError):
+        lines = ", ".join(str(number) for number, _ in exc.errors)
+        return (f"line {lines} is not 'name = value' (is the '=' missing?): fix or remove "
+                f"{'it' if len(exc.errors) == 1 else 'them'}")
+    if isinstance(exc, configparser.DuplicateSectionError):
+        return f"line {exc.lineno}: section [{exc.section}] is there twice: keep one"
+    if isinstance(exc, configparser.DuplicateOptionError):
+        return (f"line {exc.lineno}: {exc.option} is set twice in [{exc.section}]: keep one")
+    return type(exc).__name__
+
+
 def _read_ini(paths: list[Path]) -> list[tuple[Path, configparser.ConfigParser]]:
     parsed = []
     for path in paths:
@@ -235,7 +251,7 @@ def _read_ini(paths: list[Path]) -> list[tuple[Path, configparser.ConfigParser]]
         try:
             parser.read(path, encoding="utf-8")
         except configparser.Error as exc:
-            raise ConfigError(f"{path} is not a valid ini file: {exc.message}") from None
+            raise ConfigError(f"{path} is not a valid ini file: {_ini_problem(exc)}") from None
         _check_sections(path, parser)
         parsed.append((path, parser))
     return parsed

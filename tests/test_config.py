@@ -260,3 +260,23 @@ def test_our_own_sections_and_others_are_not_warned_about(folders):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert resolve({}).access_key == "abc"
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    (f"access_key = {SECRET}\n",
+     "line 1 comes before any [section] line: put [isstreamer.client_config] above it"),
+    (f"[isstreamer.client_config]\naccess_key {SECRET}\ndebug_level 2\n",
+     "line 2, 3 is not 'name = value' (is the '=' missing?): fix or remove them"),
+    (f"[isstreamer.client_config]\naccess_key = {SECRET}\naccess_key = {SECRET}x\n",
+     "line 3: access_key is set twice in [isstreamer.client_config]: keep one"),
+    (f"[isstreamer.client_config]\naccess_key = {SECRET}\n[isstreamer.client_config]\n",
+     "line 3: section [isstreamer.client_config] is there twice: keep one"),
+])
+def test_a_broken_ini_file_is_said_by_line_number_never_by_its_text(folders, text, said):
+    """configparser's messages quote the broken line: the access key's, as often as not."""
+    _, work = folders
+    (work / "isstreamer.ini").write_text(text)
+    with pytest.raises(ConfigError) as info:
+        resolve({})
+    assert str(info.value) == f"{work / 'isstreamer.ini'} is not a valid ini file: {said}"
+    assert SECRET not in str(info.value) and SECRET not in repr(info.value)
