@@ -45,7 +45,9 @@ def demo(args: argparse.Namespace) -> int:
     stats = streamer.stats()
     print(f"logged {stats.logged} events to bucket {stats.bucket_name!r} ({stats.bucket_key})")
     if stats.offline_file:
-        print(f"no access key, no network: recorded locally to {stats.offline_file}")
+        why = streamer.settings.offline_reason if args.online else "the demo needs no account"
+        print(f"{why}: recorded locally to {stats.offline_file} (--online sends to the "
+              f"configured API instead)")
         print(f"upload it later with: python -m isstreamer_jupyter upload {stats.offline_file}")
     else:
         print(f"sent {stats.sent} events to {streamer.settings.api_base}")
@@ -65,7 +67,8 @@ exit codes:
      read, no access key
   3  it went through the whole file, but some rows were skipped as unreadable or were
      refused by the service (by this run or an earlier one): those rows are not sent, and
-     running it again does not send them (it says them again and exits 3 again)"""
+     running it again does not send them (it says them again and exits 3 again)
+  130  interrupted (Ctrl-C): run the same command again; it goes on where it stopped"""
 
 
 #: what to do when an upload stopped, by what stopped it (on the command line the access key
@@ -88,13 +91,9 @@ def upload(args: argparse.Namespace) -> int:
     settings = {}
     if args.batch_size is not None:  # (0 is a value, refused as such)
         settings["batch_size"] = args.batch_size
-    try:
-        summary = run_upload(args.file, bucket_name=args.bucket_name or "",
-                             bucket_key=args.bucket_key or "", progress=not args.quiet,
-                             timeout=args.timeout, **settings)
-    except IsStreamerError as exc:
-        print(f"upload: {exc}", file=sys.stderr)
-        return 2
+    summary = run_upload(args.file, bucket_name=args.bucket_name or "",
+                         bucket_key=args.bucket_key or "", progress=not args.quiet,
+                         timeout=args.timeout, **settings)
     print(summary.report(stopped=False))
     if not summary.ok:
         fix = UPLOAD_FIXES.get(summary.stopped_by, AGAIN) if summary.stopped_by else AGAIN
@@ -160,7 +159,15 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("serve", help="run a loopback Initial State-compatible receiver "
                                       "(serve --help for its options)")
     args = parser.parse_args(argv)
-    return run_noting_warnings(lambda: int(args.run(args)))
+    try:
+        return run_noting_warnings(lambda: int(args.run(args)))
+    except IsStreamerError as exc:  # (it could not start: a setting, the file, ...)
+        print(f"{args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        again = f": {AGAIN}" if args.command == "upload" else ""
+        print(f"{args.command}: interrupted{again}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

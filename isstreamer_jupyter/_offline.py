@@ -440,8 +440,8 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
                 summary.error, summary.stopped_by = str(exc), type(exc)
             finally:
                 bar.close()
-                if streamer is not None:
-                    streamer.close(timeout=1)
+                if streamer is not None:  # (stopped: what it sent now would be sent again)
+                    streamer._close(1, flush=not pending)
                 summary.seconds = time.monotonic() - started
         # (the rows up to the saved line were handled before: all delivered but those refused)
         summary.already_sent = max(0, summary.already_sent - refused_earlier)

@@ -286,7 +286,7 @@ class Streamer:
         """flush() without the telling: what went wrong, or None if everything was
         delivered (the panel and uploads choose what to say from its type)."""
         if self._closed and not self._sender_alive():
-            left = self._sender._pending + sum(1 for item in self._queue if type(item) is tuple)
+            left = self._sender._pending + _events_in(self._queue)
             if left:
                 return FlushTimeout(f"flush: the streamer is closed; {left} events wait",
                                     pending=left)
@@ -347,15 +347,23 @@ class Streamer:
         """Flush (bounded by `timeout`), then stop the sender. Idempotent; True if everything
         was delivered (as for flush(), events dropped or refused since the last flush count
         against it). What is left stays in the spool for the next Streamer."""
+        return self._close(timeout)
+
+    def _close(self, timeout: float | None, flush: bool = True) -> bool:
+        """close(); with flush=False nothing more is sent (an upload that stopped: what is
+        sent after it saved its progress would be sent again by the next run)."""
         if self._closed:
             return self._closed_ok
         timeout = self.settings.flush_timeout if timeout is None else float(timeout)
         deadline = time.monotonic() + timeout
         error: DeliveryError | None = None
-        try:
-            delivered = self.flush(timeout)
-        except DeliveryError as exc:
-            delivered, error = False, exc
+        delivered = False
+        if flush:
+            try:
+                delivered = self.flush(timeout)
+            except DeliveryError as exc:
+                error = exc
+        self._closed_ok = False  # (until the end: a close() that raised is no success)
         self._closed = True
         self._update_slow()
         _live.discard(self)
@@ -363,7 +371,7 @@ class Streamer:
         self._sender.stop(timeout=max(0.1, deadline - time.monotonic()))
         if not self.use_async:
             self._sender.drain()
-        left = self._sender._pending + sum(1 for item in self._queue if type(item) is tuple)
+        left = self._sender._pending + _events_in(self._queue)
         if left:
             if self._sender.store.path:
                 self._say(logging.WARNING,
@@ -596,6 +604,13 @@ class Streamer:
                 print(f"isstreamer_jupyter: {left} events wait in the spool "
                       f"{self._sender.store.path}; the next Streamer with the same access key "
                       f"sends them", file=sys.stderr)
+
+
+def _events_in(queue: deque[Any]) -> int:
+    """The events (not flush markers) in log()'s queue, counted from a copy: another thread
+    (the sender draining it, a log()) may change the queue meanwhile, and a deque raises if
+    it changes while Python walks it (copy() is one C call, under the GIL)."""
+    return sum(1 for item in queue.copy() if type(item) is tuple)
 
 
 def _checked(name: str, value: Any) -> Any:

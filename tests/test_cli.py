@@ -123,7 +123,7 @@ def test_upload_help_states_the_exit_codes():
     assert done.returncode == 0
     codes = done.stdout.split("exit codes:")[1]
     assert [line.split()[0] for line in codes.splitlines() if line[:3].strip()] == [
-        "0", "1", "2", "3"]
+        "0", "1", "2", "3", "130"]
 
 
 def test_upload_with_a_refused_key_says_so_in_one_line_with_the_fix(tmp_path, make_receiver):

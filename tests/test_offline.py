@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -178,6 +179,35 @@ def test_interrupted_upload_resumes_and_sends_nothing_twice(env, make_receiver):
     # (at-least-once: the service has no idempotency key), not the 50+ sent before
     assert len(got) - 300 <= 10
     assert KEY not in done.stdout + done.stderr
+
+
+def test_ctrl_c_stops_an_upload_in_one_line_and_sends_nothing_more(env, make_receiver):
+    """Ctrl-C printed a traceback, and the upload's way out sent the interrupted batch once
+    more without saving that it had: a rerun stored it a third time."""
+    rx = make_receiver(faults=Faults(latency=0.3))
+    recording = write(env / "long.csv", "".join(
+        f"{1795000000 + i},n,{i}\n" for i in range(300)))
+    child_env = dict(os.environ, IS_ACCESS_KEY=KEY, IS_API_BASE=rx.api_base, IS_MAX_RPS="0")
+    cmd = [sys.executable, "-m", "isstreamer_jupyter", "upload", str(recording),
+           "--bucket-name", "Long", "--quiet", "--batch-size", "10"]
+    child = subprocess.Popen(cmd, env=child_env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    rx.wait_for(30, timeout=30)
+    time.sleep(0.1)  # (in the middle of a request)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=30)
+    assert child.returncode == 130
+    assert err.splitlines()[-1] == ("upload: interrupted: run the same command again: it goes on "
+                                    "where it stopped"), err
+    assert "Traceback" not in err
+    time.sleep(0.5)  # (the interrupted request's answer)
+    rx.set_faults(latency=0)
+    done = subprocess.run(cmd, env=child_env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    got = [e["value"] for e in rx.events()]
+    assert sorted(set(got)) == list(range(300))
+    assert max(got.count(v) for v in set(got)) <= 2  # (the batch in flight, at most)
+    assert len(got) - 300 <= 10
 
 
 def test_a_row_the_service_refuses_is_reported_and_the_upload_goes_on(env, make_receiver):

@@ -303,6 +303,21 @@ def test_log_after_close_is_an_error():
         s.log("a", 2)
 
 
+def test_a_close_that_failed_is_no_success_the_second_time():
+    """close() that raised part-way used to leave 'closed' set and the success flag at its
+    start value: a second close() then returned True, with nothing delivered."""
+    s, _, _ = make([503] * 100)
+    s.log("a", 1)
+
+    def broken(timeout):
+        raise RuntimeError("the sender could not be stopped")
+
+    s._sender.stop = broken
+    with pytest.raises(RuntimeError):
+        s.close(timeout=0.1)
+    assert s.close() is False
+
+
 def test_context_manager_flushes():
     transport = FakeTransport()
     with Streamer(access_key=KEY, transport=transport, spool=False,
