@@ -586,7 +586,9 @@ class Sender:
             return 0.0
         if outcome in (Outcome.RETRY, Outcome.RATE_LIMITED):
             self._attempt += 1
-            delay = self._backoff() if answer.retry_after is None else answer.retry_after
+            delay = self._backoff()
+            if answer.retry_after is not None:  # at least what the service asks: never less
+                delay = max(delay, answer.retry_after)  # (a Retry-After of 0 made a storm)
             if outcome is Outcome.RATE_LIMITED and answer.retry_after is None and answer.budget:
                 delay = max(delay, answer.budget.reset - self.clock.wall())
             self._hold_until = now + delay

@@ -113,6 +113,18 @@ def test_retry_after_is_honoured():
     assert [e["value"] for e in t.events()] == [1]
 
 
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_retry_after_of_zero_is_no_retry_storm(status):
+    """Retry-After: 0 was taken as the whole wait: a service saying it again and again got
+    thousands of requests a second (a reviewer measured 3,454 in 2 s)."""
+    s, t, clock = make([204] + [answer(status, retry_after=0)] * 1000 + [204])
+    s.log("a", 1)
+    s.flush(timeout=60)
+    assert len(t.requests()) <= 25  # (backoff: 0.2 s doubling to 20 s, jittered)
+    waits = [w for w in clock.waits if w > 0]
+    assert waits and waits[-1] >= 2 * waits[0]
+
+
 def test_backoff_grows_with_full_jitter_and_is_capped():
     script = [204] + [503] * 12 + [204]
     s, t, clock = make(script)
