@@ -430,7 +430,8 @@ class Sender:
         return max(0.0, delay)
 
     def _create(self, bucket: Bucket, now: float) -> float:
-        answer = self._request(lambda: self.transport.create_bucket(bucket.key, bucket.name), now)
+        answer = self._request(lambda: self.transport.create_bucket(
+            bucket.key, bucket.name, self._spill_while_waiting), now)
         if answer.outcome is Outcome.ACCEPTED:
             self._created.add(bucket.key)
             self.notify(20, f"bucket {bucket.name!r} ({bucket.key}) ready")
@@ -450,7 +451,7 @@ class Sender:
             meanwhile = lambda: self._meanwhile(batch, store, take_next)  # noqa: E731
         try:
             answer = self._request(lambda: self.transport.post_events(
-                batch.bucket_key, batch.events, meanwhile), now)
+                batch.bucket_key, batch.events, meanwhile, self._spill_while_waiting), now)
         except BaseException:  # interrupted (Ctrl-C in a use_async=False caller): keep all
             with contextlib.suppress(SpoolError):
                 self._drop_next()
@@ -491,6 +492,12 @@ class Sender:
         with self.lock:
             self.in_flight = 0
         return self._failed(answer, batch.bucket_key, batch, now, store)
+
+    def _spill_while_waiting(self) -> None:
+        """A request's answer is slow to come: what log() queued meanwhile goes to the store
+        now, not once the answer is in (up to `timeout` later: a killed process lost it)."""
+        with contextlib.suppress(Exception):  # (a spool failure: met again after the answer)
+            self.drain(wait=False)
 
     def _meanwhile(self, batch: Batch, store: Store, take_next: bool) -> None:
         """Runs once `batch` is sent, while the service works on it: the previous batch's

@@ -164,7 +164,8 @@ class Streamer:
         s = self.settings
         if s.offline:
             return CsvTransport(s.offline_file)
-        return HttpTransport(s.api_base, s.access_key, timeout=s.timeout)
+        return HttpTransport(s.api_base, s.access_key, timeout=s.timeout,
+                             wait_step=s.spool_interval)
 
     def _open_store(self, s: Settings, bucket_key: str) -> Store:
         if s.spool:

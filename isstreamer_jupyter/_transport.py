@@ -63,12 +63,16 @@ class Answer:
 class Transport(Protocol):
     """What the sender needs from a destination."""
 
-    def create_bucket(self, bucket_key: str, bucket_name: str) -> Answer: ...
+    def create_bucket(self, bucket_key: str, bucket_name: str,
+                      waiting: Callable[[], None] | None = None) -> Answer:
+        """Create the bucket (`waiting`: as for post_events)."""
 
     def post_events(self, bucket_key: str, events: Sequence[Event],
-                    meanwhile: Callable[[], None] | None = None) -> Answer:
+                    meanwhile: Callable[[], None] | None = None,
+                    waiting: Callable[[], None] | None = None) -> Answer:
         """Send a batch. `meanwhile` is called once the request is out, while the service
-        works on it (the sender gets its next batch ready then)."""
+        works on it (the sender gets its next batch ready then); `waiting` again and again
+        while the answer is slow to come (the sender moves what log() queued to the spool)."""
 
     def prepare(self, events: Sequence[Event]) -> None:
         """These events are the next ones to go: do now what can be done before sending."""
@@ -196,9 +200,10 @@ class HttpTransport:
     """
 
     def __init__(self, api_base: str, access_key: str, timeout: float = 10.0,
-                 max_body: int = MAX_BODY) -> None:
+                 max_body: int = MAX_BODY, wait_step: float = 0.2) -> None:
         self.api_base = api_base.rstrip("/")
         self.timeout = timeout
+        self.wait_step = wait_step  # seconds between two calls of a request's `waiting`
         self.max_body = max_body
         import requests  # here, not at import: it is most of the package's import time
 
@@ -227,21 +232,23 @@ class HttpTransport:
         self._session.headers["X-IS-AccessKey"] = access_key
         self._headers["X-IS-AccessKey"] = access_key
 
-    def create_bucket(self, bucket_key: str, bucket_name: str) -> Answer:
+    def create_bucket(self, bucket_key: str, bucket_name: str,
+                      waiting: Callable[[], None] | None = None) -> Answer:
         body = json.dumps({"bucketKey": bucket_key, "bucketName": bucket_name}).encode()
-        return self._post("/buckets", body, {})
+        return self._post("/buckets", body, {}, waiting=waiting)
 
     def prepare(self, events: Sequence[Event]) -> None:
         self._ready = (events, body_of(events))
 
     def post_events(self, bucket_key: str, events: Sequence[Event],
-                    meanwhile: Callable[[], None] | None = None) -> Answer:
+                    meanwhile: Callable[[], None] | None = None,
+                    waiting: Callable[[], None] | None = None) -> Answer:
         ready, self._ready = self._ready, None
         body = ready[1] if ready is not None and ready[0] is events else body_of(events)
         if len(body) > self.max_body:
             return Answer(Outcome.TOO_LARGE, None, detail=f"{len(body)} bytes over the 1 MB limit")
         headers = {"X-IS-BucketKey": bucket_key, "Content-Length": str(len(body))}
-        return self._post("/events", body, headers, meanwhile)
+        return self._post("/events", body, headers, meanwhile, waiting)
 
     def _target(self, path: str) -> tuple[Any, str]:
         """(the session adapter's urllib3 pool, the URL to ask it for) of an API path; asked
@@ -260,7 +267,8 @@ class HttpTransport:
         return target
 
     def _post(self, path: str, body: bytes, headers: dict[str, str],
-              meanwhile: Callable[[], None] | None = None) -> Answer:
+              meanwhile: Callable[[], None] | None = None,
+              waiting: Callable[[], None] | None = None) -> Answer:
         import http.client
         import ssl
 
@@ -277,6 +285,8 @@ class HttpTransport:
                                                {**self._headers, **headers})
             if meanwhile is not None:
                 meanwhile()
+            if waiting is not None:
+                self._await_answer(conn.sock, waiting)
             response = http.client.HTTPConnection.getresponse(conn)
             data = response.read()
         except BaseException as exc:
@@ -296,6 +306,23 @@ class HttpTransport:
             raise
         pool._put_conn(conn)
         return classify(response.status, data, response.headers)
+
+    def _await_answer(self, sock: Any, waiting: Callable[[], None]) -> None:
+        """Until the answer starts to come in, call `waiting` every `wait_step` seconds;
+        no answer within `timeout`: TimeoutError, as the socket's own timeout would."""
+        import select
+        import ssl
+
+        if sock is None:
+            return
+        deadline = time.monotonic() + self.timeout
+        while not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no answer")
+            if select.select([sock], [], [], min(self.wait_step, left))[0]:
+                return
+            waiting()
 
     def close(self) -> None:
         # urllib3 2 no longer closes a pool its manager lets go of (the connections close
@@ -338,7 +365,8 @@ class CsvTransport:
     def __repr__(self) -> str:
         return f"CsvTransport({str(self.path)!r})"
 
-    def create_bucket(self, bucket_key: str, bucket_name: str) -> Answer:
+    def create_bucket(self, bucket_key: str, bucket_name: str,
+                      waiting: Callable[[], None] | None = None) -> Answer:
         self._names[bucket_key] = bucket_name
         return Answer(Outcome.ACCEPTED, None)
 
@@ -346,7 +374,8 @@ class CsvTransport:
         pass
 
     def post_events(self, bucket_key: str, events: Sequence[Event],
-                    meanwhile: Callable[[], None] | None = None) -> Answer:
+                    meanwhile: Callable[[], None] | None = None,
+                    waiting: Callable[[], None] | None = None) -> Answer:
         rows = [(repr(e), k, v) for k, v, e in events]
         text = io.StringIO()
         csv.writer(text).writerows(rows)  # (raises on what a file cannot hold: refused)

@@ -89,6 +89,43 @@ def test_sigkill_mid_stream_then_the_next_process_delivers(make_receiver, env):
     quiet_close(s)
 
 
+@pytest.mark.parametrize("slow", ["bucket", "events"])
+def test_events_logged_while_an_answer_is_slow_reach_the_spool_before_it(make_receiver, env,
+                                                                        slow):
+    """The sender moved log()'s queue to the spool only between requests: while a slow
+    request (the bucket's creation, or a batch's) waited for its answer, up to `timeout`
+    seconds of events lived in memory alone, and a kill lost them all."""
+    rx = make_receiver()
+    opts = settings(rx, env / "spool", batch_size=5, timeout=30)
+    if slow == "events":  # (the bucket exists: a batch's request is the slow one)
+        first = Streamer(**opts)
+        first.log("n", -1)
+        assert first.flush(timeout=10)
+        quiet_close(first)
+    rx.set_faults(latency=20)
+    child = run_child(f"""
+        import time
+        from isstreamer_jupyter import Streamer
+        s = Streamer(**{opts!r})
+        for i in range(5):
+            s.log("n", i)
+        time.sleep(0.5)  # (the request is out, its answer 20 s away)
+        for i in range(5, 20):
+            s.log("n", i)
+        print("logged", flush=True)
+        time.sleep(60)
+    """)
+    assert child.stdout.readline().strip() == "logged"
+    time.sleep(0.5)  # (well over spool_interval, far under the answer's 20 s)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=10)
+    rx.set_faults(latency=0)
+    s = Streamer(**opts)
+    assert s.flush(timeout=30)
+    assert set(values(rx.events("spool_test"))) >= set(range(20))
+    quiet_close(s)
+
+
 def test_exit_flushes_then_leaves_the_rest_in_the_spool(make_receiver, env):
     rx = make_receiver()
     opts = settings(rx, env / "spool", exit_timeout=0.5)
