@@ -511,6 +511,11 @@ class Streamer:
                 transport.set_access_key(access_key)
 
         self._sender.rekey(switch)
+        # (the old key's refusal, not yet shown, is no longer news: the next flush said it
+        # while returning True)
+        kept = [m for m in self._notices if "refused the access key" not in m]
+        self._notices.clear()
+        self._notices.extend(kept)
         self._say(logging.INFO, "access key replaced; resuming delivery")
 
     @property

@@ -260,6 +260,23 @@ def test_401_then_fixed_key_delivers_everything(make_receiver, stream):
     assert values(rx.events(s.BucketKey)) == list(range(5))
 
 
+def test_once_the_key_is_fixed_its_old_refusal_is_not_said_again(make_receiver, stream):
+    """At debug level 0 the refusal is said by the flush that met it; the next flush, after
+    the key was fixed, said it once more (a notice left from the sender) while returning
+    True."""
+    rx = make_receiver(access_keys={"ist_the_right_key"})
+    s = stream(rx)
+    for i in range(5):
+        s.log("n", i)
+    with pytest.warns(UserWarning, match="refused the access key"):
+        assert not s.flush(timeout=5)
+    s.AccessKey = "ist_the_right_key"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert s.flush(timeout=10)
+    assert values(rx.events(s.BucketKey)) == list(range(5))
+
+
 def test_key_fixed_while_a_request_with_the_old_one_is_out(make_receiver, stream):
     """The old key's 401 comes back after the user set the right one: delivery goes on."""
     rx = make_receiver(access_keys={"ist_the_right_key"}, faults=Faults(latency=0.5))
