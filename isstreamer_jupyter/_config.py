@@ -303,6 +303,11 @@ def resolve(
             reason = "no access key"
     elif offline:
         reason = f"offline mode is on ({sources['offline']})"
+    elif not values["access_key"]:  # (ISStreamer sent with no key, and every request got 401)
+        raise ConfigError(
+            f"offline = False ({sources['offline']}) but there is no access key, so nothing "
+            f"could be sent. Fix: set IS_ACCESS_KEY (or access_key under [{CLIENT}] in "
+            f"isstreamer.ini), or leave offline out to record locally")
     values["offline"] = offline
     return Settings(**values, offline_reason=reason, sources=sources)
 

@@ -280,3 +280,19 @@ def test_a_broken_ini_file_is_said_by_line_number_never_by_its_text(folders, tex
         resolve({})
     assert str(info.value) == f"{work / 'isstreamer.ini'} is not a valid ini file: {said}"
     assert SECRET not in str(info.value) and SECRET not in repr(info.value)
+
+
+@pytest.mark.parametrize(("kwargs", "env", "source"), [
+    ({"offline": False}, {}, "keyword argument"),
+    ({}, {"IS_OFFLINE": "0"}, "environment variable IS_OFFLINE"),
+])
+def test_offline_off_with_no_access_key_is_said_at_once(folders, monkeypatch, kwargs, env,
+                                                        source):
+    """It went on to send with no key: every request got 401, said as 'the service refused
+    the access key', and nothing was recorded either."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as info:
+        resolve(kwargs)
+    assert str(info.value).startswith(f"offline = False ({source}) but there is no access key")
+    assert "Fix: set IS_ACCESS_KEY" in str(info.value)
