@@ -377,7 +377,7 @@ class Streamer:
             if self._sender.store.path:
                 self._say(logging.WARNING,
                           f"{left} events wait in the spool {self._sender.store.path}; the next "
-                          f"Streamer with the same access key sends them")
+                          f"Streamer with the same access key and API base sends them")
             else:
                 self._say(logging.WARNING, f"{left} events were not delivered (spool is off)")
         if self._sender.thread is None:  # (a thread closes them itself as it ends)
@@ -609,7 +609,7 @@ class Streamer:
             if left and self._sender.store.path:
                 print(f"isstreamer_jupyter: {left} events wait in the spool "
                       f"{self._sender.store.path}; the next Streamer with the same access key "
-                      f"sends them", file=sys.stderr)
+                      f"and API base sends them", file=sys.stderr)
 
 
 def _events_in(queue: deque[Any]) -> int:
