@@ -102,7 +102,9 @@ def coerce_value(key: str, value: Any) -> Value:
         return coerce_value(key, int(value))
     if isinstance(value, numbers.Real | Decimal):
         try:
-            number = float(value)
+            # numpy's float16/float32: the shortest decimal that is that value (1.1, not the
+            # 1.100000023841858 float() gives), as numpy prints it
+            number = float(str(value) if getattr(value, "itemsize", 8) < 8 else value)
         except (ValueError, OverflowError):  # a signaling NaN; a Fraction past float's range
             number = math.nan if isinstance(value, Decimal) else math.inf
         if math.isinf(number) and value not in (math.inf, -math.inf):  # finite, yet past it
@@ -255,13 +257,15 @@ def iter_items(obj: Any) -> Iterator[tuple[Any, Any]]:
     elif isinstance(obj, list | tuple | range):
         yield from enumerate(obj)
     elif kind.__module__ == "numpy" and hasattr(obj, "ndim") and hasattr(obj, "tolist"):
+        # (numpy's own scalars for float16/float32, which coerce_value writes short)
+        short = obj.dtype.kind == "f" and obj.dtype.itemsize < 8
         if obj.ndim <= 1:
-            yield from enumerate(obj.reshape(-1).tolist())
+            yield from enumerate(obj.reshape(-1) if short else obj.reshape(-1).tolist())
         else:
             import numpy as np
 
             for index in np.ndindex(obj.shape):
-                yield "_".join(map(str, index)), obj[index].item()
+                yield "_".join(map(str, index)), obj[index] if short else obj[index].item()
     else:  # ISStreamer's rule: an object's @property attributes
         for name in dir(obj):
             if isinstance(getattr(kind, name, None), property):

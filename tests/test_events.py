@@ -275,3 +275,15 @@ class Sensor:
 )
 def test_log_object_items(obj, pairs):
     assert list(iter_items(obj)) == pairs
+
+
+def test_numpy_float32_and_float16_are_sent_as_the_number_they_print():
+    """float() of np.float32(1.1) is 1.100000023841858: that went out, for a value the user
+    sees as 1.1 everywhere else (numpy prints the shortest decimal that is that float32)."""
+    assert coerce_value("k", np.float32(1.1)) == 1.1
+    assert coerce_value("k", np.float16(0.1)) == 0.1
+    assert coerce_value("k", np.float32(3e38)) == 3e38
+    assert coerce_value("k", np.float64(1.1)) == 1.1
+    for obj in (np.array([1.1, 2.2], dtype=np.float32),
+                np.array([[1.1], [2.2]], dtype=np.float32)):
+        assert [coerce_value("k", v) for _, v in iter_items(obj)] == [1.1, 2.2]
