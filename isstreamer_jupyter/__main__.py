@@ -63,8 +63,8 @@ exit codes:
   1  the upload stopped before the end of the file (a refused access key, a reached
      monthly cap, no answer in time): fix what it says and run the same command again;
      it goes on where it stopped
-  2  it could not start: a mistake in the command, no such file or one it cannot
-     read, no access key
+  2  it could not start: a mistake in the command (an ISStreamer recording needs
+     --bucket-name), no such file or one it cannot read, no access key
   3  it went through the whole file, but some rows were skipped as unreadable or were
      refused by the service (by this run or an earlier one): those rows are not sent, and
      running it again does not send them (it says them again and exits 3 again)

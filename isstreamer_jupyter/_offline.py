@@ -25,6 +25,7 @@ import re
 import stat
 import time
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 STATE_SUFFIX = ".upload.json"
+NO_BUCKET = "no bucket: pass --bucket-name (the file names none)"
 #: a batch the service has not acknowledged is said after this many seconds, then every
 #: WAIT_NOTE_EVERY seconds, until the upload's timeout
 WAIT_NOTE_AFTER = 10.0
@@ -215,12 +217,14 @@ def read_rows(path: Path, bucket_name: str = "", bucket_key: str = "",
             if len(cells) != 3:
                 yield number, f"expected 3 columns epoch,key,value; found {len(cells)}"
                 continue
+            if number == 1 and [c.strip().lower() for c in cells] == ["epoch", "key", "value"]:
+                continue  # (a header line, added by hand or by a spreadsheet)
             if problem := unusable or _not_utf8("".join(cells)):
                 yield number, problem
                 continue
             name, key = current
             if not (name or key):
-                yield number, "no bucket: pass --bucket-name (the file names none)"
+                yield number, NO_BUCKET
                 continue
             try:
                 event_key = check_key(cells[1])
@@ -349,11 +353,16 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
     try:  # (read it all once before sending anything: a file it cannot read cannot start)
         size = source.stat().st_size
         head = _head(source, size)
-        total = sum(isinstance(row, Row) for row in read_rows(source, bucket_name, bucket_key,
-                                                              fallback))
+        rows = Counter(type(row) if isinstance(row, Row) else row[1]
+                       for row in read_rows(source, bucket_name, bucket_key, fallback))
     except OSError as exc:
         raise ConfigError(f"{source} cannot be read ({exc.strerror or exc}): give a recording "
                           f"(a CSV file) that you may read") from None
+    total = rows[Row]
+    if not total and rows[NO_BUCKET]:  # (a mistake in the command: no row could go anywhere)
+        raise ConfigError(f"{source} does not say which bucket its rows go to (an ISStreamer "
+                          f"recording does not): give one, with --bucket-name NAME on the "
+                          f"command line or bucket_name=... in Python")
     state_path = source.with_name(source.name + STATE_SUFFIX)
     with _one_at_a_time(state_path):  # (before reading the progress: see there)
         # (a file without '# bucket:' lines goes to the fallback: which one is part of where)

@@ -323,3 +323,33 @@ def test_timeout_bounds_an_upload_to_a_service_that_does_not_take_it(tmp_path, m
         assert refused.returncode == 2 and refused.stderr.startswith("upload: timeout = "), \
             refused.stderr
     assert "--timeout SECONDS" in help_text("upload")
+
+
+def test_an_isstreamer_recording_without_a_bucket_is_a_mistake_in_the_command(tmp_path,
+                                                                               make_receiver):
+    """Every row was reported as skipped, exit 3 ('not sent, however often it runs'), when
+    the fix is one option; a header line was reported as a bad epoch."""
+    rx = make_receiver()
+    recording = tmp_path / "isstreamer_out.csv"
+    recording.write_text("epoch,key,value\n1795000000,a,1\n1795000001,a,2\n")
+    done = run_upload(rx.api_base, recording, bucket=None)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.splitlines() == [
+        f"upload: {recording} does not say which bucket its rows go to (an ISStreamer "
+        f"recording does not): give one, with --bucket-name NAME on the command line or "
+        f"bucket_name=... in Python"]
+    assert rx.events() == []
+    sent = run_upload(rx.api_base, recording, bucket="Old run")
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert "skipped" not in sent.stdout
+    assert [e["value"] for e in rx.events()] == [1, 2]
+
+
+def test_a_setting_error_in_demo_is_one_line(tmp_path):
+    (tmp_path / "isstreamer.ini").write_text("[isstreamer.client_config]\ndebug_level = 9\n")
+    done = subprocess.run([sys.executable, "-m", "isstreamer_jupyter", "demo", "--points", "1"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env=dict(CLEAN_ENV, HOME=str(tmp_path)))
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith("demo: "), done.stderr
+    assert "debug_level" in done.stderr
