@@ -721,6 +721,12 @@ class Sender:
         if now < self._hold_until:
             until = self.clock.wall() + (self._hold_until - now)
             return self._hold_state, self.last_error, self.last_remedy, until, ""
+        budget = self.budget
+        if (budget is not None and budget.remaining <= 0 and budget.reset > self.clock.wall()
+                and (self._pending > 0 or self.queue)):  # (waiting for the window's reset)
+            return (State.RATE_LIMITED, f"the service's rate limit ({budget.limit} requests a "
+                    f"window) is spent until the window resets", REMEDIES[Outcome.RATE_LIMITED],
+                    budget.reset, "")
         if not self._ever_ok:
             return State.CONNECTING, "", "", None, ""
         return State.ONLINE, "", "", None, ""

@@ -103,6 +103,22 @@ def test_rate_limit_budget_is_never_overspent():
     assert sum(times) >= 4.9  # waited for the reset before spending more
 
 
+def test_waiting_for_the_rate_limit_window_is_said_not_online():
+    """stats() said 'online' while the sender waited up to a whole window for the budget's
+    reset, the events queued behind it."""
+    wall = FakeClock().wall()
+    spent = answer(204, budget=RateBudget(limit=30, remaining=0, reset=wall + 5))
+    s, _, _ = make([204, spent, 204], batch_size=1, timeout=1)  # (log() pumps 1 s at most)
+    s.log("a", 1)  # (pumps: the bucket, then "a", which spends the last request of the window)
+    s.log("b", 2)
+    stats = s.stats()
+    assert stats.state is State.RATE_LIMITED and stats.until == pytest.approx(wall + 5)
+    assert stats.reason == ("the service's rate limit (30 requests a window) is spent until "
+                            "the window resets")
+    assert s.flush()
+    assert s.stats().state is State.ONLINE
+
+
 def test_retry_after_is_honoured():
     s, t, clock = make([204, answer(429, retry_after=7), 204])
     s.log("a", 1)
