@@ -35,6 +35,9 @@ BACKOFF_BASE = 0.2
 #: the longest wait between retries: after an outage, delivery resumes within this (AWS SDKs
 #: cap at 20 s too; with full jitter a long outage means one probe every ~11 s)
 BACKOFF_CAP = 20.0
+#: the longest wait for a rate-limit window's reset (X-RateLimit-Reset is the service's wall
+#: clock: a client clock an hour behind would otherwise wait an hour; windows are 10 s)
+RESET_WAIT_CAP = 60.0
 #: after a 402 the sender asks again this often, so a monthly reset lets events go out
 CAP_PROBE_INTERVAL = 600.0
 #: signals tracked for the panel; more keys are counted but not tracked
@@ -425,8 +428,9 @@ class Sender:
         if rps > 0:
             delay = self._last_request_at + 1.0 / rps - now
         budget = self.budget
-        if budget is not None and budget.remaining <= 0:
-            delay = max(delay, budget.reset - self.clock.wall() + 0.05)
+        if budget is not None and budget.remaining <= 0:  # (at most the cap after the answer)
+            delay = max(delay, min(self._last_request_at + RESET_WAIT_CAP - now,
+                                   budget.reset - self.clock.wall() + 0.05))
         return max(0.0, delay)
 
     def _create(self, bucket: Bucket, now: float) -> float:
@@ -597,7 +601,7 @@ class Sender:
             if answer.retry_after is not None:  # at least what the service asks: never less
                 delay = max(delay, answer.retry_after)  # (a Retry-After of 0 made a storm)
             if outcome is Outcome.RATE_LIMITED and answer.retry_after is None and answer.budget:
-                delay = max(delay, answer.budget.reset - self.clock.wall())
+                delay = max(delay, min(RESET_WAIT_CAP, answer.budget.reset - self.clock.wall()))
             self._hold_until = now + delay
             self._hold_state = (State.RATE_LIMITED if outcome is Outcome.RATE_LIMITED
                                 else State.BACKING_OFF)
@@ -722,11 +726,11 @@ class Sender:
             until = self.clock.wall() + (self._hold_until - now)
             return self._hold_state, self.last_error, self.last_remedy, until, ""
         budget = self.budget
-        if (budget is not None and budget.remaining <= 0 and budget.reset > self.clock.wall()
-                and (self._pending > 0 or self.queue)):  # (waiting for the window's reset)
+        wait = self._pace_delay(now) if budget is not None and budget.remaining <= 0 else 0.0
+        if wait > 0 and (self._pending > 0 or self.queue):  # (for the window's reset)
             return (State.RATE_LIMITED, f"the service's rate limit ({budget.limit} requests a "
                     f"window) is spent until the window resets", REMEDIES[Outcome.RATE_LIMITED],
-                    budget.reset, "")
+                    self.clock.wall() + wait, "")
         if not self._ever_ok:
             return State.CONNECTING, "", "", None, ""
         return State.ONLINE, "", "", None, ""

@@ -31,7 +31,7 @@ from isstreamer_jupyter import (
     Streamer,
     StreamerClosed,
 )
-from isstreamer_jupyter._sender import BACKOFF_CAP, CAP_PROBE_INTERVAL, Clock
+from isstreamer_jupyter._sender import BACKOFF_CAP, CAP_PROBE_INTERVAL, RESET_WAIT_CAP, Clock
 from isstreamer_jupyter.testing import FakeClock, FakeTransport, RateBudget, answer
 
 KEY = "ist_unit_test_secret_key_0123456789"
@@ -117,6 +117,19 @@ def test_waiting_for_the_rate_limit_window_is_said_not_online():
                             "the window resets")
     assert s.flush()
     assert s.stats().state is State.ONLINE
+
+
+def test_a_client_clock_behind_the_services_waits_a_minute_at_most_for_a_reset():
+    """X-RateLimit-Reset is the service's clock: one an hour ahead of ours stalled delivery
+    for an hour."""
+    wall = FakeClock().wall()
+    spent = answer(204, budget=RateBudget(limit=30, remaining=0, reset=wall + 3600))
+    s, t, clock = make([204, spent, 204], batch_size=1)
+    s.log("a", 1)
+    start = clock.now
+    s.log("b", 2)
+    assert s.flush(timeout=120)
+    assert len(t.requests()) == 2 and clock.now - start <= RESET_WAIT_CAP + 1
 
 
 def test_retry_after_is_honoured():
