@@ -13,13 +13,12 @@ import hashlib
 import math
 import os
 import re
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._errors import ConfigError, IsStreamerWarning
+from ._errors import ConfigError, warn
 
 DEFAULT_API_BASE = "https://groker.init.st/api"
 DEFAULT_BUCKET_NAME = "isstreamer_jupyter"
@@ -273,9 +272,8 @@ def _check_sections(path: Path, parser: configparser.ConfigParser) -> None:
         if meant is None or section == meant or told in _told_sections:
             continue
         _told_sections.add(told)
-        warnings.warn(f"{path}: section [{section}] is not read, so its settings are not "
-                      f"used: rename it to [{meant}] (ISStreamer's name)", IsStreamerWarning,
-                      stacklevel=5)  # (the caller of Streamer())
+        warn(f"{path}: section [{section}] is not read, so its settings are not used: rename "
+             f"it to [{meant}] (ISStreamer's name)")
 
 
 def resolve(

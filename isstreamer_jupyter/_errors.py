@@ -21,6 +21,10 @@ No message of any of them contains the access key.
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+
 
 class IsStreamerError(Exception):
     """Base class of the exceptions raised by isstreamer_jupyter."""
@@ -79,3 +83,15 @@ class BucketRemoved(DeliveryError):
 
 class IsStreamerWarning(UserWarning):
     """A refused value or a delivery problem, shown once where it happened."""
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn(message: str) -> None:
+    """An :class:`IsStreamerWarning` shown at the user's line: the first caller outside this
+    package, however deep in it the warning is raised (close() -> flush() -> ...)."""
+    frame, level = sys._getframe(1), 2
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, IsStreamerWarning, stacklevel=level)

@@ -399,10 +399,9 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
                 reason = streamer.stats().last_error or "no answer yet"
                 with warnings.catch_warnings():  # (the rest of the upload's are ignored)
                     warnings.simplefilter("always", err.IsStreamerWarning)
-                    warnings.warn(f"upload: a batch has waited {timeout - left:.0f} s for the "
-                                  f"service ({reason}); trying again for up to {left:.0f} s "
-                                  f"more (interrupted, the same upload goes on where it "
-                                  f"stopped)", err.IsStreamerWarning, stacklevel=4)
+                    err.warn(f"upload: a batch has waited {timeout - left:.0f} s for the "
+                             f"service ({reason}); trying again for up to {left:.0f} s more "
+                             f"(interrupted, the same upload goes on where it stopped)")
                 step = WAIT_NOTE_EVERY
 
         def ship() -> None:

@@ -10,7 +10,6 @@ import os
 import sys
 import threading
 import time
-import warnings
 import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -22,11 +21,11 @@ from ._errors import (
     DeliveryError,
     EventsLost,
     FlushTimeout,
-    IsStreamerWarning,
     RefusedValue,
     SpoolError,
     StreamerClosed,
 )
+from ._errors import warn as _warn
 from ._events import (
     EPOCH_MIN_AGE,
     INT_SAFE_BITS,
@@ -212,13 +211,12 @@ class Streamer:
             self._say(logging.WARNING, f"refused: {exc}")
             if self.DebugLevel >= 2:
                 raise
-            warnings.warn(str(exc), IsStreamerWarning, stacklevel=3)
+            _warn(str(exc))
             return
         if len(key) > KEY_WARN and key not in self._warned_long_keys:
             self._warned_long_keys.add(key)
-            warnings.warn(f"key {key[:40]!r}… is {len(key)} characters: the API reference allows "
-                          f"{KEY_WARN}, some accounts 250; shorter keys are safer",
-                          IsStreamerWarning, stacklevel=3)
+            _warn(f"key {key[:40]!r}… is {len(key)} characters: the API reference allows "
+                  f"{KEY_WARN}, some accounts 250; shorter keys are safer")
         self._queue.append((key, value, epoch))
         if self.DebugLevel >= 1:
             when = _dt.datetime.fromtimestamp(epoch).isoformat(sep=" ", timespec="milliseconds")
@@ -280,7 +278,7 @@ class Streamer:
         if self.DebugLevel >= 2:
             raise error
         if warn:
-            warnings.warn(str(error), IsStreamerWarning, stacklevel=2)
+            _warn(str(error))
         return False
 
     def _flush(self, timeout: float | None) -> DeliveryError | None:
@@ -306,8 +304,8 @@ class Streamer:
             state = self.stats()
             detail = f" ({state.state.value}: {state.reason})" if state.reason else ""
             error = FlushTimeout(
-                f"flush: {state.pending} events still waiting after {timeout:g} s{detail}; "
-                f"they stay queued and will be sent", pending=state.pending)
+                f"flush: {state.pending} events still waiting after {round(timeout, 2):g} s"
+                f"{detail}; they stay queued and will be sent", pending=state.pending)
         return error or self._lost_since_last_flush()
 
     def _lost_since_last_flush(self) -> EventsLost | None:
@@ -573,7 +571,7 @@ class Streamer:
     def _show_notices(self) -> None:
         while self._notices:
             message = self._notices.popleft()
-            warnings.warn(message, IsStreamerWarning, stacklevel=4)
+            _warn(message)
         self._update_slow()
 
     def _update_slow(self) -> None:

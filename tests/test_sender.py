@@ -359,6 +359,17 @@ def test_a_close_that_failed_is_no_success_the_second_time():
     assert s.close() is False
 
 
+def test_warnings_point_at_the_users_line_however_deep_they_are_raised():
+    """close() -> flush() -> ...: its warning showed _streamer.py's line, not the caller's."""
+    s, _, _ = make([204] + [503] * 1000)
+    s.log("a", 1)
+    with pytest.warns(UserWarning) as said:
+        s.log("b", None)  # (refused at log())
+        s.flush(timeout=1)
+        s.close(timeout=1)
+    assert len(said) >= 3 and {w.filename for w in said} == {__file__}
+
+
 def test_context_manager_flushes():
     transport = FakeTransport()
     with Streamer(access_key=KEY, transport=transport, spool=False,
