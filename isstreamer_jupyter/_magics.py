@@ -185,6 +185,8 @@ def _pairs(words: list[str]) -> list[tuple[str, str]]:
         return []
     if _PAIR.match(words[0]) is None:
         key = _unquote(words[0])
+        if key.startswith("="):
+            raise UsageError(f"{key!r} has no key before '=': write `%isstream KEY{key}`")
         if len(words) == 1:
             raise UsageError(f"no value for {key!r}: write `%isstream {key} VALUE` or "
                              f"`%isstream {key}=VALUE`")

@@ -553,6 +553,7 @@ def test_reload_ext_keeps_config_and_replaces_the_streamer(session: Session) -> 
     ("--nope", "unrecognized arguments: --nope; see %isstream? for the options"),
     ("temp", "no value for 'temp'"),
     ("temp=", "no value after temp="),
+    ("=3", "'=3' has no key before '=': write `%isstream KEY=3`"),
     ("--debug", "expected one argument"),
     ("--debug x", "invalid int value"),
     ("--debug -1", "--debug -1: expected a whole number from 0 to 3"),
