@@ -335,32 +335,48 @@ class Sender:
             self._pending = self.store.pending()
 
     def _drain(self, count: int) -> None:
+        """Move `count` items from the queue to the store. Should anything fail on the way
+        (the store, a bug), what was not stored goes back to the head of the queue, in order,
+        with the bucket it was logged to: nothing is lost, the next drain tries again."""
         items = list(map(deque.popleft, repeat(self.queue, count)))  # (a C loop: 2.5x faster)
         if set(map(type, items)) == {tuple}:  # events only, the usual case
-            self._put([Segment(self.queue_bucket.key, self.queue_bucket.name, items)])
+            try:
+                self._put([Segment(self.queue_bucket.key, self.queue_bucket.name, items)])
+            except BaseException:
+                self.queue.extendleft(reversed(items))
+                raise
             return
-        segments: list[Segment] = []
-        events: list[Event] = []
-        append = events.append
-        for item in items:
-            if type(item) is tuple:
-                append(item)
-                continue
+        start, bucket = 0, self.queue_bucket  # (the first item not stored yet, its bucket)
+        try:
+            segments: list[Segment] = []
+            events: list[Event] = []
+            append = events.append
+            for i, item in enumerate(items):
+                if type(item) is tuple:
+                    append(item)
+                    continue
+                if events:
+                    segments.append(Segment(self.queue_bucket.key, self.queue_bucket.name,
+                                            events))
+                    events = []
+                    append = events.append
+                if type(item) is Bucket:
+                    self.queue_bucket = item
+                else:  # a flush marker: everything before it must be in the store first
+                    self._put(segments)
+                    segments = []
+                    start, bucket = i, self.queue_bucket
+                    item.upto = self.store.last_id()
+                    self._markers.append(item)
+                    self._recheck = True
+                    start = i + 1  # (the marker is done too)
             if events:
                 segments.append(Segment(self.queue_bucket.key, self.queue_bucket.name, events))
-                events = []
-                append = events.append
-            if type(item) is Bucket:
-                self.queue_bucket = item
-            else:  # a flush marker: everything before it must be in the store first
-                self._put(segments)
-                segments = []
-                item.upto = self.store.last_id()
-                self._markers.append(item)
-                self._recheck = True
-        if events:
-            segments.append(Segment(self.queue_bucket.key, self.queue_bucket.name, events))
-        self._put(segments)
+            self._put(segments)
+        except BaseException:
+            self.queue_bucket = bucket
+            self.queue.extendleft(reversed(items[start:]))
+            raise
 
     def _put(self, segments: list[Segment]) -> None:
         if not segments:

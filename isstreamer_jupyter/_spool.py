@@ -307,6 +307,7 @@ class SqliteSpool:
         self._unchecked = 0  # bytes put since the size was last checked
         self._cache: dict[int, list[Event]] = {}  # segments being sent, decoded
         self._checkpointer: sqlite3.Connection | None = None
+        self._last_id = 0  # the highest segment id seen (see last_id)
         #: events lost to damaged segments (unreadable rows are removed, not retried forever)
         self.damaged = 0
         try:
@@ -356,6 +357,7 @@ class SqliteSpool:
                     "(SELECT ns FROM denied WHERE api_base=? AND ns != ?)",
                     (self.ns, adopt_bucket, self.api_base, self.ns))
             db.execute("DELETE FROM denied WHERE ns=?", (self.ns,))
+            self._last_id = db.execute("SELECT COALESCE(MAX(id), 0) FROM segments").fetchone()[0]
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -393,11 +395,13 @@ class SqliteSpool:
             return 0
         with self._transaction() as db:
             ns = self.ns  # (read under the lock: rekey() may be replacing it)
+            seg_id = 0
             for bucket_key, bucket_name, blob, count in rows:
                 seg_id = db.execute("INSERT INTO segments(ns, bucket_key, bucket_name, count) "
                                     "VALUES (?, ?, ?, ?)",
                                     (ns, bucket_key, bucket_name, count)).lastrowid
                 db.execute("INSERT INTO segment_events(id, events) VALUES (?, ?)", (seg_id, blob))
+            self._last_id = max(self._last_id, seg_id)  # (under the lock)
             self._unchecked += sum(len(row[2]) for row in rows)
             if self._unchecked < min(1 << 20, self.max_bytes // 16):
                 return 0
@@ -566,7 +570,18 @@ class SqliteSpool:
                            (self.ns,))[0][0]
 
     def last_id(self) -> int:
-        return self._read("SELECT COALESCE(MAX(id), 0) FROM segments")[0][0]
+        """The highest id in the file (other processes' rows too) if it can be read at once,
+        else the highest seen (at open, written or read since): never a wait nor a failure,
+        so a flush marker drained by log() spilling neither blocks nor is lost."""
+        if self._lock.acquire(blocking=False):
+            try:
+                row = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM segments").fetchone()
+                self._last_id = max(self._last_id, row[0])
+            except sqlite3.Error:
+                pass  # (the highest seen serves: a flush waits at least for what we wrote)
+            finally:
+                self._lock.release()
+        return self._last_id
 
     def has_pending_upto(self, upto: int, skip: Collection[str] = ()) -> bool:
         return bool(self._read(

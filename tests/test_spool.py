@@ -15,6 +15,7 @@ from collections import Counter
 import pytest
 
 from isstreamer_jupyter import IsStreamerWarning, Streamer
+from isstreamer_jupyter._sender import Marker
 from isstreamer_jupyter.receiver import Faults
 
 KEY = "ist_spool_test_secret_key_xyz"
@@ -503,3 +504,40 @@ def test_a_closed_spool_fails_as_a_spool_error(tmp_path):
     spool.close()
     with pytest.raises(SpoolError, match="failed"):
         spool.put([Segment("b", "B", [("k", 1, 1.7e9)])])
+
+
+@pytest.mark.parametrize("fails", ["put", "put after the marker", "last_id"])
+def test_a_drain_failing_midway_puts_back_what_it_took(make_receiver, env, monkeypatch, fails):
+    """The sender takes a whole chunk from the queue (events, a flush marker, more events)
+    and fails before storing all of it (a bug, an I/O error): what was not stored goes back
+    to the head of the queue, in order, and is delivered at the next try; both flushes
+    resolve (before, the chunk was lost: the events silently, the flush ran out its time)."""
+    from isstreamer_jupyter._spool import SqliteSpool
+
+    rx = make_receiver()
+    s = Streamer(**settings(rx, env / "spool", spool_interval=0.5, flush_interval=0.5))
+    assert s.flush(timeout=10)  # the bucket exists; the sender waits 0.5 s between rounds
+    name = "last_id" if fails == "last_id" else "put"
+    real = getattr(SqliteSpool, name)
+    calls = []
+
+    def fails_once(self, *args, **kwargs):
+        calls.append(name)
+        if len(calls) == (2 if fails == "put after the marker" else 1):
+            raise RuntimeError("disk I/O error")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SqliteSpool, name, fails_once)
+    for i in range(5):
+        s.log("n", i)
+    first = Marker()
+    s._queue.append(first)  # (what flush() queues: drained with the events around it)
+    for i in range(5, 10):
+        s.log("n", i)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the internal error is said)
+        assert s.flush(timeout=10)
+    assert first.done.is_set() and first.error is None
+    assert values(rx.events("spool_test")) == list(range(10))
+    assert s.stats().dropped == 0 and len(calls) > 1
+    quiet_close(s)
