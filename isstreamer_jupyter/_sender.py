@@ -27,7 +27,7 @@ from typing import Any
 
 from ._config import Settings
 from ._errors import AccessDenied, BucketRemoved, CapReached, DeliveryError, SpoolError
-from ._spool import SEGMENT_EVENTS, Batch, Event, MemoryStore, Segment, Store
+from ._spool import SEGMENT_EVENTS, Batch, Event, MemoryStore, Segment, SpoolBusy, Store
 from ._stats import SignalStat, State, Stats
 from ._transport import Answer, Outcome, RateBudget, Transport
 
@@ -181,6 +181,7 @@ class Sender:
         self.signals: dict[str, _Signal] = {}
         self._counts: Counter[str] = Counter()
         self._damaged_seen = 0
+        self._busy = False  # the spool was found held by another process (said once a streak)
         self._moved: set[str] = set()  # signals changed since the last signal_stats()
         self._signals_lock = threading.Lock()
         self._signal_cache: dict[str, SignalStat] = {}
@@ -201,6 +202,9 @@ class Sender:
                         delay > 0 or now >= checkpoint_at + CHECKPOINT_BUSY_DELAY):
                     self.store.checkpoint()
                     checkpoint_at = self.clock.monotonic() + CHECKPOINT_INTERVAL
+            except SpoolBusy as exc:  # another process holds the spool a moment: try again
+                self._spool_busy(exc)
+                delay = self.settings.spool_interval
             except SpoolError as exc:
                 self._leave_spool(exc)
                 delay = 0.0
@@ -305,27 +309,43 @@ class Sender:
             return self._create(Bucket(batch.bucket_name, batch.bucket_key), now)
         return self._send(batch, store, now)
 
-    def drain(self, most: int | None = None, *, wait: bool = True) -> None:
+    def drain(self, most: int | None = None, *, wait: bool = True) -> bool:
         """Move what log() queued into the store (at most `most` items), noting bucket
         switches and flush markers in order. No per-event encoding in Python; the lock is
         held one segment's worth at a time. With ``wait=False`` (a caller spilling) it does
-        nothing while another thread is draining: that one is already on it."""
+        nothing while another thread is draining: that one is already on it; and it never
+        waits on the spool (held by another process: the events stay queued, and it returns
+        False)."""
         left = len(self.queue) if most is None else most
         while left > 0:
             if not self._drain_lock.acquire(blocking=wait):
-                return
+                return True
             try:
                 chunk = min(left, SEGMENT_EVENTS, len(self.queue))  # read under the lock
                 if chunk:
                     self._drain(chunk)
+            except SpoolBusy as exc:  # (what was taken is back in the queue: next round)
+                if wait:
+                    self._spool_busy(exc)
+                self._recheck_later()
+                return False
             finally:
                 self._drain_lock.release()
             if not chunk:
                 break
             left -= chunk
-        if self._recheck:  # (a new flush marker, or events dropped: otherwise only an ack
+        if not wait:
+            self._recheck_later()
+        elif self._recheck:  # (a new flush marker, or events dropped: otherwise only an ack
             self._recheck = False  # can complete a flush, and _send checks then)
             self._check_markers()
+        return True
+
+    def _recheck_later(self) -> None:
+        """A caller leaves checking flush markers to the sender (it reads the spool, which
+        may wait)."""
+        if self._recheck:
+            self.wake.set()
 
     def _recount(self) -> None:
         """Ask the store what waits (the spool may be shared), after acking a batch whose
@@ -383,9 +403,12 @@ class Sender:
             return
         try:
             dropped = self.store.put(segments)
-        except SpoolError as exc:  # disk full, locked, damaged: go on in memory, lose nothing
+        except SpoolBusy:  # another process holds it a moment: the caller keeps the events
+            raise
+        except SpoolError as exc:  # disk full, damaged: go on in memory, lose nothing
             self._leave_spool(exc)
             dropped = self.store.put(segments)
+        self._busy = False
         added = sum(len(s.events) for s in segments)
         with self.lock:
             self.drained += added
@@ -398,6 +421,14 @@ class Sender:
             where = "spool" if self.store.path else "memory queue"
             self._error(f"the {where} is full: dropped the {dropped} oldest events",
                         "raise max_queue / spool_max_bytes, or log less often")
+
+    def _spool_busy(self, exc: SpoolBusy) -> None:
+        """Another process (a shared spool, any SQLite client) holds the spool: nothing was
+        done, events stay queued (log() keeps them, bounded) and the sender tries again at
+        its next round, keeping the spool. Said once a streak."""
+        if not self._busy:
+            self._busy = True
+            self.notify(20, f"{exc}; trying again (events stay queued meanwhile)")
 
     def _leave_spool(self, exc: SpoolError) -> None:
         """The spool failed: keep going with a memory store (what is on disk stays there for

@@ -34,6 +34,11 @@ SCHEMA_VERSION = 2
 SPOOL_FILE = "spool.sqlite3"
 #: events per segment at most: a take decodes one segment
 SEGMENT_EVENTS = 2000
+#: how long a transaction may wait for another connection's write lock (but a put's)
+BUSY_TIMEOUT = 10.0
+#: how long a put waits at most, for another thread's transaction and another connection's
+#: write lock: it runs in log() spilling, or in the sender holding the lock log() may wait for
+PUT_WAIT = 0.002
 
 Event = tuple[str, Any, float]  # key, value, epoch
 
@@ -61,11 +66,19 @@ class Batch:
         return len(self.events)
 
 
+class SpoolBusy(SpoolError):
+    """The spool is held by another thread or connection (SQLITE_BUSY, a lock not free in
+    time): nothing was done; try again later (no reason to leave the spool)."""
+
+
 class Store(Protocol):
     path: str  # "" for memory
 
     def put(self, segments: Sequence[Segment]) -> int:
-        """Add segments in order; returns how many old events were dropped to stay bounded."""
+        """Add segments in order; returns how many old events were dropped to stay bounded.
+        Never waits long (it runs in log() spilling, or in the sender under the lock log()
+        may wait for): a store held by another thread or process raises SpoolBusy, having
+        added nothing."""
 
     def take(self, limit: int, skip: Collection[str] = (), after: Batch | None = None,
              least: int = 1) -> Batch | None:
@@ -322,7 +335,7 @@ class SqliteSpool:
         self.recovered = self.pending()
 
     def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=10, isolation_level=None,
+        return sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None,
                                check_same_thread=False)
 
     def _open(self, adopt_bucket: str) -> None:
@@ -359,22 +372,46 @@ class SqliteSpool:
             db.execute("DELETE FROM denied WHERE ns=?", (self.ns,))
             self._last_id = db.execute("SELECT COALESCE(MAX(id), 0) FROM segments").fetchone()[0]
 
+    def _failed(self, exc: sqlite3.Error) -> SpoolError:
+        """The SpoolError for a SQLite error: SpoolBusy if another connection held the
+        database (a moment: the sender tries again later, and keeps the spool)."""
+        code = getattr(exc, "sqlite_errorcode", None)  # (Python 3.11+)
+        if code is not None:
+            busy = code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+        else:
+            busy = isinstance(exc, sqlite3.OperationalError) and "is locked" in str(exc)
+        return (SpoolBusy if busy else SpoolError)(f"the spool {self.path} failed: {exc}")
+
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One locked, immediate transaction; SQLite errors become SpoolError."""
-        with self._lock:
-            db = self._db
+    def _transaction(self, wait: float | None = None) -> Iterator[sqlite3.Connection]:
+        """One locked, immediate transaction; SQLite errors become SpoolError. With `wait`,
+        at most that long in all is spent waiting, for this object's lock (another thread's
+        transaction) and for another connection's write lock; then SpoolBusy."""
+        deadline = time.monotonic() + (wait or 0.0)
+        if not self._lock.acquire(timeout=-1 if wait is None else wait):
+            raise SpoolBusy(f"the spool {self.path} is busy (another thread is writing)")
+        db = self._db
+        try:
+            if wait is not None:  # (what is left of it: the database's own wait)
+                left = max(0, int((deadline - time.monotonic()) * 1000))
+                db.execute(f"PRAGMA busy_timeout={left}")
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):  # (a closed connection: nothing to undo)
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise self._failed(exc) from None
+            raise
+        finally:
             try:
-                db.execute("BEGIN IMMEDIATE")
-                yield db
-                db.execute("COMMIT")
-            except BaseException as exc:
-                with contextlib.suppress(sqlite3.Error):  # (a closed connection: nothing to undo)
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise SpoolError(f"the spool {self.path} failed: {exc}") from None
-                raise
+                if wait is not None:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+            finally:
+                self._lock.release()
 
     def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:
         with self._transaction() as db:
@@ -386,14 +423,14 @@ class SqliteSpool:
             try:
                 return self._db.execute(sql, args).fetchall()
             except sqlite3.Error as exc:
-                raise SpoolError(f"the spool {self.path} failed: {exc}") from None
+                raise self._failed(exc) from None
 
-    def put(self, segments: Sequence[Segment]) -> int:
+    def put(self, segments: Sequence[Segment], *, wait: float = PUT_WAIT) -> int:
         rows = [(part.bucket_key, part.bucket_name, marshal.dumps(part.events),
                  len(part.events)) for segment in segments for part in split(segment)]
         if not rows:
             return 0
-        with self._transaction() as db:
+        with self._transaction(wait) as db:
             ns = self.ns  # (read under the lock: rekey() may be replacing it)
             seg_id = 0
             for bucket_key, bucket_name, blob, count in rows:
@@ -547,7 +584,7 @@ class SqliteSpool:
         try:
             self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error as exc:
-            raise SpoolError(f"the spool {self.path} failed: {exc}") from None
+            raise self._failed(exc) from None
 
     def ack(self, batch: Batch, keep: Batch | None = None) -> None:
         held = {seg_id for seg_id, *_ in keep.parts} if keep is not None else set()

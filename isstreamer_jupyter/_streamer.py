@@ -249,11 +249,16 @@ class Streamer:
 
         One segment's worth (a millisecond or two of local work: one SQLite transaction, or
         the memory store dropping its oldest and counting them), never a wait on the network
-        nor on the sender (when it is draining already, this does nothing); it happens only
-        when logging outpaces the sender thread.
+        nor on the sender (when it is draining already, this does nothing) nor on a spool
+        another process holds (the events stay queued, and the next try is a segment later,
+        so log() pays for it once a segment); it happens only when logging outpaces the
+        sender thread.
         """
+        done = False
         with contextlib.suppress(SpoolError):  # the sender meets it too, and leaves the spool
-            self._sender.drain(most=SEGMENT_EVENTS, wait=False)
+            done = self._sender.drain(most=SEGMENT_EVENTS, wait=False)
+        self._spill_at = (self.settings.max_queue if done
+                          else len(self._queue) + SEGMENT_EVENTS)
 
     # ---------------------------------------------------------------- waiting
     def flush(self, timeout: float | None = None, *, warn: bool = True) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sqlite3
@@ -540,4 +541,65 @@ def test_a_drain_failing_midway_puts_back_what_it_took(make_receiver, env, monke
     assert first.done.is_set() and first.error is None
     assert values(rx.events("spool_test")) == list(range(10))
     assert s.stats().dropped == 0 and len(calls) > 1
+    quiet_close(s)
+
+
+def test_a_spool_another_connection_holds_neither_blocks_log_nor_is_left(
+        make_receiver, env, monkeypatch, caplog):
+    """Another process holds the spool's write lock (BEGIN IMMEDIATE) while log() spills past
+    max_queue: log() does not wait for it (the lock is let go only once logging is over, so a
+    log() waiting for it would wait out SQLite's timeout and fail), the events stay queued;
+    the sender meets 'database is locked' as a moment's business and tries again, keeping the
+    spool; once it is free everything is delivered, in order, nothing dropped."""
+    from isstreamer_jupyter import _spool
+
+    monkeypatch.setattr(_spool, "BUSY_TIMEOUT", 0.1, raising=False)  # (the sender meets it)
+    rx = make_receiver()
+    s = Streamer(**settings(rx, env / "spool", max_queue=100))
+    assert s.flush(timeout=10)  # the bucket exists
+    other = sqlite3.connect(env / "spool" / "spool.sqlite3", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    with caplog.at_level(logging.INFO, "isstreamer_jupyter"):
+        for i in range(190):  # (under 2 x max_queue: queued, none dropped)
+            s.log("n", i)
+        deadline = time.monotonic() + 10
+        while "database is locked; trying again" not in caplog.text:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    other.execute("COMMIT")
+    other.close()
+    assert s.flush(timeout=10)
+    assert values(rx.events("spool_test")) == list(range(190))
+    stats = s.stats()
+    assert stats.spool_path and stats.dropped == 0
+    assert "without the spool" not in "\n".join(s.messages())
+    quiet_close(s)
+
+
+def test_a_locked_spool_is_tried_again_not_left(make_receiver, env, monkeypatch):
+    """SQLITE_BUSY while the sender takes a batch (a transaction of another process outlasting
+    SQLite's timeout) is tried again: the spool is kept and its events go out (before, any
+    spool error made the sender leave it for good, then drop events past max_queue)."""
+    from isstreamer_jupyter._spool import SqliteSpool
+
+    rx = make_receiver()
+    rx.outage(3600)
+    s = Streamer(**settings(rx, env / "spool"))
+    for i in range(10):
+        s.log("n", i)
+    real = SqliteSpool._free_dead_leases  # (runs inside take's transaction)
+    locked = []
+
+    def locked_once(self, db, now):
+        if not locked:
+            locked.append(now)
+            raise sqlite3.OperationalError("database is locked")
+        return real(self, db, now)
+
+    monkeypatch.setattr(SqliteSpool, "_free_dead_leases", locked_once)
+    rx.clear()
+    s._sender.resume()
+    assert s.flush(timeout=10)
+    assert locked and values(rx.events("spool_test")) == list(range(10))
+    assert s.stats().spool_path
     quiet_close(s)
