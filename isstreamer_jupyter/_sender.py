@@ -47,6 +47,9 @@ SPARK_POINTS = 60
 #: moment to wait, at most this often; while busy sending, once this much later
 CHECKPOINT_INTERVAL = 1.0
 CHECKPOINT_BUSY_DELAY = 5.0
+#: past its ceiling log() waits this long at most for its turn to spill (the sender gives way
+#: after the segment it is on: a few ms)
+SPILL_WAIT = 0.005
 
 REMEDIES = {
     Outcome.ACCESS_DENIED: (
@@ -135,6 +138,7 @@ class Sender:
         self.wake = threading.Event()
         self.lock = threading.Lock()  # guards what snapshot() reads
         self._drain_lock = threading.Lock()  # the caller drains too when the queue is full
+        self._spill_wanted = False  # log() found the sender draining: it gives way
         self.thread: threading.Thread | None = None
         self._running = False
         self._markers: list[Marker] = []
@@ -309,43 +313,79 @@ class Sender:
             return self._create(Bucket(batch.bucket_name, batch.bucket_key), now)
         return self._send(batch, store, now)
 
-    def drain(self, most: int | None = None, *, wait: bool = True) -> bool:
+    def drain(self, most: int | None = None) -> None:
         """Move what log() queued into the store (at most `most` items), noting bucket
         switches and flush markers in order. No per-event encoding in Python; the lock is
-        held one segment's worth at a time. With ``wait=False`` (a caller spilling) it does
-        nothing while another thread is draining: that one is already on it; and it never
-        waits on the spool (held by another process: the events stay queued, and it returns
-        False)."""
+        held one segment's worth at a time, and let go to log() when it wants to spill (see
+        spill). A spool another process holds stops it: the events stay queued."""
         left = len(self.queue) if most is None else most
         while left > 0:
-            if not self._drain_lock.acquire(blocking=wait):
-                return True
-            try:
+            with self._drain_lock:
                 chunk = min(left, SEGMENT_EVENTS, len(self.queue))  # read under the lock
                 if chunk:
-                    self._drain(chunk)
-            except SpoolBusy as exc:  # (what was taken is back in the queue: next round)
-                if wait:
-                    self._spool_busy(exc)
-                self._recheck_later()
-                return False
-            finally:
-                self._drain_lock.release()
+                    try:
+                        self._drain(chunk)
+                    except SpoolBusy as exc:  # (what was taken is back in the queue)
+                        self._spool_busy(exc)
+                        break
             if not chunk:
                 break
             left -= chunk
-        if not wait:
-            self._recheck_later()
-        elif self._recheck:  # (a new flush marker, or events dropped: otherwise only an ack
+            if self._spill_wanted:  # (log() waits for its turn: this round leaves it the rest)
+                self._spill_wanted = False
+                break
+        if self._recheck:  # (a new flush marker, or events dropped: otherwise only an ack
             self._recheck = False  # can complete a flush, and _send checks then)
             self._check_markers()
-        return True
 
-    def _recheck_later(self) -> None:
-        """A caller leaves checking flush markers to the sender (it reads the spool, which
-        may wait)."""
-        if self._recheck:
-            self.wake.set()
+    def spill(self, ceiling: int) -> bool:
+        """log()'s part when it outpaces the sender (its queue reached max_queue): move one
+        segment's worth to the store, in the caller's thread. Never a wait on the network nor
+        on a spool another process holds (a put waits 2 ms at most). Below `ceiling` it does
+        nothing while the sender is draining (that one is on it, and gives way after its
+        segment); at `ceiling` (memory's bound) it waits for its turn, at most SPILL_WAIT,
+        and if the spool is held even so, drops the oldest events, counted and said. False
+        if the spool was busy (log() tries again a segment later). Flush markers are left for
+        the sender to check: that reads the spool, which may wait."""
+        queue, lock = self.queue, self._drain_lock
+        full = len(queue) >= ceiling
+        if not lock.acquire(blocking=False):
+            self._spill_wanted = True
+            if not full or not lock.acquire(timeout=SPILL_WAIT):
+                return True
+        self._spill_wanted = False
+        try:
+            count = min(SEGMENT_EVENTS, len(queue))
+            if not count:
+                return True
+            try:
+                self._drain(count)
+                return True
+            except SpoolBusy:  # (what was taken is back in the queue)
+                if len(queue) >= ceiling:
+                    self._drop_oldest(count)
+                return False
+        finally:
+            lock.release()
+            if self._recheck:
+                self.wake.set()
+
+    def _drop_oldest(self, most: int) -> None:
+        """(Under the drain lock.) Drop the oldest `most` events of the queue, counted and
+        said: it is full and the spool cannot take them now. Bucket switches and flush
+        markers keep their places."""
+        items = list(map(deque.popleft, repeat(self.queue, min(most, len(self.queue)))))
+        kept = [item for item in items if type(item) is not tuple]
+        self.queue.extendleft(reversed(kept))
+        dropped = len(items) - len(kept)
+        with self.lock:
+            self.drained += dropped
+            self.dropped += dropped
+        self._recheck = True
+        self._error(f"the spool {self.store.path} is held by another process and the memory "
+                    f"queue is full: dropped the {dropped} oldest events",
+                    "find what holds the spool (another kernel in a long transaction?), or "
+                    "raise max_queue")
 
     def _recount(self) -> None:
         """Ask the store what waits (the spool may be shared), after acking a batch whose
@@ -731,6 +771,7 @@ class Sender:
         self.transport = transport
         self.lock = threading.Lock()
         self._drain_lock = threading.Lock()
+        self._spill_wanted = False
         self._signals_lock = threading.Lock()
         self._key_lock = threading.Lock()
         self.wake = threading.Event()

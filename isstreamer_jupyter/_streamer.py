@@ -127,6 +127,8 @@ class Streamer:
             settings = settings.replace(spool=False, max_requests_per_second=0.0)
         self.settings = settings
         self._spill_at = settings.max_queue
+        #: memory's bound: past it log() waits its turn to spill, and drops if it cannot
+        self._ceiling = 2 * settings.max_queue
         store = self._open_store(settings, key)
         self._sender = Sender(queue=self._queue, store=store,
                               transport=transport or self._make_transport(),
@@ -245,20 +247,20 @@ class Streamer:
             self.log(f"{prefix}{name}", value, epoch)
 
     def _overflow(self) -> None:
-        """The in-memory queue reached ``max_queue``: move it to the store now, in the caller.
-
-        One segment's worth (a millisecond or two of local work: one SQLite transaction, or
-        the memory store dropping its oldest and counting them), never a wait on the network
-        nor on the sender (when it is draining already, this does nothing) nor on a spool
-        another process holds (the events stay queued, and the next try is a segment later,
-        so log() pays for it once a segment); it happens only when logging outpaces the
-        sender thread.
+        """The in-memory queue reached ``max_queue``: move one segment's worth to the store
+        now, in the caller (a millisecond or two of local work: one SQLite transaction, or
+        the memory store dropping its oldest and counting them); it happens only when logging
+        outpaces the sender thread. Never a wait on the network nor on a spool another
+        process holds (the events stay queued, and the next try is a segment later, so log()
+        pays for it once a segment). While the sender is draining this does nothing, until
+        the queue reaches twice max_queue: then it waits its turn (the sender gives way
+        after its segment), and drops the oldest if the spool is held: memory stays bounded.
         """
-        done = False
+        stored = True
         with contextlib.suppress(SpoolError):  # the sender meets it too, and leaves the spool
-            done = self._sender.drain(most=SEGMENT_EVENTS, wait=False)
-        self._spill_at = (self.settings.max_queue if done
-                          else len(self._queue) + SEGMENT_EVENTS)
+            stored = self._sender.spill(self._ceiling)
+        self._spill_at = (self.settings.max_queue if stored
+                          else min(len(self._queue) + SEGMENT_EVENTS, self._ceiling))
 
     # ---------------------------------------------------------------- waiting
     def flush(self, timeout: float | None = None, *, warn: bool = True) -> bool:

@@ -603,3 +603,66 @@ def test_a_locked_spool_is_tried_again_not_left(make_receiver, env, monkeypatch)
     assert locked and values(rx.events("spool_test")) == list(range(10))
     assert s.stats().spool_path
     quiet_close(s)
+
+
+def test_log_outpacing_the_spool_keeps_the_queue_bounded(make_receiver, env, monkeypatch):
+    """The service down, log() in a tight loop, each spool write slow (a busy disk: the
+    sender holds its drain lock most of the time): the in-memory queue stays near max_queue
+    (2x at most: there log() waits its turn to spill, the sender giving way after its
+    segment), and everything is on disk, nothing dropped. Before, log() spilled only when it
+    found the lock free at that instant, which it hardly ever did: the queue grew without
+    bound (20x max_queue in the reviewer's run)."""
+    from isstreamer_jupyter._spool import SEGMENT_EVENTS, SqliteSpool
+
+    real = SqliteSpool.put
+
+    def slow_put(self, segments, **kwargs):
+        time.sleep(0.004)  # (off the GIL, as a write to a slow disk)
+        return real(self, segments, **kwargs)
+
+    monkeypatch.setattr(SqliteSpool, "put", slow_put)
+    rx = make_receiver()
+    rx.outage(3600)
+    s = Streamer(**settings(rx, env / "spool", max_queue=5000))
+    peak = 0
+    for i in range(150_000):
+        s.log("n", i)
+        peak = max(peak, len(s._queue))
+    assert peak <= 2 * 5000 + SEGMENT_EVENTS  # (before: about 100,000)
+    while s._queue:  # (a drain gives way between segments when log() asked it to)
+        s._sender.drain()
+    stats = s.stats()
+    assert stats.dropped == 0 and stats.spooled == 150_000
+    quiet_close(s, timeout=0.2)
+
+
+def test_log_drops_the_oldest_past_twice_max_queue_while_the_spool_is_held(make_receiver, env):
+    """Another process holds the spool's write lock while log() goes on: past twice
+    max_queue log() drops the oldest events (it cannot store them, and memory is bounded),
+    counts them and says so: flush() returns False, once; the newest are delivered when the
+    spool is free, in order."""
+    from isstreamer_jupyter._spool import SEGMENT_EVENTS
+
+    rx = make_receiver()
+    s = Streamer(**settings(rx, env / "spool", max_queue=1000))
+    assert s.flush(timeout=10)  # the bucket exists
+    other = sqlite3.connect(env / "spool" / "spool.sqlite3", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    peak = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i in range(10_000):
+            s.log("n", i)
+            peak = max(peak, len(s._queue))
+    other.execute("COMMIT")
+    other.close()
+    assert peak <= 2 * 1000 + SEGMENT_EVENTS  # (a loaded machine may let a few more in)
+    with pytest.warns(IsStreamerWarning, match=r"events were lost since the last flush"):
+        assert not s.flush(timeout=10)
+    got = values(rx.events("spool_test"))
+    dropped = s.stats().dropped
+    assert dropped > 0 and len(got) + dropped == 10_000
+    assert got == list(range(dropped, 10_000))  # the oldest dropped, the rest in order
+    assert any("is held by another process" in m for m in s.messages())
+    assert s.flush(timeout=1)  # (said once)
+    quiet_close(s)
