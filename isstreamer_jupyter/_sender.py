@@ -186,6 +186,10 @@ class Sender:
         self._counts: Counter[str] = Counter()
         self._damaged_seen = 0
         self._busy = False  # the spool was found held by another process (said once a streak)
+        #: the spool left after a failure, and the events of this key it still holds (as last
+        #: read): counted in stats() and said by flush() and close() until they go out
+        self._left: Store | None = None
+        self.left_count = 0
         self._moved: set[str] = set()  # signals changed since the last signal_stats()
         self._signals_lock = threading.Lock()
         self._signal_cache: dict[str, SignalStat] = {}
@@ -233,7 +237,12 @@ class Sender:
         try:
             self.transport.close()
         finally:
-            self.store.close()
+            try:
+                self.store.close()
+            finally:
+                if self._left is not None:
+                    with contextlib.suppress(SpoolError):
+                        self._left.close()
 
     def stop(self, timeout: float) -> bool:
         """Stop the thread; True if it ended within `timeout`."""
@@ -393,6 +402,20 @@ class Sender:
         self._settle(self._next, self._next_store)
         with self.lock:
             self._pending = self.store.pending()
+        self.left_behind()
+
+    def left_behind(self) -> int:
+        """Events of this key still in the spool left after it failed (a batch that was
+        under way is settled there; the next Streamer with the key sends the rest): read
+        again if it can be, else as last read."""
+        left = self._left
+        if left is None:
+            return 0
+        with contextlib.suppress(SpoolError):
+            count = left.pending()
+            with self.lock:
+                self.left_count = count
+        return self.left_count
 
     def _drain(self, count: int) -> None:
         """Move `count` items from the queue to the store. Should anything fail on the way
@@ -478,10 +501,13 @@ class Sender:
             self._error(f"{exc} (a batch the service accepted stays in the spool left before: "
                         f"the next Streamer sends it again)", "", level=30)
             return
+        self._left = self.store
         self.store = MemoryStore(self.settings.max_queue)  # (a batch under way, and the one
         self._recheck = True  # made ready, are settled in the spool they came from)
         with self.lock:
+            self.left_count = self._pending  # (what was counted: read again below if it can)
             self._pending = 0
+        self.left_behind()
         self._error(f"{exc}; going on without the spool (new events live in memory only)",
                     "free disk space or set spool_dir to a writable folder, then start a new "
                     "Streamer: what is in the spool is sent then")
@@ -588,7 +614,7 @@ class Sender:
         """A request's answer is slow to come: what log() queued meanwhile goes to the store
         now, not once the answer is in (up to `timeout` later: a killed process lost it)."""
         with contextlib.suppress(Exception):  # (a spool failure: met again after the answer)
-            self.drain(wait=False)
+            self.drain()
 
     def _meanwhile(self, batch: Batch, store: Store, take_next: bool) -> None:
         """Runs once `batch` is sent, while the service works on it: the previous batch's
@@ -776,6 +802,7 @@ class Sender:
         self._key_lock = threading.Lock()
         self.wake = threading.Event()
         self._markers = []
+        self._left, self.left_count = None, 0  # (the parent's to tell)
         self._next = None  # the parent's lease, the parent's batch
         self._unacked = None  # (the parent acks it)
         self._pending = store.pending()
@@ -855,7 +882,8 @@ class Sender:
                 stop=common.pop("stop", stop),
                 remedy=common.pop("remedy", (remedy or self.last_remedy)
                                   if state is not State.ONLINE else ""),
-                until=until, queued=len(self.queue) + max(0, self._pending - self.in_flight),
+                until=until, queued=len(self.queue) + max(0, self._pending - self.in_flight)
+                + self.left_count,
                 in_flight=self.in_flight,
                 spooled=max(0, self._pending - self.in_flight) if self.store.path else 0,
                 sent=self.sent, requests=self.requests, retries=self.retries,

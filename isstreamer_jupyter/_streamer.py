@@ -292,7 +292,8 @@ class Streamer:
         """flush() without the telling: what went wrong, or None if everything was
         delivered (the panel and uploads choose what to say from its type)."""
         if self._closed and not self._sender_alive():
-            left = self._sender._pending + _events_in(self._queue)
+            left = (self._sender._pending + self._sender.left_behind()
+                    + _events_in(self._queue))
             if left:
                 return FlushTimeout(f"flush: the streamer is closed; {left} events wait",
                                     pending=left)
@@ -313,7 +314,15 @@ class Streamer:
             error = FlushTimeout(
                 f"flush: {state.pending} events still waiting after {round(timeout, 2):g} s"
                 f"{detail}; they stay queued and will be sent", pending=state.pending)
+        behind = self._sender.left_behind() if error is None else 0
+        if behind:
+            error = FlushTimeout(f"flush: {self._left_behind_text(behind)}", pending=behind)
         return error or self._lost_since_last_flush()
+
+    def _left_behind_text(self, count: int) -> str:
+        path = self._sender._left.path if self._sender._left is not None else ""
+        return (f"{count} events wait in the spool {path}, left when it failed; the next "
+                f"Streamer with the same access key and API base sends them")
 
     def _lost_since_last_flush(self) -> EventsLost | None:
         """Events dropped or refused since a flush last said so (each loss is said once,
@@ -385,6 +394,9 @@ class Streamer:
                           f"Streamer with the same access key and API base sends them")
             else:
                 self._say(logging.WARNING, f"{left} events were not delivered (spool is off)")
+        behind = self._sender.left_behind()
+        if behind:
+            self._say(logging.WARNING, self._left_behind_text(behind))
         if self._sender.thread is None:  # (a thread closes them itself as it ends)
             self._sender.close_resources()
         self._closed_ok = delivered
@@ -615,6 +627,9 @@ class Streamer:
                 print(f"isstreamer_jupyter: {left} events wait in the spool "
                       f"{self._sender.store.path}; the next Streamer with the same access key "
                       f"and API base sends them", file=sys.stderr)
+            behind = self._sender.left_behind()
+            if behind:
+                print(f"isstreamer_jupyter: {self._left_behind_text(behind)}", file=sys.stderr)
 
 
 def _events_in(queue: deque[Any]) -> int:

@@ -666,3 +666,43 @@ def test_log_drops_the_oldest_past_twice_max_queue_while_the_spool_is_held(make_
     assert any("is held by another process" in m for m in s.messages())
     assert s.flush(timeout=1)  # (said once)
     quiet_close(s)
+
+
+def test_events_left_in_a_failed_spool_are_counted_and_said_not_reported_delivered(
+        make_receiver, env, monkeypatch):
+    """The spool fails (disk full) while 20 events wait in it, and the sender goes on in
+    memory: those 20 are still counted in stats() and flush()/close() say where they wait and
+    return False (before: True, as if delivered, and stats() forgot them); the next Streamer
+    with the key sends them."""
+    from isstreamer_jupyter import SpoolError
+    from isstreamer_jupyter._spool import SqliteSpool
+
+    rx = make_receiver()
+    rx.outage(3600)
+    opts = settings(rx, env / "spool")
+    s = Streamer(**opts)
+    for i in range(20):
+        s.log("n", i)
+    s._sender.drain()  # on disk
+    real = SqliteSpool.put
+
+    def disk_full(self, segments, **kwargs):
+        raise SpoolError("the spool failed: database or disk is full")
+
+    monkeypatch.setattr(SqliteSpool, "put", disk_full)
+    s.log("n", 20)
+    s._sender.drain()  # the sender leaves the spool
+    monkeypatch.setattr(SqliteSpool, "put", real)
+    rx.clear()
+    s._sender.resume()
+    with pytest.warns(IsStreamerWarning, match=r"20 events wait in the spool .*spool\.sqlite3"):
+        assert not s.flush(timeout=10)
+    assert values(rx.events("spool_test")) == [20]
+    assert s.stats().queued == 20
+    with pytest.warns(IsStreamerWarning, match="20 events wait in the spool"):
+        assert not s.close(timeout=1)
+    assert any("20 events wait in the spool" in m for m in s.messages())
+    again = Streamer(**opts)
+    assert again.flush(timeout=10)
+    assert sorted(values(rx.events("spool_test"))) == list(range(21))
+    quiet_close(again)
