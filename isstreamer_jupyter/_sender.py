@@ -172,6 +172,9 @@ class Sender:
         self.random = random.Random()
         # counters (read by snapshot under self.lock)
         self.drained = 0
+        #: flush markers and bucket switches in log()'s queue (not events: stats() leaves
+        #: them out); changed under `lock`, by queue_mark() and by the drain
+        self.marks_queued = 0
         self.in_flight = 0
         self.sent = 0
         self.requests = 0
@@ -417,6 +420,12 @@ class Sender:
                 self.left_count = count
         return self.left_count
 
+    def queue_mark(self, item: Any) -> None:
+        """Queue a flush marker or a bucket switch behind what log() queued."""
+        with self.lock:
+            self.marks_queued += 1
+            self.queue.append(item)
+
     def _drain(self, count: int) -> None:
         """Move `count` items from the queue to the store. Should anything fail on the way
         (the store, a bug), what was not stored goes back to the head of the queue, in order,
@@ -456,10 +465,14 @@ class Sender:
             if events:
                 segments.append(Segment(self.queue_bucket.key, self.queue_bucket.name, events))
             self._put(segments)
+            start = len(items)
         except BaseException:
             self.queue_bucket = bucket
             self.queue.extendleft(reversed(items[start:]))
             raise
+        finally:
+            with self.lock:
+                self.marks_queued -= sum(type(item) is not tuple for item in items[:start])
 
     def _put(self, segments: list[Segment]) -> None:
         if not segments:
@@ -802,6 +815,7 @@ class Sender:
         self._key_lock = threading.Lock()
         self.wake = threading.Event()
         self._markers = []
+        self.marks_queued = 0  # (the child's queue starts empty)
         self._left, self.left_count = None, 0  # (the parent's to tell)
         self._next = None  # the parent's lease, the parent's batch
         self._unacked = None  # (the parent acks it)
@@ -882,8 +896,8 @@ class Sender:
                 stop=common.pop("stop", stop),
                 remedy=common.pop("remedy", (remedy or self.last_remedy)
                                   if state is not State.ONLINE else ""),
-                until=until, queued=len(self.queue) + max(0, self._pending - self.in_flight)
-                + self.left_count,
+                until=until, queued=len(self.queue) - self.marks_queued
+                + max(0, self._pending - self.in_flight) + self.left_count,
                 in_flight=self.in_flight,
                 spooled=max(0, self._pending - self.in_flight) if self.store.path else 0,
                 sent=self.sent, requests=self.requests, retries=self.retries,

@@ -301,7 +301,7 @@ class Streamer:
         timeout = self.settings.flush_timeout if timeout is None else float(timeout)
         self._show_notices()
         marker = Marker()
-        self._queue.append(marker)
+        self._sender.queue_mark(marker)
         if self.use_async:
             self._sender.wake.set()
             marker.done.wait(timeout)
@@ -441,7 +441,7 @@ class Streamer:
         if bucket not in self._buckets:
             self._buckets.append(bucket)
         self._bucket = bucket
-        self._queue.append(bucket)  # the events logged from now on go to it
+        self._sender.queue_mark(bucket)  # the events logged from now on go to it
         self._say(logging.INFO, f"switched to bucket {name!r} ({key})")
         self._sender.wake.set()
 
@@ -455,7 +455,7 @@ class Streamer:
         common: dict[str, Any] = {
             "bucket_name": self._bucket.name, "bucket_key": self._bucket.key,
             "buckets": tuple((b.name, b.key) for b in self._buckets),
-            "logged": self._sender.drained + len(self._queue),  # (a flush marker may count)
+            "logged": self._sender.drained + len(self._queue) - self._sender.marks_queued,
             "recovered": self.recovered, "debug_level": self.DebugLevel,
             "offline_file": str(getattr(self._sender.transport, "path", "")),
             "spool_path": self._sender.store.path,

@@ -370,6 +370,31 @@ def test_warnings_point_at_the_users_line_however_deep_they_are_raised():
     assert len(said) >= 3 and {w.filename for w in said} == {__file__}
 
 
+def test_flushes_and_bucket_switches_are_not_counted_as_events():
+    """While the sender was held up (here in a slow bucket creation), each flush() added one
+    to stats().logged and .queued (its marker in the queue): 'N+1 events still waiting'."""
+    release = threading.Event()
+
+    def slow_bucket(kind, bucket_key, events):
+        release.wait(10)
+        return 201
+
+    s, _, _ = make([slow_bucket], use_async=True, clock=Clock())
+    try:
+        for i in range(20):
+            s.log("n", i)
+        s.set_bucket("Other")
+        with pytest.warns(UserWarning) as said:
+            for _ in range(3):
+                s.flush(timeout=0.05)
+        stats = s.stats()
+        assert (stats.logged, stats.queued) == (20, 20)
+        assert all("20 events still waiting" in str(w.message) for w in said), said
+    finally:
+        release.set()
+    assert s.close(timeout=5)
+
+
 def test_context_manager_flushes():
     transport = FakeTransport()
     with Streamer(access_key=KEY, transport=transport, spool=False,
@@ -900,7 +925,7 @@ def test_a_recount_of_a_shared_spool_leaves_out_the_batch_awaiting_its_ack(tmp_p
     put(0, 5)
     clock.advance(sender.step())  # 5 waiting, not old enough yet
     put(5, 30)
-    s._queue.append(Marker())  # a flush: the next batch is taken while one is out
+    sender.queue_mark(Marker())  # a flush: the next batch is taken while one is out
     for _ in range(10):
         clock.advance(sender.step())
     assert [e["value"] for e in t.events()] == list(range(30))
