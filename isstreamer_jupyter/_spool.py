@@ -289,6 +289,15 @@ def default_spool_dir() -> Path:
     return Path(platformdirs.user_data_dir("isstreamer_jupyter", appauthor=False))
 
 
+#: this run of this process, beside its PID in a lease's holder: a restarted kernel given the
+#: PID of one killed before it (common in containers) tells that one's leases from its own
+_RUN = (int.from_bytes(os.urandom(4), "big") >> 2 | 1) << 32
+
+
+def _holder() -> int:
+    return _RUN | os.getpid()  # (after a fork the child has its own PID)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -473,10 +482,12 @@ class SqliteSpool:
             return
         self._freed_at = now
         holders = db.execute("SELECT DISTINCT holder FROM segments WHERE ns=? AND lease>0 "
-                             "AND holder!=?", (self.ns, os.getpid())).fetchall()
-        for (pid,) in holders:
-            if not _alive(pid):
-                db.execute("UPDATE segments SET lease=0 WHERE ns=? AND holder=?", (self.ns, pid))
+                             "AND holder!=?", (self.ns, _holder())).fetchall()
+        for (holder,) in holders:
+            pid = holder & 0xFFFFFFFF  # (an older spool's holder is the PID alone)
+            if pid == os.getpid() or not _alive(pid):  # (our PID, not our run: reused)
+                db.execute("UPDATE segments SET lease=0 WHERE ns=? AND holder=?",
+                           (self.ns, holder))
 
     def take(self, limit: int, skip: Collection[str] = (), after: Batch | None = None,
              least: int = 1) -> Batch | None:
@@ -511,7 +522,7 @@ class SqliteSpool:
     def _lease(self, db: sqlite3.Connection, batch: Batch, now: float) -> None:
         ids = [seg_id for seg_id, *_ in batch.parts]
         db.execute(f"UPDATE segments SET lease=?, holder=? WHERE id IN ({_marks(len(ids))})",
-                   (now + self.lease_seconds, os.getpid(), *ids))
+                   (now + self.lease_seconds, _holder(), *ids))
 
     def _take_after(self, after: Batch, limit: int, least: int, now: float) -> Batch | None:
         last, start, n, count = after.parts[-1]

@@ -706,3 +706,23 @@ def test_events_left_in_a_failed_spool_are_counted_and_said_not_reported_deliver
     assert again.flush(timeout=10)
     assert sorted(values(rx.events("spool_test"))) == list(range(21))
     quiet_close(again)
+
+
+def test_a_lease_left_by_an_earlier_run_with_this_pid_is_freed(make_receiver, env):
+    """A kernel killed mid-request leaves its batch leased; its restart often gets the same
+    PID (in a container): the lease was taken for its own and held until it expired."""
+    from isstreamer_jupyter._spool import Segment, SqliteSpool
+
+    rx = make_receiver()
+    opts = settings(rx, env / "spool", timeout=30)  # (a lease lasts timeout + 30 s)
+    earlier = SqliteSpool(env / "spool", api_base=rx.api_base, access_key=KEY)
+    earlier.put([Segment("spool_test", "Spool", [("n", i, time.time()) for i in range(5)])])
+    earlier.close()
+    db = sqlite3.connect(env / "spool" / "spool.sqlite3")
+    db.execute("UPDATE segments SET lease=?, holder=?", (time.time() + 3600, os.getpid()))
+    db.commit()
+    db.close()
+    s = Streamer(**opts)
+    assert s.flush(timeout=10)
+    assert values(rx.events("spool_test")) == list(range(5))
+    quiet_close(s)
