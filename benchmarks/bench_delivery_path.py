@@ -101,23 +101,22 @@ def instrument_client() -> tuple[list[dict[str, float]], list[tuple[str, float, 
 
     requests: list[dict[str, float]] = []
     spans: list[tuple[str, float, float]] = []
-    post = _transport.HttpTransport._post
+    post, then = _transport.HttpTransport._post, _transport._then
 
-    def timed_post(self: Any, path: str, body: Any, headers: dict[str, str],
-                   meanwhile: Any = None, waiting: Any = None) -> Any:
+    def timed_post(self: Any, path: str, body: Any, headers: dict[str, str]) -> Any:
         if not path.endswith("/events"):
-            return post(self, path, body, headers, meanwhile, waiting)
+            return post(self, path, body, headers)
         requests.append({"start": pc()})
-
-        def timed() -> None:  # runs once the body is sent
-            requests[-1]["sent"] = pc()
-            if meanwhile is not None:
-                meanwhile()
-            requests[-1]["prepared"] = pc()
-
-        answer = post(self, path, body, headers, timed, waiting)
+        answer = post(self, path, body, headers)
         requests[-1]["answer"] = pc()
         return answer
+
+    def timed_then(body: bytes, meanwhile: Any) -> Any:
+        def timed() -> None:  # runs once the body is sent
+            requests[-1]["sent"] = pc()
+            meanwhile()
+            requests[-1]["prepared"] = pc()
+        return then(body, timed)
 
     def span(cls: Any, name: str) -> None:
         f = getattr(cls, name)
@@ -131,6 +130,7 @@ def instrument_client() -> tuple[list[dict[str, float]], list[tuple[str, float, 
         setattr(cls, name, timed)
 
     _transport.HttpTransport._post = timed_post  # type: ignore[method-assign]
+    _transport._then = timed_then
     span(_spool.SqliteSpool, "put")
     span(_sender.Sender, "_create")
     return requests, spans

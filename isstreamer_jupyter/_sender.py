@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -141,6 +142,11 @@ class Sender:
         self._spill_wanted = False  # log() found the sender draining: it gives way
         self.thread: threading.Thread | None = None
         self._running = False
+        #: while a request is out: when it began (time.monotonic()); the keeper's cue
+        self._request_started: float | None = None
+        self._request_begun = threading.Event()
+        self._keeper_idle = False  # asleep until a request begins: wake it then
+        self.keeper: threading.Thread | None = None
         self._markers: list[Marker] = []
         self._recheck = False  # whether a flush marker may be done without an ack
         self._created: set[str] = set()
@@ -201,7 +207,33 @@ class Sender:
     def start(self) -> None:
         self._running = True
         self.thread = threading.Thread(target=self._run, name="isstreamer-sender", daemon=True)
+        self.keeper = threading.Thread(target=self._keep_spool, name="isstreamer-spool-keeper",
+                                       daemon=True)
         self.thread.start()
+        self.keeper.start()
+
+    def _keep_spool(self) -> None:
+        """The sender thread waits out each request (up to `timeout`, 10 s, for a slow
+        service): meanwhile what log() queues goes to the spool from here, every
+        spool_interval, or a process killed then would lose it. Asleep between requests,
+        and while a request is answered within spool_interval."""
+        interval = self.settings.spool_interval
+        while self._running:
+            self._keeper_idle = True  # (before reading: a request beginning now wakes it)
+            started = self._request_started
+            if started is None:
+                self._request_begun.wait()
+                self._request_begun.clear()
+                continue
+            self._keeper_idle = False
+            due = started + interval - time.monotonic()
+            if due <= 0 and self.queue and self.store.path:
+                with contextlib.suppress(Exception):  # (the sender meets it and says it)
+                    for _ in range(len(self.queue) // SEGMENT_EVENTS + 1):
+                        if not (self.queue and self.spill(sys.maxsize)):
+                            break
+            self._request_begun.wait(due if due > 0 else interval)
+            self._request_begun.clear()
 
     def _run(self) -> None:
         checkpoint_at = 0.0
@@ -226,6 +258,9 @@ class Sender:
             delay = min(delay, self.settings.spool_interval)
             if delay > 0 and self._running and self.clock.wait(self.wake, delay):
                 self.wake.clear()
+        self._request_begun.set()  # (the keeper sees _running is False and ends)
+        if self.keeper is not None:
+            self.keeper.join(1.0)
         try:
             self._drop_next()
             self.drain()  # whatever arrived last goes to the store
@@ -373,9 +408,9 @@ class Sender:
             try:
                 self._drain(count)
                 return True
-            except SpoolBusy:  # (what was taken is back in the queue)
-                if len(queue) >= ceiling:
-                    self._drop_oldest(count)
+            except SpoolBusy as exc:  # (what was taken is back in the queue)
+                if len(queue) >= ceiling and not exc.here:  # (not the sender's moment: that
+                    self._drop_oldest(count)  # ends soon, and dropping lost events for it)
                 return False
         finally:
             lock.release()
@@ -560,8 +595,7 @@ class Sender:
         return max(0.0, delay)
 
     def _create(self, bucket: Bucket, now: float) -> float:
-        answer = self._request(lambda: self.transport.create_bucket(
-            bucket.key, bucket.name, self._spill_while_waiting), now)
+        answer = self._request(lambda: self.transport.create_bucket(bucket.key, bucket.name), now)
         if answer.outcome is Outcome.ACCEPTED:
             self._created.add(bucket.key)
             self.notify(20, f"bucket {bucket.name!r} ({bucket.key}) ready")
@@ -581,7 +615,7 @@ class Sender:
             meanwhile = lambda: self._meanwhile(batch, store, take_next)  # noqa: E731
         try:
             answer = self._request(lambda: self.transport.post_events(
-                batch.bucket_key, batch.events, meanwhile, self._spill_while_waiting), now)
+                batch.bucket_key, batch.events, meanwhile), now)
         except BaseException:  # interrupted (Ctrl-C in a use_async=False caller): keep all
             with contextlib.suppress(SpoolError):
                 self._drop_next()
@@ -679,6 +713,9 @@ class Sender:
     def _request(self, call: Callable[[], Answer], now: float) -> Answer:
         self._last_request_at = now
         self._asked_generation = self._key_generation
+        self._request_started = time.monotonic()
+        if self._keeper_idle:
+            self._request_begun.set()
         try:
             answer = call()
         except (ValueError, TypeError) as exc:  # an event or header the wire cannot carry
@@ -686,6 +723,8 @@ class Sender:
         except Exception as exc:  # a bug: keep the events, retry with backoff, say so
             answer = Answer(Outcome.RETRY, None,
                             detail=f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            self._request_started = None
         with self.lock:
             self.requests += 1
             if answer.budget is not None:
@@ -814,6 +853,8 @@ class Sender:
         self._signals_lock = threading.Lock()
         self._key_lock = threading.Lock()
         self.wake = threading.Event()
+        self._request_begun = threading.Event()
+        self._request_started, self._keeper_idle, self.keeper = None, False, None
         self._markers = []
         self.marks_queued = 0  # (the child's queue starts empty)
         self._left, self.left_count = None, 0  # (the parent's to tell)
@@ -896,7 +937,7 @@ class Sender:
                 stop=common.pop("stop", stop),
                 remedy=common.pop("remedy", (remedy or self.last_remedy)
                                   if state is not State.ONLINE else ""),
-                until=until, queued=len(self.queue) - self.marks_queued
+                until=until, queued=max(0, len(self.queue) - self.marks_queued)
                 + max(0, self._pending - self.in_flight) + self.left_count,
                 in_flight=self.in_flight,
                 spooled=max(0, self._pending - self.in_flight) if self.store.path else 0,

@@ -70,6 +70,16 @@ class SpoolBusy(SpoolError):
     """The spool is held by another thread or connection (SQLITE_BUSY, a lock not free in
     time): nothing was done; try again later (no reason to leave the spool)."""
 
+    #: held by another thread of this process (the sender's take or ack: a moment), not by
+    #: another connection (another process, which may hold it long)
+    here = False
+
+
+class SpoolHeldHere(SpoolBusy):
+    """(SpoolBusy) Another thread of this process is using the spool."""
+
+    here = True
+
 
 class Store(Protocol):
     path: str  # "" for memory
@@ -398,7 +408,7 @@ class SqliteSpool:
         transaction) and for another connection's write lock; then SpoolBusy."""
         deadline = time.monotonic() + (wait or 0.0)
         if not self._lock.acquire(timeout=-1 if wait is None else wait):
-            raise SpoolBusy(f"the spool {self.path} is busy (another thread is writing)")
+            raise SpoolHeldHere(f"the spool {self.path} is busy (another thread is writing)")
         db = self._db
         try:
             if wait is not None:  # (what is left of it: the database's own wait)

@@ -165,8 +165,7 @@ class Streamer:
         s = self.settings
         if s.offline:
             return CsvTransport(s.offline_file)
-        return HttpTransport(s.api_base, s.access_key, timeout=s.timeout,
-                             wait_step=s.spool_interval)
+        return HttpTransport(s.api_base, s.access_key, timeout=s.timeout)
 
     def _open_store(self, s: Settings, bucket_key: str) -> Store:
         if s.spool:
@@ -455,7 +454,7 @@ class Streamer:
         common: dict[str, Any] = {
             "bucket_name": self._bucket.name, "bucket_key": self._bucket.key,
             "buckets": tuple((b.name, b.key) for b in self._buckets),
-            "logged": self._sender.drained + len(self._queue) - self._sender.marks_queued,
+            "logged": self._sender.drained + max(0, len(self._queue) - self._sender.marks_queued),
             "recovered": self.recovered, "debug_level": self.DebugLevel,
             "offline_file": str(getattr(self._sender.transport, "path", "")),
             "spool_path": self._sender.store.path,

@@ -16,7 +16,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -63,16 +63,12 @@ class Answer:
 class Transport(Protocol):
     """What the sender needs from a destination."""
 
-    def create_bucket(self, bucket_key: str, bucket_name: str,
-                      waiting: Callable[[], None] | None = None) -> Answer:
-        """Create the bucket (`waiting`: as for post_events)."""
+    def create_bucket(self, bucket_key: str, bucket_name: str) -> Answer: ...
 
     def post_events(self, bucket_key: str, events: Sequence[Event],
-                    meanwhile: Callable[[], None] | None = None,
-                    waiting: Callable[[], None] | None = None) -> Answer:
+                    meanwhile: Callable[[], None] | None = None) -> Answer:
         """Send a batch. `meanwhile` is called once the request is out, while the service
-        works on it (the sender gets its next batch ready then); `waiting` again and again
-        while the answer is slow to come (the sender moves what log() queued to the spool)."""
+        works on it (the sender gets its next batch ready then)."""
 
     def prepare(self, events: Sequence[Event]) -> None:
         """These events are the next ones to go: do now what can be done before sending."""
@@ -159,13 +155,13 @@ def classify(status: int, body: bytes = b"", headers: dict[str, str] | None = No
 
 
 def _budget(headers: dict[str, str]) -> RateBudget | None:
-    try:  # (an http.client message gives None for a missing header)
+    try:
         return RateBudget(
             int(float(headers["X-RateLimit-Limit"])),
             int(float(headers["X-RateLimit-Remaining"])),
             float(headers["X-RateLimit-Reset"]),
         )
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, ValueError):
         return None
 
 
@@ -189,23 +185,20 @@ class HttpTransport:
     """One keep-alive ``requests.Session`` to the events API.
 
     The session holds the settings (headers, TLS verification, proxies from the environment)
-    and its adapter the urllib3 pool with the connection. A request takes that connection from
-    the pool (which checks that the service has not dropped it) and speaks plain
-    ``http.client`` over it: the pool's own connection set-up (TLS, proxy tunnel), without
-    requests' and urllib3's per-request layers (sessions, retries, redirects, response
-    wrapping and decoding), which an API client posting JSON and reading a status does not
-    use, and which were about half of a 500-event request's client cost (measured with
-    ``benchmarks/bench_delivery_path.py``). The access key lives only in the headers; nothing
-    here formats it.
+    and the connection pool. Requests go through the session adapter's urllib3 pool directly:
+    the same connection, TLS and proxy handling, without requests' per-request ``Response``,
+    cookie and redirect work (about half of a 500-event request's client cost, as profiled
+    while making the delivery benchmark faster), which an API client posting JSON does not use.
+    The access key lives only in the session's headers; nothing here formats it.
     """
 
     def __init__(self, api_base: str, access_key: str, timeout: float = 10.0,
-                 max_body: int = MAX_BODY, wait_step: float = 0.2) -> None:
+                 max_body: int = MAX_BODY) -> None:
         self.api_base = api_base.rstrip("/")
         self.timeout = timeout
-        self.wait_step = wait_step  # seconds between two calls of a request's `waiting`
         self.max_body = max_body
         import requests  # here, not at import: it is most of the package's import time
+        import urllib3
 
         self._session = requests.Session()
         # Read the environment's proxy and CA-bundle settings once, not on every request.
@@ -221,7 +214,7 @@ class HttpTransport:
         })
         for implied in ("Accept", "Connection"):  # */* and keep-alive: HTTP/1.1's defaults
             self._session.headers.pop(implied, None)
-        self._headers = {k: v for k, v in self._session.headers.items() if k != "Accept-Encoding"}
+        self._timeout = urllib3.Timeout(connect=timeout, read=timeout)
         self._targets: dict[str, tuple[Any, str]] = {}  # API path -> (pool, URL)
         self._ready: tuple[Sequence[Event], bytes] | None = None  # the next batch, encoded
 
@@ -230,25 +223,23 @@ class HttpTransport:
 
     def set_access_key(self, access_key: str) -> None:
         self._session.headers["X-IS-AccessKey"] = access_key
-        self._headers["X-IS-AccessKey"] = access_key
 
-    def create_bucket(self, bucket_key: str, bucket_name: str,
-                      waiting: Callable[[], None] | None = None) -> Answer:
+    def create_bucket(self, bucket_key: str, bucket_name: str) -> Answer:
         body = json.dumps({"bucketKey": bucket_key, "bucketName": bucket_name}).encode()
-        return self._post("/buckets", body, {}, waiting=waiting)
+        return self._post("/buckets", body, {})
 
     def prepare(self, events: Sequence[Event]) -> None:
         self._ready = (events, body_of(events))
 
     def post_events(self, bucket_key: str, events: Sequence[Event],
-                    meanwhile: Callable[[], None] | None = None,
-                    waiting: Callable[[], None] | None = None) -> Answer:
+                    meanwhile: Callable[[], None] | None = None) -> Answer:
         ready, self._ready = self._ready, None
         body = ready[1] if ready is not None and ready[0] is events else body_of(events)
         if len(body) > self.max_body:
             return Answer(Outcome.TOO_LARGE, None, detail=f"{len(body)} bytes over the 1 MB limit")
         headers = {"X-IS-BucketKey": bucket_key, "Content-Length": str(len(body))}
-        return self._post("/events", body, headers, meanwhile, waiting)
+        return self._post("/events", body if meanwhile is None else _then(body, meanwhile),
+                          headers)
 
     def _target(self, path: str) -> tuple[Any, str]:
         """(the session adapter's urllib3 pool, the URL to ask it for) of an API path; asked
@@ -266,63 +257,27 @@ class HttpTransport:
             target = self._targets[path] = (pool, adapter.request_url(request, session.proxies))
         return target
 
-    def _post(self, path: str, body: bytes, headers: dict[str, str],
-              meanwhile: Callable[[], None] | None = None,
-              waiting: Callable[[], None] | None = None) -> Answer:
-        import http.client
-        import ssl
-
+    def _post(self, path: str, body: bytes | Iterator[bytes], headers: dict[str, str]) -> Answer:
         import urllib3.exceptions as u3
 
         try:
             pool, url = self._target(path)
-            conn = pool._get_conn()
+            response = pool.urlopen(
+                "POST", url, body=body, headers={**self._session.headers, **headers},
+                redirect=False, assert_same_host=False, retries=False, timeout=self._timeout,
+                preload_content=True, decode_content=True)
+        except u3.NewConnectionError as exc:  # (a ConnectTimeoutError subclass in urllib3 2)
+            return Answer(Outcome.RETRY, None, detail=f"network error: {_reason(exc)}")
+        except u3.TimeoutError:
+            return Answer(Outcome.RETRY, None, detail=f"no answer within {self.timeout:g} s")
+        except u3.SSLError:
+            return Answer(Outcome.RETRY, None, detail="TLS certificate check failed",
+                          remedy=("update the CA bundle (pip install -U certifi), or set "
+                                  "REQUESTS_CA_BUNDLE to your network's CA file; events are "
+                                  "kept and retried with backoff"))
         except (u3.HTTPError, OSError) as exc:
             return Answer(Outcome.RETRY, None, detail=f"network error: {_reason(exc)}")
-        try:
-            conn.timeout = self.timeout
-            http.client.HTTPConnection.request(conn, "POST", url, body,
-                                               {**self._headers, **headers})
-            if meanwhile is not None:
-                meanwhile()
-            if waiting is not None:
-                self._await_answer(conn.sock, waiting)
-            response = http.client.HTTPConnection.getresponse(conn)
-            data = response.read()
-        except BaseException as exc:
-            conn.close()
-            pool._put_conn(conn)
-            if isinstance(exc, u3.NewConnectionError):
-                return Answer(Outcome.RETRY, None, detail=f"network error: {_reason(exc)}")
-            if isinstance(exc, TimeoutError | u3.TimeoutError):
-                return Answer(Outcome.RETRY, None, detail=f"no answer within {self.timeout:g} s")
-            if isinstance(exc, ssl.SSLError | u3.SSLError):
-                return Answer(Outcome.RETRY, None, detail="TLS certificate check failed",
-                              remedy=("update the CA bundle (pip install -U certifi), or set "
-                                      "REQUESTS_CA_BUNDLE to your network's CA file; events "
-                                      "are kept and retried with backoff"))
-            if isinstance(exc, u3.HTTPError | OSError | http.client.HTTPException):
-                return Answer(Outcome.RETRY, None, detail=f"network error: {_reason(exc)}")
-            raise
-        pool._put_conn(conn)
-        return classify(response.status, data, response.headers)
-
-    def _await_answer(self, sock: Any, waiting: Callable[[], None]) -> None:
-        """Until the answer starts to come in, call `waiting` every `wait_step` seconds;
-        no answer within `timeout`: TimeoutError, as the socket's own timeout would."""
-        import select
-        import ssl
-
-        if sock is None:
-            return
-        deadline = time.monotonic() + self.timeout
-        while not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("no answer")
-            if select.select([sock], [], [], min(self.wait_step, left))[0]:
-                return
-            waiting()
+        return classify(response.status, response.data, response.headers)
 
     def close(self) -> None:
         # urllib3 2 no longer closes a pool its manager lets go of (the connections close
@@ -331,6 +286,13 @@ class HttpTransport:
             pool.close()
         self._targets.clear()
         self._session.close()
+
+
+def _then(body: bytes, meanwhile: Callable[[], None]) -> Iterator[bytes]:
+    """The body for urllib3, which asks for more once the last byte is sent (the length is
+    in the headers, so nothing more goes out): `meanwhile` runs while the service works."""
+    yield body
+    meanwhile()
 
 
 def _reason(exc: Exception) -> str:
@@ -365,8 +327,7 @@ class CsvTransport:
     def __repr__(self) -> str:
         return f"CsvTransport({str(self.path)!r})"
 
-    def create_bucket(self, bucket_key: str, bucket_name: str,
-                      waiting: Callable[[], None] | None = None) -> Answer:
+    def create_bucket(self, bucket_key: str, bucket_name: str) -> Answer:
         self._names[bucket_key] = bucket_name
         return Answer(Outcome.ACCEPTED, None)
 
@@ -374,8 +335,7 @@ class CsvTransport:
         pass
 
     def post_events(self, bucket_key: str, events: Sequence[Event],
-                    meanwhile: Callable[[], None] | None = None,
-                    waiting: Callable[[], None] | None = None) -> Answer:
+                    meanwhile: Callable[[], None] | None = None) -> Answer:
         rows = [(repr(e), k, v) for k, v, e in events]
         text = io.StringIO()
         csv.writer(text).writerows(rows)  # (raises on what a file cannot hold: refused)

@@ -68,8 +68,7 @@ class FakeTransport:
             item = item(kind, bucket_key, events)
         return answer(item) if isinstance(item, int) else item
 
-    def create_bucket(self, bucket_key: str, bucket_name: str,
-                      waiting: Callable[[], None] | None = None) -> Answer:
+    def create_bucket(self, bucket_key: str, bucket_name: str) -> Answer:
         result = self._next("bucket", bucket_key, [])
         if result.outcome is Outcome.ACCEPTED:
             self.buckets.setdefault(bucket_key, bucket_name)
@@ -79,8 +78,7 @@ class FakeTransport:
         self.prepared.append(len(events))
 
     def post_events(self, bucket_key: str, events: Sequence[tuple[str, Any, float]],
-                    meanwhile: Callable[[], None] | None = None,
-                    waiting: Callable[[], None] | None = None) -> Answer:
+                    meanwhile: Callable[[], None] | None = None) -> Answer:
         sent = json.loads(body_of(events))  # exactly what would go over the wire
         events = [dict(e, bucket_key=bucket_key) for e in sent]
         if meanwhile is not None:  # as over HTTP: after sending, before the answer

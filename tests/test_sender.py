@@ -634,13 +634,13 @@ def test_a_spool_failing_while_batches_are_under_way_loses_nothing(tmp_path, mon
     s, t, _ = make([bucket_once_all_is_logged], **opts)
     real_post = t.post_events
 
-    def post_then_break(bucket_key, events, meanwhile=None, waiting=None):
+    def post_then_break(bucket_key, events, meanwhile=None):
         if meanwhile is not None and not getattr(t, "broke", False):
             t.broke = True
             for i in range(100, 103):
                 s.log("n", i)  # logged while the request is out ...
             monkeypatch.setattr(SqliteSpool, "put", disk_full)  # ... and the spool fails
-        return real_post(bucket_key, events, meanwhile, waiting)
+        return real_post(bucket_key, events, meanwhile)
 
     t.post_events = post_then_break
     for i in range(first):
@@ -668,13 +668,13 @@ def test_an_interrupted_request_gives_back_its_batch_and_the_next(tmp_path, spoo
     s, t, _ = make(batch_size=10, spool=spool, spool_dir=tmp_path / "spool")
     real_post = t.post_events
 
-    def interrupted_once(bucket_key, events, meanwhile=None, waiting=None):
+    def interrupted_once(bucket_key, events, meanwhile=None):
         if not getattr(t, "interrupted", False):
             t.interrupted = True
             assert meanwhile is not None
             meanwhile()  # the body is out, the next batch is taken ...
             raise KeyboardInterrupt  # ... and the user interrupts the cell
-        return real_post(bucket_key, events, meanwhile, waiting)
+        return real_post(bucket_key, events, meanwhile)
 
     t.post_events = interrupted_once
     for i in range(30):
@@ -710,7 +710,7 @@ def test_a_batch_is_acked_in_the_spool_in_the_next_requests_shadow(tmp_path, sec
     seen = []  # events in the spool (acked ones are gone) when each request's body is out
     real_post = t.post_events
 
-    def post(bucket_key, events, meanwhile=None, waiting=None):
+    def post(bucket_key, events, meanwhile=None):
         if len(t.requests()) == 1 and second == "refused before sending" and not seen[1:]:
             seen.append(("refused", observer.pending()))
             return Answer(Outcome.RETRY, None, detail="network error: connection refused")
@@ -946,7 +946,7 @@ def test_log_leaving_the_spool_while_a_request_is_out(tmp_path):
     s, t, _ = make(**opts)
     real_post = t.post_events
 
-    def switched_meanwhile(bucket_key, events, meanwhile=None, waiting=None):
+    def switched_meanwhile(bucket_key, events, meanwhile=None):
         if meanwhile is not None and not getattr(t, "switched", False):
             t.switched = True
             meanwhile()  # the next batch is taken from the spool ...
@@ -956,7 +956,7 @@ def test_log_leaving_the_spool_while_a_request_is_out(tmp_path):
                                 access_key=KEY)  # another process on that spool
             assert other.take(100) is None  # the batch out and the next stay held
             other.close()
-        return real_post(bucket_key, events, meanwhile, waiting)
+        return real_post(bucket_key, events, meanwhile)
 
     t.post_events = switched_meanwhile
     for i in range(20):
