@@ -146,6 +146,12 @@ def classify(status: int, body: bytes = b"", headers: dict[str, str] | None = No
     if status == 400 and b"BUCKET_REMOVED" in body:
         return Answer(Outcome.BUCKET_REMOVED, status, budget=budget,
                       detail="the bucket key belongs to a deleted bucket (400 BUCKET_REMOVED)")
+    if status == 407:  # (a proxy's answer: the events are fine, and kept)
+        return Answer(Outcome.RETRY, status, budget=budget,
+                      detail="the network's proxy asks for credentials (407)",
+                      remedy=("put them in the proxy setting, HTTPS_PROXY=http://user:password@"
+                              "host:port (HTTP_PROXY for an http:// API base); events are kept "
+                              "and retried with backoff"))
     if status in (408, 409) or status >= 500:
         return Answer(Outcome.RETRY, status, _retry_after(headers), budget,
                       f"the service answered {status}")

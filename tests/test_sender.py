@@ -132,6 +132,19 @@ def test_a_client_clock_behind_the_services_waits_a_minute_at_most_for_a_reset()
     assert len(t.requests()) == 2 and clock.now - start <= RESET_WAIT_CAP + 1
 
 
+def test_a_proxy_asking_for_credentials_keeps_the_events_and_says_so():
+    """A 407 (a proxy's answer) was an invalid batch: split, then each event dropped as
+    refused by the service."""
+    s, t, _ = make([204, answer(407), answer(407), 204], batch_size=5)
+    for i in range(5):
+        s.log("a", i)
+    assert s.flush(timeout=60)
+    said = [m for m in s.messages() if "proxy asks for credentials (407)" in m]
+    assert said and "Fix: put them in the proxy setting, HTTPS_PROXY=http://user:password@" \
+        "host:port" in said[0]
+    assert [e["value"] for e in t.events()] == list(range(5)) and s.stats().refused == 0
+
+
 def test_retry_after_is_honoured():
     s, t, clock = make([204, answer(429, retry_after=7), 204])
     s.log("a", 1)
