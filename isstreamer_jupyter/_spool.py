@@ -39,6 +39,8 @@ BUSY_TIMEOUT = 10.0
 #: how long a put waits at most, for another thread's transaction and another connection's
 #: write lock: it runs in log() spilling, or in the sender holding the lock log() may wait for
 PUT_WAIT = 0.002
+#: tries to open a spool another process is setting up (0.05 s more between each: 2.75 s)
+OPEN_TRIES = 10
 
 Event = tuple[str, Any, float]  # key, value, epoch
 
@@ -345,7 +347,19 @@ class SqliteSpool:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             self._db = self._connect()
-            self._open(adopt_bucket)
+            for attempt in range(OPEN_TRIES):
+                try:
+                    self._open(adopt_bucket)
+                    break
+                except sqlite3.OperationalError as exc:
+                    # (processes opening a new spool at once: SQLite may answer "locked" at
+                    # once, its busy wait aside, while another one sets it up)
+                    if "locked" not in str(exc) or attempt == OPEN_TRIES - 1:
+                        raise
+                    with contextlib.suppress(sqlite3.Error):
+                        if self._db.in_transaction:
+                            self._db.execute("ROLLBACK")
+                    time.sleep(0.05 * (attempt + 1))
         except sqlite3.DatabaseError as exc:
             raise SpoolError(f"the spool {self.path} cannot be used: {exc}") from None
         except OSError as exc:
