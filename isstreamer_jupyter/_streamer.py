@@ -112,6 +112,7 @@ class Streamer:
         self._bucket = Bucket(name, key)
         self._buckets: list[Bucket] = [self._bucket]
         self._closed = False
+        self._closing = False  # (flush() inside close(): its message says what becomes of them)
         self._closed_ok = True
         self._refused_at_log = 0
         #: (dropped, refused) as a flush last reported them
@@ -310,9 +311,17 @@ class Streamer:
         if error is None and not marker.done.is_set():
             state = self.stats()
             detail = f" ({state.state.value}: {state.reason})" if state.reason else ""
+            if not self._closing:
+                fate = "they stay queued and will be sent"
+            elif self._sender.store.path:
+                fate = (f"they stay in the spool {self._sender.store.path} for the next Streamer "
+                        f"with the same access key and API base")
+            else:
+                fate = ("they are lost as it closes (spool=False keeps events in memory "
+                        "only)")
             error = FlushTimeout(
-                f"flush: {state.pending} events still waiting after {round(timeout, 2):g} s"
-                f"{detail}; they stay queued and will be sent", pending=state.pending)
+                f"{'close' if self._closing else 'flush'}: {state.pending} events still waiting "
+                f"after {round(timeout, 2):g} s{detail}; {fate}", pending=state.pending)
         behind = self._sender.left_behind() if error is None else 0
         if behind:
             error = FlushTimeout(f"flush: {self._left_behind_text(behind)}", pending=behind)
@@ -373,10 +382,13 @@ class Streamer:
         error: DeliveryError | None = None
         delivered = False
         if flush:
+            self._closing = True
             try:
                 delivered = self.flush(timeout)
             except DeliveryError as exc:
                 error = exc
+            finally:
+                self._closing = False
         self._closed_ok = False  # (until the end: a close() that raised is no success)
         self._closed = True
         self._update_slow()

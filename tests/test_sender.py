@@ -408,6 +408,23 @@ def test_flushes_and_bucket_switches_are_not_counted_as_events():
     assert s.close(timeout=5)
 
 
+@pytest.mark.parametrize("spool", [False, True])
+def test_close_says_what_becomes_of_what_it_could_not_deliver(tmp_path, spool):
+    """Without a spool, close() said the undelivered events 'stay queued and will be sent',
+    and then they were gone."""
+    s, _, _ = make([204] + [503] * 1000, spool=spool, spool_dir=tmp_path / "spool")
+    s.log("a", 1)
+    with pytest.warns(UserWarning) as said:
+        assert not s.close(timeout=1)
+    text = " ".join(str(w.message) for w in said)
+    assert text.startswith("close: 1 events still waiting after 1 s")
+    if spool:
+        assert "they stay in the spool" in text and "for the next Streamer" in text
+    else:
+        assert "they are lost as it closes (spool=False keeps events in memory only)" in text
+    assert "will be sent" not in text
+
+
 def test_context_manager_flushes():
     transport = FakeTransport()
     with Streamer(access_key=KEY, transport=transport, spool=False,
