@@ -247,10 +247,16 @@ def _read_ini(paths: list[Path]) -> list[tuple[Path, configparser.ConfigParser]]
     parsed = []
     for path in paths:
         parser = configparser.ConfigParser(interpolation=None)
-        try:
+        problem = ""  # (raised below, outside the handler: not even as the error's context
+        try:  # may the file's text travel, and the access key may be in it)
             parser.read(path, encoding="utf-8")
         except configparser.Error as exc:
-            raise ConfigError(f"{path} is not a valid ini file: {_ini_problem(exc)}") from None
+            problem = f"is not a valid ini file: {_ini_problem(exc)}"
+        except UnicodeDecodeError as exc:
+            line = exc.object[:exc.start].count(b"\n") + 1
+            problem = f"is not UTF-8 text (line {line} has a byte that is not): save it as UTF-8"
+        if problem:
+            raise ConfigError(f"{path} {problem}")
         _check_sections(path, parser)
         parsed.append((path, parser))
     return parsed

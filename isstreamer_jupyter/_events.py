@@ -119,8 +119,9 @@ def coerce_value(key: str, value: Any) -> Value:
         return value.isoformat()
     if isinstance(value, _dt.timedelta):
         return value.total_seconds()
-    if hasattr(value, "item") and getattr(value, "shape", None) == ():  # 0-d numpy arrays
-        return coerce_value(key, value.item())
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():  # numpy 0-d, scalars
+        # (a 0-d array's own scalar: a float32 is written short; other scalars as Python's)
+        return coerce_value(key, value[()] if type(value).__name__ == "ndarray" else value.item())
     if value is None:
         fix = "log a string such as 'none', or skip the call"
     elif isinstance(value, bytes | bytearray):

@@ -280,6 +280,7 @@ def test_a_broken_ini_file_is_said_by_line_number_never_by_its_text(folders, tex
         resolve({})
     assert str(info.value) == f"{work / 'isstreamer.ini'} is not a valid ini file: {said}"
     assert SECRET not in str(info.value) and SECRET not in repr(info.value)
+    assert info.value.__context__ is None  # (configparser's error quotes the line)
 
 
 @pytest.mark.parametrize(("kwargs", "env", "source"), [
@@ -296,3 +297,16 @@ def test_offline_off_with_no_access_key_is_said_at_once(folders, monkeypatch, kw
         resolve(kwargs)
     assert str(info.value).startswith(f"offline = False ({source}) but there is no access key")
     assert "Fix: set IS_ACCESS_KEY" in str(info.value)
+
+
+def test_an_ini_file_that_is_not_utf8_is_said_in_one_line_without_its_text(folders):
+    """A Latin-1 comment (café, from a Windows editor) raised UnicodeDecodeError, whose
+    repr, shown by verbose tracebacks, held the whole file: the access key with it."""
+    _, work = folders
+    (work / "isstreamer.ini").write_bytes(
+        f"[isstreamer.client_config]\naccess_key = {SECRET}\n# caf\xe9 sensor\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        resolve({})
+    assert str(info.value) == (f"{work / 'isstreamer.ini'} is not UTF-8 text (line 3 has a byte "
+                               f"that is not): save it as UTF-8")
+    assert info.value.__context__ is None  # (its repr held the whole file)

@@ -284,6 +284,8 @@ def test_numpy_float32_and_float16_are_sent_as_the_number_they_print():
     assert coerce_value("k", np.float16(0.1)) == 0.1
     assert coerce_value("k", np.float32(3e38)) == 3e38
     assert coerce_value("k", np.float64(1.1)) == 1.1
+    assert coerce_value("k", np.array(1.1, dtype=np.float32)) == 1.1  # (0-d)
+    assert coerce_value("k", np.array(True)) is True and coerce_value("k", np.array(3)) == 3
     for obj in (np.array([1.1, 2.2], dtype=np.float32),
                 np.array([[1.1], [2.2]], dtype=np.float32)):
         assert [coerce_value("k", v) for _, v in iter_items(obj)] == [1.1, 2.2]
