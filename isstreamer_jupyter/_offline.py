@@ -3,7 +3,8 @@
 The rows are ISStreamer's ``epoch,key,value``; ours add ``# bucket: <key> <name>`` lines so the
 rows go back to the bucket they were logged to. An upload keeps the original timestamps, goes
 as fast as the rate limits allow, and records after every acknowledged request how far it got
-in ``<file>.upload.json``: interrupted and run again, it sends nothing twice. It also keeps
+in ``<file>.upload.json``: interrupted and run again, it sends again at most the batch whose
+answer the interruption cut off. It also keeps
 there how many of those rows the service refused, so a rerun still says they were not
 delivered (the unreadable rows it re-reads from the file, and says again itself).
 
@@ -44,6 +45,7 @@ except ImportError:  # pragma: no cover - Windows
 
 STATE_SUFFIX = ".upload.json"
 NO_BUCKET = "no bucket: pass --bucket-name (the file names none)"
+_RETRYING = re.compile(r"; retrying in [0-9.]+ s$")
 #: a batch the service has not acknowledged is said after this many seconds, then every
 #: WAIT_NOTE_EVERY seconds, until the upload's timeout
 WAIT_NOTE_AFTER = 10.0
@@ -328,7 +330,7 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
     """Upload an offline recording; `settings` are Streamer keyword settings (access key, ...).
 
     Sends in order, one acknowledged batch at a time, and remembers after each how far it
-    got, so a rerun after an interruption sends nothing twice.
+    got, so a rerun after an interruption sends again at most the batch in flight then.
     """
     from tqdm.auto import tqdm
 
@@ -383,7 +385,9 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
         def wait(streamer: Streamer) -> err.DeliveryError | None:
             """Flush, within `timeout`; a batch that waits on the service is said (the first
             time after WAIT_NOTE_AFTER s, then every WAIT_NOTE_EVERY s): the bar alone would
-            stand still without a word."""
+            stand still without a word. (All the sending is done here: the streamer's batch
+            is one more than ours, so log() never sends, and its requests end within the
+            upload's timeout.)"""
             deadline = time.monotonic() + timeout
             step = WAIT_NOTE_AFTER
             while True:
@@ -408,8 +412,11 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
             nonlocal streamer
             first = pending[0]
             if streamer is None:
+                options = {**settings, "batch_size": batch_size + 1,
+                           "timeout": min(resolved.timeout, timeout)}
+                options.pop("buffer_size", None)
                 streamer = Streamer(first.bucket_name, first.bucket_key, use_async=False,
-                                    spool=False, offline=False, **settings)
+                                    spool=False, offline=False, **options)
             elif first.bucket_key != streamer.BucketKey:
                 streamer.set_bucket(first.bucket_name, first.bucket_key)
             summary.buckets[first.bucket_key] = first.bucket_name
@@ -418,7 +425,9 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
             error = wait(streamer)
             refused = error.refused if isinstance(error, EventsLost) else 0
             if error is not None and (not isinstance(error, EventsLost) or error.dropped):
-                raise type(error)(streamer.stats().last_error or str(error))
+                # (the upload stops here: not "retrying in N s")
+                said = _RETRYING.sub("", streamer.stats().last_error)
+                raise type(error)(said or str(error))
             # (refused rows are final)
             summary.sent += len(pending) - refused
             summary.refused += refused

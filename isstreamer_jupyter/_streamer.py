@@ -430,7 +430,8 @@ class Streamer:
         """Upload an offline recording (ours or ISStreamer's CSV) with this streamer's access
         key and API, keeping the original timestamps, within the rate limits. Rows go to the
         given bucket, else to the buckets the file names, else to this streamer's bucket.
-        Interrupted and run again, it sends nothing twice. Returns a summary."""
+        Interrupted and run again, it sends again at most the batch whose answer was cut off.
+        Returns a summary."""
         from ._offline import upload
 
         s = self.settings
