@@ -276,11 +276,8 @@ class HttpTransport:
             return Answer(Outcome.RETRY, None, detail=f"network error: {_reason(exc)}")
         except u3.TimeoutError:
             return Answer(Outcome.RETRY, None, detail=f"no answer within {self.timeout:g} s")
-        except u3.SSLError:
-            return Answer(Outcome.RETRY, None, detail="TLS certificate check failed",
-                          remedy=("update the CA bundle (pip install -U certifi), or set "
-                                  "REQUESTS_CA_BUNDLE to your network's CA file; events are "
-                                  "kept and retried with backoff"))
+        except u3.SSLError as exc:
+            return _tls_failed(exc)
         except (u3.HTTPError, OSError) as exc:
             return Answer(Outcome.RETRY, None, detail=f"network error: {_reason(exc)}")
         return classify(response.status, response.data, response.headers)
@@ -301,11 +298,34 @@ def _then(body: bytes, meanwhile: Callable[[], None]) -> Iterator[bytes]:
     meanwhile()
 
 
+def _innermost(exc: BaseException) -> BaseException:
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return exc
+
+
+def _tls_failed(exc: Exception) -> Answer:
+    """A TLS failure, named for what it is: a certificate that does not check (an old CA
+    bundle, a network's own CA, another host's name), or no TLS at all on the other end."""
+    import ssl
+
+    inner = _innermost(exc)
+    if isinstance(inner, ssl.SSLCertVerificationError):
+        return Answer(Outcome.RETRY, None,
+                      detail=f"TLS certificate check failed: {inner.verify_message.rstrip('.')}",
+                      remedy=("update the CA bundle (pip install -U certifi), or set "
+                              "REQUESTS_CA_BUNDLE to your network's CA file; if the certificate "
+                              "is for another host, check api_base; events are kept and "
+                              "retried with backoff"))
+    return Answer(Outcome.RETRY, None, detail=f"TLS failed: {_reason(exc)}",
+                  remedy=("check api_base: https:// for a service that speaks TLS (Initial "
+                          "State's does), http:// for one that does not (such as the loopback "
+                          "receiver); events are kept and retried with backoff"))
+
+
 def _reason(exc: Exception) -> str:
     """The innermost cause of a network error, short (no URL parameters are ever sent)."""
-    inner: BaseException = exc
-    while inner.__cause__ is not None or inner.__context__ is not None:
-        inner = inner.__cause__ or inner.__context__  # type: ignore[assignment]
+    inner = _innermost(exc)
     text = str(inner) or type(inner).__name__
     if "Connection refused" in text:
         return "connection refused"

@@ -101,7 +101,7 @@ def test_https_checks_the_certificate_and_delivers_once_its_ca_is_trusted(make_r
     untrusted.log("t", 1)
     assert not untrusted.flush(timeout=1)
     stats = untrusted.stats()
-    assert stats.last_error.startswith("TLS certificate check failed; retrying in ")
+    assert stats.last_error.startswith("TLS certificate check failed: ")
     assert stats.remedy.startswith("update the CA bundle (pip install -U certifi), or set "
                                    "REQUESTS_CA_BUNDLE")
     assert rx.events() == []
@@ -117,6 +117,19 @@ def test_https_checks_the_certificate_and_delivers_once_its_ca_is_trusted(make_r
     assert trusted.flush(timeout=10)
     assert values(rx.events()) == list(range(1, 30))
     assert trusted.stats().retries == 0 and rx.stats()["connections"] == connections + 1
+
+
+def test_https_to_a_plain_http_service_is_said_as_such_not_as_a_certificate(make_receiver,
+                                                                            stream):
+    """Every TLS failure was 'certificate check failed: update the CA bundle', also https://
+    to a service that speaks plain HTTP (the loopback receiver, say)."""
+    rx = make_receiver()
+    s = stream(rx, api_base=rx.api_base.replace("http://", "https://"))
+    s.log("t", 1)
+    assert not s.flush(timeout=1, warn=False)
+    stats = s.stats()
+    assert stats.last_error.startswith("TLS failed: ") and "certificate" not in stats.last_error
+    assert stats.remedy.startswith("check api_base: https:// for a service that speaks TLS")
 
 
 def test_a_connection_the_service_closed_while_idle_is_replaced_without_a_retry(make_receiver,
