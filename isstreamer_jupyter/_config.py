@@ -249,11 +249,16 @@ def _read_ini(paths: list[Path]) -> list[tuple[Path, configparser.ConfigParser]]
         parser = configparser.ConfigParser(interpolation=None)
         problem = ""  # (raised below, outside the handler: not even as the error's context
         try:  # may the file's text travel, and the access key may be in it)
-            parser.read(path, encoding="utf-8")
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{path} cannot be read ({exc.strerror or exc}): make it "
+                              f"readable, or remove it") from None
+        try:
+            parser.read_string(data.decode("utf-8"), source=str(path))
         except configparser.Error as exc:
             problem = f"is not a valid ini file: {_ini_problem(exc)}"
         except UnicodeDecodeError as exc:
-            line = exc.object[:exc.start].count(b"\n") + 1
+            line = data[:exc.start].count(b"\n") + 1
             problem = f"is not UTF-8 text (line {line} has a byte that is not): save it as UTF-8"
         if problem:
             raise ConfigError(f"{path} {problem}")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import sys
 import threading
 import time
 from collections import Counter, deque
@@ -218,7 +217,8 @@ class Sender:
         spool_interval, or a process killed then would lose it. Asleep between requests,
         and while a request is answered within spool_interval."""
         interval = self.settings.spool_interval
-        while self._running:
+        # (close() may come while a request is out: the queue still goes to the spool)
+        while self._running or self._request_started is not None:
             self._keeper_idle = True  # (before reading: a request beginning now wakes it)
             started = self._request_started
             if started is None:
@@ -228,10 +228,8 @@ class Sender:
             self._keeper_idle = False
             due = started + interval - time.monotonic()
             if due <= 0 and self.queue and self.store.path:
-                with contextlib.suppress(Exception):  # (the sender meets it and says it)
-                    for _ in range(len(self.queue) // SEGMENT_EVENTS + 1):
-                        if not (self.queue and self.spill(sys.maxsize)):
-                            break
+                with contextlib.suppress(SpoolError):  # (the sender meets it and says it)
+                    self.drain()
             self._request_begun.wait(due if due > 0 else interval)
             self._request_begun.clear()
 

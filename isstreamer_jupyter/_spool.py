@@ -39,7 +39,10 @@ BUSY_TIMEOUT = 10.0
 #: how long a put waits at most, for another thread's transaction and another connection's
 #: write lock: it runs in log() spilling, or in the sender holding the lock log() may wait for
 PUT_WAIT = 0.002
-#: tries to open a spool another process is setting up (0.05 s more between each: 2.75 s)
+#: a transaction that waited this long to begin waits for another connection, not for a
+#: moment of this process's (another thread's, or the GIL's)
+HELD_ELSEWHERE = 0.05
+#: tries to open a spool another process is setting up (0.05 s more between each: 2.25 s)
 OPEN_TRIES = 10
 
 Event = tuple[str, Any, float]  # key, value, epoch
@@ -337,6 +340,8 @@ class SqliteSpool:
         self.max_bytes = max_bytes
         self.lease_seconds = lease_seconds
         self._lock = threading.Lock()
+        #: since when the lock's holder waits for the database's write lock (0: it does not)
+        self._awaiting_db = 0.0
         self._freed_at = 0.0
         self._unchecked = 0  # bytes put since the size was last checked
         self._cache: dict[int, list[Event]] = {}  # segments being sent, decoded
@@ -351,10 +356,11 @@ class SqliteSpool:
                 try:
                     self._open(adopt_bucket)
                     break
-                except sqlite3.OperationalError as exc:
+                except (sqlite3.OperationalError, SpoolBusy) as exc:
                     # (processes opening a new spool at once: SQLite may answer "locked" at
                     # once, its busy wait aside, while another one sets it up)
-                    if "locked" not in str(exc) or attempt == OPEN_TRIES - 1:
+                    locked = isinstance(exc, SpoolBusy) or "locked" in str(exc)
+                    if not locked or attempt == OPEN_TRIES - 1:
                         raise
                     with contextlib.suppress(sqlite3.Error):
                         if self._db.in_transaction:
@@ -422,13 +428,21 @@ class SqliteSpool:
         transaction) and for another connection's write lock; then SpoolBusy."""
         deadline = time.monotonic() + (wait or 0.0)
         if not self._lock.acquire(timeout=-1 if wait is None else wait):
+            since = self._awaiting_db
+            if since and time.monotonic() - since > HELD_ELSEWHERE:  # (the thread holding
+                # it waits for another connection: not a moment of this process's)
+                raise SpoolBusy(f"the spool {self.path} is held by another connection")
             raise SpoolHeldHere(f"the spool {self.path} is busy (another thread is writing)")
         db = self._db
         try:
             if wait is not None:  # (what is left of it: the database's own wait)
                 left = max(0, int((deadline - time.monotonic()) * 1000))
                 db.execute(f"PRAGMA busy_timeout={left}")
-            db.execute("BEGIN IMMEDIATE")
+            self._awaiting_db = time.monotonic()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            finally:
+                self._awaiting_db = 0.0
             yield db
             db.execute("COMMIT")
         except BaseException as exc:

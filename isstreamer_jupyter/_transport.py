@@ -272,6 +272,10 @@ class HttpTransport:
                 "POST", url, body=body, headers={**self._session.headers, **headers},
                 redirect=False, assert_same_host=False, retries=False, timeout=self._timeout,
                 preload_content=True, decode_content=True)
+        except u3.ProxyError as exc:  # (an https:// API base: the proxy answered CONNECT)
+            if " 407 " in f" {_reason(exc)} ":
+                return classify(407)
+            return Answer(Outcome.RETRY, None, detail=f"network error: {_reason(exc)}")
         except u3.NewConnectionError as exc:  # (a ConnectTimeoutError subclass in urllib3 2)
             return Answer(Outcome.RETRY, None, detail=f"network error: {_reason(exc)}")
         except u3.TimeoutError:

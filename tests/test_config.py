@@ -303,10 +303,12 @@ def test_an_ini_file_that_is_not_utf8_is_said_in_one_line_without_its_text(folde
     """A Latin-1 comment (café, from a Windows editor) raised UnicodeDecodeError, whose
     repr, shown by verbose tracebacks, held the whole file: the access key with it."""
     _, work = folders
+    comments = "".join(f"# line {n}, a long comment to pass 8 KB of text\n" for n in range(3, 400))
     (work / "isstreamer.ini").write_bytes(
-        f"[isstreamer.client_config]\naccess_key = {SECRET}\n# caf\xe9 sensor\n".encode("latin-1"))
+        f"[isstreamer.client_config]\naccess_key = {SECRET}\n{comments}# caf\xe9 sensor\n"
+        .encode("latin-1"))
     with pytest.raises(ConfigError) as info:
         resolve({})
-    assert str(info.value) == (f"{work / 'isstreamer.ini'} is not UTF-8 text (line 3 has a byte "
-                               f"that is not): save it as UTF-8")
+    assert str(info.value) == (f"{work / 'isstreamer.ini'} is not UTF-8 text (line 400 has a "
+                               f"byte that is not): save it as UTF-8")
     assert info.value.__context__ is None  # (its repr held the whole file)

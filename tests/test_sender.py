@@ -425,6 +425,77 @@ def test_close_says_what_becomes_of_what_it_could_not_deliver(tmp_path, spool):
     assert "will be sent" not in text
 
 
+def _spooled(path):
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT COALESCE(SUM(count - done), 0) FROM segments").fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_what_log_queued_reaches_the_spool_after_a_close_during_a_slow_request(tmp_path):
+    """close() stopped the spool keeper while the sender still waited in a slow request: what
+    log() had queued stayed in memory (close() already said 'in the spool'), and a kill then
+    lost it (a reviewer: 500 of 600)."""
+    release = threading.Event()
+
+    def slow(kind, bucket_key, events):
+        release.wait(60)
+        return 204
+
+    s, _, _ = make([204, slow], use_async=True, clock=Clock(), spool=True,
+                   spool_dir=tmp_path / "spool", flush_interval=0.1, spool_interval=1.0)
+    try:
+        for i in range(100):
+            s.log("x", i)
+        deadline = time.monotonic() + 10
+        while s.stats().in_flight == 0:  # (the first batch is out, the service is slow)
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        for i in range(500):
+            s.log("y", i)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert not s.close(timeout=0.05)
+        path, deadline = s._sender.store.path, time.monotonic() + 3
+        while _spooled(path) < 600:  # (the keeper goes on while the request is out)
+            assert time.monotonic() < deadline, _spooled(path)
+            time.sleep(0.02)
+    finally:
+        release.set()
+
+
+def test_past_twice_max_queue_log_drops_while_another_connection_holds_the_spool(tmp_path):
+    """The sender, waiting for that connection, held the spool's own lock: log() took that
+    for this process's moment and dropped nothing, paying 2 ms a call with the queue past
+    its bound."""
+    import sqlite3
+
+    s, _, _ = make([], use_async=True, clock=Clock(), spool=True, spool_dir=tmp_path / "spool",
+                   max_queue=5000, batch_size=100_000, flush_interval=0.5)
+    for i in range(100):
+        s.log("x", i)
+    time.sleep(0.2)
+    other = sqlite3.connect(s._sender.store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # (another process holds the spool's write lock)
+    try:
+        time.sleep(1.0)  # (the sender's next transaction now waits for it, holding the lock)
+        longest = 0
+        for i in range(60_000):
+            s.log("x", i)
+            longest = max(longest, len(s._queue))
+        assert s.stats().dropped > 0
+        assert longest <= 2 * 5000 + 2000  # (twice max_queue, and a segment)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s.close(timeout=5)
+
+
 def test_context_manager_flushes():
     transport = FakeTransport()
     with Streamer(access_key=KEY, transport=transport, spool=False,
