@@ -112,7 +112,6 @@ class Streamer:
         self._bucket = Bucket(name, key)
         self._buckets: list[Bucket] = [self._bucket]
         self._closed = False
-        self._closing = False  # (flush() inside close(): its message says what becomes of them)
         self._closed_ok = True
         self._refused_at_log = 0
         #: (dropped, refused) as a flush last reported them
@@ -275,8 +274,12 @@ class Streamer:
         the requests are made here; one under way at the bound ends within ``timeout`` (the
         setting): cut short, its events would be sent twice.
         """
+        return self._flush_and_tell(timeout, warn=warn)
+
+    def _flush_and_tell(self, timeout: float | None, *, warn: bool = True,
+                        closing: bool = False) -> bool:
         closed = self._closed and not self._sender_alive()
-        error = self._flush(timeout)
+        error = self._flush(timeout, closing=closing)
         if error is None:
             return True
         if closed:  # close() has told what is left
@@ -288,9 +291,10 @@ class Streamer:
             _warn(str(error))
         return False
 
-    def _flush(self, timeout: float | None) -> DeliveryError | None:
+    def _flush(self, timeout: float | None, *, closing: bool = False) -> DeliveryError | None:
         """flush() without the telling: what went wrong, or None if everything was
-        delivered (the panel and uploads choose what to say from its type)."""
+        delivered (the panel and uploads choose what to say from its type). `closing`: for
+        close(), whose message says what becomes of what waits."""
         if self._closed and not self._sender_alive():
             left = (self._sender._pending + self._sender.left_behind()
                     + _events_in(self._queue))
@@ -311,7 +315,7 @@ class Streamer:
         if error is None and not marker.done.is_set():
             state = self.stats()
             detail = f" ({state.state.value}: {state.reason})" if state.reason else ""
-            if not self._closing:
+            if not closing:
                 fate = "they stay queued and will be sent"
             elif self._sender.store.path:
                 fate = (f"they stay in the spool {self._sender.store.path} for the next Streamer "
@@ -320,7 +324,7 @@ class Streamer:
                 fate = ("they are lost as it closes (spool=False keeps events in memory "
                         "only)")
             error = FlushTimeout(
-                f"{'close' if self._closing else 'flush'}: {state.pending} events still waiting "
+                f"{'close' if closing else 'flush'}: {state.pending} events still waiting "
                 f"after {round(timeout, 2):g} s{detail}; {fate}", pending=state.pending)
         behind = self._sender.left_behind() if error is None else 0
         if behind:
@@ -382,13 +386,10 @@ class Streamer:
         error: DeliveryError | None = None
         delivered = False
         if flush:
-            self._closing = True
             try:
-                delivered = self.flush(timeout)
+                delivered = self._flush_and_tell(timeout, closing=True)
             except DeliveryError as exc:
                 error = exc
-            finally:
-                self._closing = False
         self._closed_ok = False  # (until the end: a close() that raised is no success)
         self._closed = True
         self._update_slow()
