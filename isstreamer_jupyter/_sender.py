@@ -27,7 +27,16 @@ from typing import Any
 
 from ._config import Settings
 from ._errors import AccessDenied, BucketRemoved, CapReached, DeliveryError, SpoolError
-from ._spool import SEGMENT_EVENTS, Batch, Event, MemoryStore, Segment, SpoolBusy, Store
+from ._spool import (
+    SEGMENT_EVENTS,
+    Batch,
+    Event,
+    MemoryStore,
+    Segment,
+    SpoolBusy,
+    SpoolHeldHere,
+    Store,
+)
 from ._stats import SignalStat, State, Stats
 from ._transport import Answer, Outcome, RateBudget, Transport
 
@@ -407,8 +416,9 @@ class Sender:
                 self._drain(count)
                 return True
             except SpoolBusy as exc:  # (what was taken is back in the queue)
-                if len(queue) >= ceiling and not exc.here:  # (not the sender's moment: that
-                    self._drop_oldest(count)  # ends soon, and dropping lost events for it)
+                # (this process's sender holding it a moment ends soon: no drop for that)
+                if len(queue) >= ceiling and not isinstance(exc, SpoolHeldHere):
+                    self._drop_oldest(count)
                 return False
         finally:
             lock.release()
@@ -452,6 +462,10 @@ class Sender:
             with self.lock:
                 self.left_count = count
         return self.left_count
+
+    def queued_events(self) -> int:
+        """The events (not flush markers or bucket switches) in log()'s queue."""
+        return max(0, len(self.queue) - self.marks_queued)
 
     def queue_mark(self, item: Any) -> None:
         """Queue a flush marker or a bucket switch behind what log() queued."""
@@ -654,12 +668,6 @@ class Sender:
         with self.lock:
             self.in_flight = 0
         return self._failed(answer, batch.bucket_key, batch, now, store)
-
-    def _spill_while_waiting(self) -> None:
-        """A request's answer is slow to come: what log() queued meanwhile goes to the store
-        now, not once the answer is in (up to `timeout` later: a killed process lost it)."""
-        with contextlib.suppress(Exception):  # (a spool failure: met again after the answer)
-            self.drain()
 
     def _meanwhile(self, batch: Batch, store: Store, take_next: bool) -> None:
         """Runs once `batch` is sent, while the service works on it: the previous batch's
@@ -935,7 +943,7 @@ class Sender:
                 stop=common.pop("stop", stop),
                 remedy=common.pop("remedy", (remedy or self.last_remedy)
                                   if state is not State.ONLINE else ""),
-                until=until, queued=max(0, len(self.queue) - self.marks_queued)
+                until=until, queued=self.queued_events()
                 + max(0, self._pending - self.in_flight) + self.left_count,
                 in_flight=self.in_flight,
                 spooled=max(0, self._pending - self.in_flight) if self.store.path else 0,

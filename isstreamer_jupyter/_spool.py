@@ -75,15 +75,10 @@ class SpoolBusy(SpoolError):
     """The spool is held by another thread or connection (SQLITE_BUSY, a lock not free in
     time): nothing was done; try again later (no reason to leave the spool)."""
 
-    #: held by another thread of this process (the sender's take or ack: a moment), not by
-    #: another connection (another process, which may hold it long)
-    here = False
-
 
 class SpoolHeldHere(SpoolBusy):
-    """(SpoolBusy) Another thread of this process is using the spool."""
-
-    here = True
+    """(SpoolBusy) Another thread of this process is using the spool (the sender's take or
+    ack: a moment), not another connection (another process, which may hold it long)."""
 
 
 class Store(Protocol):

@@ -297,7 +297,7 @@ class Streamer:
         close(), whose message says what becomes of what waits."""
         if self._closed and not self._sender_alive():
             left = (self._sender._pending + self._sender.left_behind()
-                    + _events_in(self._queue))
+                    + self._sender.queued_events())
             if left:
                 return FlushTimeout(f"flush: the streamer is closed; {left} events wait",
                                     pending=left)
@@ -398,7 +398,7 @@ class Streamer:
         self._sender.stop(timeout=max(0.1, deadline - time.monotonic()))
         if not self.use_async:
             self._sender.drain()
-        left = self._sender._pending + _events_in(self._queue)
+        left = self._sender._pending + self._sender.queued_events()
         if left:
             if self._sender.store.path:
                 self._say(logging.WARNING,
@@ -468,7 +468,7 @@ class Streamer:
         common: dict[str, Any] = {
             "bucket_name": self._bucket.name, "bucket_key": self._bucket.key,
             "buckets": tuple((b.name, b.key) for b in self._buckets),
-            "logged": self._sender.drained + max(0, len(self._queue) - self._sender.marks_queued),
+            "logged": self._sender.drained + self._sender.queued_events(),
             "recovered": self.recovered, "debug_level": self.DebugLevel,
             "offline_file": str(getattr(self._sender.transport, "path", "")),
             "spool_path": self._sender.store.path,
@@ -643,13 +643,6 @@ class Streamer:
             behind = self._sender.left_behind()
             if behind:
                 print(f"isstreamer_jupyter: {self._left_behind_text(behind)}", file=sys.stderr)
-
-
-def _events_in(queue: deque[Any]) -> int:
-    """The events (not flush markers) in log()'s queue, counted from a copy: another thread
-    (the sender draining it, a log()) may change the queue meanwhile, and a deque raises if
-    it changes while Python walks it (copy() is one C call, under the GIL)."""
-    return sum(1 for item in queue.copy() if type(item) is tuple)
 
 
 def _checked(name: str, value: Any) -> Any:
