@@ -3,6 +3,10 @@
 
 The table :data:`SETTINGS` is the single description of every setting; the README's settings
 table, the magics' ``%config`` traits and the error messages are all derived from it.
+
+A front end (the command line, the magics) passes its user's values in as keyword arguments,
+and names them with ``given_as`` (setting -> what its user wrote: ``--batch-size``,
+``%isstream --offline``), so that messages name that instead of "keyword argument".
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ DEFAULT_BUCKET_NAME = "isstreamer_jupyter"
 INI_NAME = "isstreamer.ini"
 CLIENT = "isstreamer.client_config"
 API = "isstreamer.api_config"
+#: the source of a keyword argument no front end named (the Python API's)
+KEYWORD = "keyword argument"
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -287,22 +293,37 @@ def _check_sections(path: Path, parser: configparser.ConfigParser) -> None:
              f"it to [{meant}] (ISStreamer's name)")
 
 
+def given_source(name: str, given_as: Mapping[str, str] | None) -> str:
+    """Where a value the caller gave for `name` came from, as messages say it: what its
+    user wrote (`given_as[name]`: a front end's option), else "keyword argument"."""
+    return (given_as or {}).get(name) or KEYWORD
+
+
 def resolve(
     kwargs: Mapping[str, Any],
     *,
+    given_as: Mapping[str, str] | None = None,
     ini_file_location: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Resolve every setting from its sources; a bad value raises :class:`ConfigError`."""
+    """Resolve every setting from its sources; a bad value raises :class:`ConfigError`.
+
+    `given_as` names, by setting, what a front end's user wrote to give the value in
+    `kwargs` (``{"batch_size": "--batch-size"}``): messages and ``Settings.sources`` say
+    that instead of "keyword argument". A name for a setting not in `kwargs` is not used.
+    """
     env = os.environ if environ is None else environ
     inis = _read_ini(ini_paths(ini_file_location))
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    given: set[str] = set()  # the settings the caller gave
     for setting in SETTINGS:
-        raw, source = _lookup(setting, kwargs, env, inis)
+        raw, source, by_caller = _lookup(setting, kwargs, given_as, env, inis)
         values[setting.name] = setting.default if source == "default" else _parsed(
-            setting, raw, source)
+            setting, raw, source, by_caller)
         sources[setting.name] = source
+        if by_caller:
+            given.add(setting.name)
 
     offline = values["offline"]
     reason = ""
@@ -313,10 +334,11 @@ def resolve(
     elif offline:
         reason = f"offline mode is on ({sources['offline']})"
     elif not values["access_key"]:  # (ISStreamer sent with no key, and every request got 401)
+        said = given_as.get("offline") if given_as and "offline" in given else None
         raise ConfigError(
             f"offline = False ({sources['offline']}) but there is no access key, so nothing "
             f"could be sent. Fix: set IS_ACCESS_KEY (or access_key under [{CLIENT}] in "
-            f"isstreamer.ini), or leave offline out to record locally")
+            f"isstreamer.ini), or leave {said or 'offline'} out to record locally")
     values["offline"] = offline
     return Settings(**values, offline_reason=reason, sources=sources)
 
@@ -324,9 +346,11 @@ def resolve(
 def _lookup(
     setting: Setting,
     kwargs: Mapping[str, Any],
+    given_as: Mapping[str, str] | None,
     env: Mapping[str, str],
     inis: list[tuple[Path, configparser.ConfigParser]],
-) -> tuple[Any, str]:
+) -> tuple[Any, str, bool]:
+    """(the raw value, where it came from, whether the caller gave it)."""
     given = [(name, kwargs[name]) for name in (setting.name, *setting.aliases)
              if kwargs.get(name) is not None and kwargs[name] != ""]  # ISStreamer: "" = not given
     if given:
@@ -334,37 +358,40 @@ def _lookup(
         if any(other != value for _, other in others):
             raise ConfigError(f"{' and '.join(n for n, _ in given)} are one setting: give "
                               f"only one")
-        return value, "keyword argument" + ("" if name == setting.name else f" {name}")
+        source = given_source(setting.name, given_as)
+        if source == KEYWORD and name != setting.name:
+            source += f" {name}"  # (an alias: buffer_size)
+        return value, source, True
     for name in setting.env:
         if env.get(name, "") != "":
-            return env[name], f"environment variable {name}"
+            return env[name], f"environment variable {name}", False
     for path, parser in inis:
         for section, option in setting.ini:
             if parser.has_option(section, option):
-                return parser.get(section, option), f"{path} [{section}] {option}"
-    return setting.default, "default"
+                return parser.get(section, option), f"{path} [{section}] {option}", False
+    return setting.default, "default", False
 
 
-def _parsed(setting: Setting, raw: Any, source: str) -> Any:
-    """A value from `source`, checked; keyword arguments arrive typed and are checked with
+def _parsed(setting: Setting, raw: Any, source: str, by_caller: bool) -> Any:
+    """A value from `source`, checked; the caller's values arrive typed and are checked with
     the same rules as text."""
-    keyword = source.startswith("keyword argument")
-    if keyword and setting.parse is parse_bool and not isinstance(raw, str):
+    if by_caller and setting.parse is parse_bool and not isinstance(raw, str):
         if isinstance(raw, bool):
             return raw
-        raise _refused(setting, raw, source, "expected True or False")
+        raise _refused(setting, raw, source, "expected True or False", by_caller)
     try:
         return setting.parse(str(raw))
     except ValueError as exc:
-        raise _refused(setting, raw, source, str(exc)) from None
+        raise _refused(setting, raw, source, str(exc), by_caller) from None
 
 
-def _refused(setting: Setting, raw: Any, source: str, reason: str) -> ConfigError:
+def _refused(setting: Setting, raw: Any, source: str, reason: str,
+             by_caller: bool) -> ConfigError:
     """The error for a bad value: the setting, the value (never the access key's), where it
     came from, what is allowed, and how to fix it there."""
     shown = "(hidden)" if setting.secret else repr(raw)
     default = f"for the default ({setting.default_text})"
-    if source.startswith("keyword argument"):
+    if by_caller:
         fix = f"change it, or leave it out {default}"
     elif source.startswith("environment variable "):
         fix = f"change {source.rsplit(' ', 1)[-1]}, or unset it {default}"

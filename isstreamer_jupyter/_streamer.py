@@ -12,6 +12,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import _config
@@ -63,6 +64,10 @@ class Streamer:
     keyword-only settings (see the README's settings table). ``log()`` costs about a
     microsecond and never waits on the network; ``flush()`` and ``close()`` wait, within a
     bound. With no access key anywhere it records to a local CSV file instead.
+
+    ``given_as`` is for a front end that passes its user's values on as keyword settings (the
+    command line, the magics): by setting, what its user wrote (``{"offline": "--online"}``),
+    which messages then name instead of "keyword argument".
     """
 
     def __init__(
@@ -93,6 +98,7 @@ class Streamer:
         spool_max_bytes: int | None = None,
         transport: Transport | None = None,
         clock: Clock | None = None,
+        given_as: Mapping[str, str] | None = None,
     ) -> None:
         kwargs = {
             "bucket_name": bucket_name or bucket, "bucket_key": bucket_key,
@@ -104,7 +110,8 @@ class Streamer:
             "spool": spool, "spool_dir": os.fspath(spool_dir) if spool_dir else None,
             "spool_interval": spool_interval, "spool_max_bytes": spool_max_bytes,
         }
-        settings = _config.resolve(kwargs, ini_file_location=ini_file_location)
+        settings = _config.resolve(kwargs, given_as=given_as,
+                                   ini_file_location=ini_file_location)
         name = settings.bucket_name or _config.DEFAULT_BUCKET_NAME
         key = settings.bucket_key or derive_bucket_key(name)
         check_bucket(name, key)

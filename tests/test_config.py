@@ -191,6 +191,23 @@ def test_out_of_range_keywords_are_refused_with_the_range_and_the_fix(with_key, 
     assert SECRET not in message
 
 
+def test_a_front_end_names_its_own_options_as_the_source(folders, monkeypatch):
+    """A front end (the command line, the magics) gives settings as keywords: the source
+    said is what its user typed; a label for a setting it did not give changes nothing."""
+    monkeypatch.setenv("IS_DEBUG_LEVEL", "2")
+    given_as = {"batch_size": "--batch-size", "debug_level": "--debug", "offline": "--online"}
+    s = resolve({"batch_size": 5, "timeout": 2, "offline": True}, given_as=given_as)
+    assert (s.sources["batch_size"], s.sources["timeout"], s.sources["debug_level"]) == (
+        "--batch-size", "keyword argument", "environment variable IS_DEBUG_LEVEL")
+    assert s.offline_reason == "offline mode is on (--online)"
+    with pytest.raises(ConfigError) as info:
+        resolve({"batch_size": "0"}, given_as=given_as)
+    assert str(info.value) == ("batch_size = '0' from --batch-size: expected a whole number at "
+                               "least 1. Fix: change it, or leave it out for the default (10)")
+    with pytest.raises(ConfigError, match=r"^spool = 1 from --spool: expected True or False"):
+        resolve({"spool": 1}, given_as={"spool": "--spool"})  # (typed as keywords are)
+
+
 def test_out_of_range_environment_is_refused_with_the_fix(with_key, monkeypatch):
     monkeypatch.setenv("IS_DEBUG_LEVEL", "9")
     with pytest.raises(ConfigError) as info:
