@@ -34,8 +34,10 @@ def demo(args: argparse.Namespace) -> int:
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.time() - args.points  # one reading a second, ending now
+    given_as = {"offline": "--online" if args.online else "demo without --online",
+                "offline_file": "--output"}
     with Streamer(bucket_name="Demo greenhouse", offline_file=str(out),
-                  offline=not args.online) as streamer:
+                  offline=not args.online, given_as=given_as) as streamer:
         for i in range(args.points):
             epoch = started + i
             streamer.log("temperature_c", round(21 + 3 * math.sin(i / 9), 2), epoch=epoch)
@@ -93,7 +95,9 @@ def upload(args: argparse.Namespace) -> int:
         settings["batch_size"] = args.batch_size
     summary = run_upload(args.file, bucket_name=args.bucket_name or "",
                          bucket_key=args.bucket_key or "", progress=not args.quiet,
-                         timeout=args.timeout, **settings)
+                         timeout=args.timeout,
+                         given_as={"batch_size": "--batch-size", "timeout": "--timeout"},
+                         **settings)
     print(summary.report(stopped=False))
     if not summary.ok:
         fix = UPLOAD_FIXES.get(summary.stopped_by, AGAIN) if summary.stopped_by else AGAIN

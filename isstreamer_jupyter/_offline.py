@@ -27,13 +27,13 @@ import stat
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import _errors as err
-from ._config import BY_NAME, check_bucket, derive_bucket_key, resolve
+from ._config import BY_NAME, check_bucket, derive_bucket_key, given_source, resolve
 from ._errors import ConfigError, EventsLost, IsStreamerError, RefusedValue
 from ._events import check_key, coerce_epoch, coerce_value
 from ._spool import fingerprint
@@ -326,19 +326,22 @@ def _one_at_a_time(state_path: Path) -> Iterator[None]:
 
 def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: str = "",
            fallback: tuple[str, str] = ("", ""), progress: bool = True, timeout: float = 600.0,
-           **settings: Any) -> UploadSummary:
+           given_as: Mapping[str, str] | None = None, **settings: Any) -> UploadSummary:
     """Upload an offline recording; `settings` are Streamer keyword settings (access key, ...).
 
     Sends in order, one acknowledged batch at a time, and remembers after each how far it
     got, so a rerun after an interruption sends again at most the batch in flight then.
+    `given_as` names what a front end's user wrote for `timeout` and `settings` (as in
+    :func:`._config.resolve`), for messages.
     """
     from tqdm.auto import tqdm
 
     from ._streamer import Streamer
 
     if not (isinstance(timeout, int | float) and 0 < timeout < math.inf):
-        raise ConfigError(f"timeout = {timeout!r}: expected the seconds a batch may wait for "
-                          f"the service, more than 0 (default 600)")
+        raise ConfigError(f"timeout = {timeout!r} from {given_source('timeout', given_as)}: "
+                          f"expected the seconds a batch may wait for the service, more than 0 "
+                          f"(default 600)")
     source = Path(path)
     if not source.exists():
         raise ConfigError(f"{source}: no such recording")
@@ -347,7 +350,9 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
                           f"and an upload reads the recording twice): copy it to a file first")
     if bucket_name or bucket_key:
         check_bucket(bucket_name or bucket_key, bucket_key or derive_bucket_key(bucket_name))
-    resolved = resolve({k: v for k, v in settings.items() if k in BY_NAME})
+    # (upload's timeout is not the setting of that name: its name is not the settings')
+    given_as = {k: v for k, v in (given_as or {}).items() if k in settings}
+    resolved = resolve({k: v for k, v in settings.items() if k in BY_NAME}, given_as=given_as)
     if not resolved.access_key:
         raise ConfigError("upload needs an access key: set IS_ACCESS_KEY (or access_key under "
                           "[isstreamer.client_config] in isstreamer.ini)")
@@ -416,7 +421,7 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
                            "timeout": min(resolved.timeout, timeout)}
                 options.pop("buffer_size", None)
                 streamer = Streamer(first.bucket_name, first.bucket_key, use_async=False,
-                                    spool=False, offline=False, **options)
+                                    spool=False, offline=False, given_as=given_as, **options)
             elif first.bucket_key != streamer.BucketKey:
                 streamer.set_bucket(first.bucket_name, first.bucket_key)
             summary.buckets[first.bucket_key] = first.bucket_name

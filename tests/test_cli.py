@@ -23,6 +23,9 @@ def test_demo_is_the_main_job_and_needs_no_account(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "logged 16 events" in done.stdout
     assert "recorded locally to build/demo_recording.csv" in done.stdout
+    # (the demo chose offline, not a keyword argument of the user's)
+    assert ("isstreamer_jupyter: offline mode is on (demo without --online), so recording "
+            "locally to build/demo_recording.csv") in done.stdout
     rows = [r for r in (tmp_path / "build/demo_recording.csv").read_text().splitlines()
             if not r.startswith("#")]
     assert len(rows) == 16
@@ -233,7 +236,9 @@ def test_a_batch_size_below_1_is_refused_not_ignored(tmp_path, make_receiver, si
     recording.write_text("1795000000,a,1\n")
     done = run_upload(rx.api_base, recording, "--batch-size", size)
     assert done.returncode == 2, done.stdout + done.stderr
-    assert len(done.stderr.splitlines()) == 1 and "batch_size" in done.stderr, done.stderr
+    assert done.stderr.splitlines() == [  # (the option typed, not "keyword argument")
+        f"upload: batch_size = {size} from --batch-size: expected a whole number at least 1. "
+        f"Fix: change it, or leave it out for the default (10)"]
     assert rx.events() == []
 
 
@@ -321,8 +326,9 @@ def test_timeout_bounds_an_upload_to_a_service_that_does_not_take_it(tmp_path, m
         r"again: it goes on where it stopped\.\n", done.stderr), done.stderr
     for bad in ("0", "-5", "nan"):
         refused = run_upload(rx.api_base, recording, "--timeout", bad)
-        assert refused.returncode == 2 and refused.stderr.startswith("upload: timeout = "), \
-            refused.stderr
+        assert refused.returncode == 2 and refused.stderr.splitlines() == [
+            f"upload: timeout = {float(bad)!r} from --timeout: expected the seconds a batch may "
+            f"wait for the service, more than 0 (default 600)"], refused.stderr
     assert "--timeout SECONDS" in help_text("upload")
 
 
@@ -354,6 +360,19 @@ def test_a_setting_error_in_demo_is_one_line(tmp_path):
     assert done.returncode == 2, done.stderr
     assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith("demo: "), done.stderr
     assert "debug_level" in done.stderr
+
+
+def test_demo_online_without_an_access_key_names_the_option_in_one_line(tmp_path):
+    """It said 'offline = False (keyword argument)' and 'leave offline out': the user typed
+    --online, and there is no keyword to leave out on the command line."""
+    done = subprocess.run([sys.executable, "-m", "isstreamer_jupyter", "demo", "--online",
+                           "--points", "1"], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path, env=dict(CLEAN_ENV, HOME=str(tmp_path)))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.splitlines() == [
+        "demo: offline = False (--online) but there is no access key, so nothing could be "
+        "sent. Fix: set IS_ACCESS_KEY (or access_key under [isstreamer.client_config] in "
+        "isstreamer.ini), or leave --online out to record locally"]
 
 
 def test_timeout_is_the_uploads_bound_even_when_the_service_never_answers(tmp_path,
