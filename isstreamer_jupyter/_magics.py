@@ -279,6 +279,9 @@ class IsStreamMagics(Magics, _SettingTraits):
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         self._streamer: Streamer | None = None
         self._adopted = ""  # the name given to --use; "" when the magics made the streamer
+        #: the option that set a setting last ("%isstream --offline"); the others were set
+        #: with %config (or the IPython config), and are named so
+        self._set_by: dict[str, str] = {}
         super().__init__(shell=shell, **kwargs)  # Magics: parent=shell, joins configurables
 
     # ------------------------------------------------------------------ settings
@@ -301,6 +304,7 @@ class IsStreamMagics(Magics, _SettingTraits):
     @observe(*SETTING_TRAITS)
     def _setting_changed(self, change: Any) -> None:
         streamer, name, new = self._streamer, change["name"], change["new"]
+        self._set_by.pop(name, None)  # (%config; an option names itself after setting it)
         if streamer is None or new is None:
             return
         if name in ("bucket_name", "bucket_key"):
@@ -333,6 +337,11 @@ class IsStreamMagics(Magics, _SettingTraits):
     def _overrides(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in SETTING_TRAITS}
 
+    def _given_as(self) -> dict[str, str]:
+        """What the user wrote to set each setting, for the core's messages."""
+        return {name: self._set_by.get(name, f"%config IsStreamMagics.{name}")
+                for name in SETTING_TRAITS}
+
     # ------------------------------------------------------------------ the session streamer
     @property
     def streamer(self) -> Streamer:
@@ -349,7 +358,7 @@ class IsStreamMagics(Magics, _SettingTraits):
         settings = self._overrides()
         settings.update(overrides)
         try:
-            streamer = Streamer(**settings)
+            streamer = Streamer(**settings, given_as=self._given_as())
         except IsStreamerError as exc:
             raise UsageError(str(exc)) from None
         self._streamer, self._adopted = streamer, ""
@@ -480,7 +489,7 @@ class IsStreamMagics(Magics, _SettingTraits):
         if args.offline:
             self._set_trait("offline", True, "--offline")
         if args.bucket is not None:
-            self._switch_bucket(args.bucket, args.bucket_key)
+            self._switch_bucket(args.bucket, args.bucket_key, "%isstream")
         if events:
             self._log(events, epoch)
         if args.close:
@@ -493,14 +502,16 @@ class IsStreamMagics(Magics, _SettingTraits):
             self._show_panel()
 
     def _set_trait(self, name: str, value: Any, option: str) -> None:
+        """Set a setting from an %isstream option, which is then its source."""
         try:
             setattr(self, name, value)
         except TraitError as exc:
             raise UsageError(f"{option} {value!r}: {str(exc).rsplit(': ', 1)[-1]}") from None
         except IsStreamerError as exc:
             raise UsageError(str(exc)) from None
+        self._set_by[name] = f"%isstream {option}"
 
-    def _switch_bucket(self, name: str, key: str | None) -> None:
+    def _switch_bucket(self, name: str, key: str | None, magic: str) -> None:
         """--bucket: the bucket settings (as %config would set them), so a streamer the
         magics make later (after --offline, a changed setting) keeps streaming to it."""
         name, key = _unquote(name), _unquote(key) if key else ""
@@ -508,6 +519,8 @@ class IsStreamMagics(Magics, _SettingTraits):
             with self.hold_trait_notifications():  # (one switch, to the final name and key)
                 self.bucket_key = key or None
                 self.bucket_name = name
+            self._set_by.update(bucket_name=f"{magic} --bucket",
+                                bucket_key=f"{magic} --bucket-key")
             self._apply_bucket()  # (also when the settings already said so)
         except TraitError as exc:
             raise UsageError(str(exc).split(": ", 1)[-1]) from None  # (the core's words)
@@ -607,7 +620,7 @@ class IsStreamMagics(Magics, _SettingTraits):
         if args.lines and (args.names or args.time):
             raise UsageError("--lines reads the body as data; it takes no NAMEs and no --time")
         if args.bucket is not None:
-            self._switch_bucket(args.bucket, args.bucket_key)
+            self._switch_bucket(args.bucket, args.bucket_key, "%%isstream")
         else:
             self.streamer  # noqa: B018 - make it now: a settings mistake shows before the cell
         if args.lines:

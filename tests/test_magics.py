@@ -237,7 +237,12 @@ def test_offline_records_locally(session: Session, env: Path) -> None:
         warnings.simplefilter("ignore")  # the core's one notice: "recording locally to ..."
         flushed = session.ok("%isstream temp 2 --flush").text
     assert "recorded (1 events so far, in isstreamer_out.csv)" in flushed  # not "delivered"
-    assert " 1 recorded · " in session.ok("%isstream --status").text
+    # (what the user typed, not "keyword argument")
+    assert ("isstreamer_jupyter: offline mode is on (%isstream --offline), so recording locally "
+            "to isstreamer_out.csv") in flushed
+    status = session.ok("%isstream --status").text
+    assert " 1 recorded · " in status
+    assert "why:     offline mode is on (%isstream --offline)\n" in status
     assert session.magics.streamer.Offline
     assert [e["value"] for e in session.rx.events()] == [1]  # nothing sent after --offline
     csv = (env / "work" / "isstreamer_out.csv").read_text()
@@ -483,6 +488,39 @@ def test_config_refuses_bad_values(session: Session, caplog: Any) -> None:
         assert f"IsStreamMagics.{line.split(' = ')[0]} = " in caplog.text, caplog.text
         assert words in caplog.text, (line, caplog.text)
         assert getattr(session.magics, line.split()[0]) is None
+
+
+def test_config_offline_is_named_as_the_source(session: Session,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A %config value reached the streamer as a keyword argument, and was said as one."""
+    monkeypatch.delenv("IS_ACCESS_KEY")
+    session.ok("%config IsStreamMagics.offline = False")
+    assert session.usage_error("%isstream temp 1") == (
+        "offline = False (%config IsStreamMagics.offline) but there is no access key, so "
+        "nothing could be sent. Fix: set IS_ACCESS_KEY (or access_key under "
+        "[isstreamer.client_config] in isstreamer.ini), or leave %config "
+        "IsStreamMagics.offline out to record locally")
+    session.ok("%config IsStreamMagics.offline = True")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the core's one notice: "recording locally to ..."
+        status = session.ok("%isstream --status").text
+    assert "why:     offline mode is on (%config IsStreamMagics.offline)\n" in status
+    sources = session.magics.streamer.settings.sources
+    assert sources["offline"] == "%config IsStreamMagics.offline"
+    assert sources["flush_interval"] == "environment variable IS_FLUSH_INTERVAL"
+
+
+def test_options_that_set_a_setting_are_its_source(session: Session) -> None:
+    session.ok('%isstream --debug 1 --bucket "Run 9" --bucket-key run9')
+    sources = session.magics.streamer.settings.sources
+    assert (sources["debug_level"], sources["bucket_name"], sources["bucket_key"]) == (
+        "%isstream --debug", "%isstream --bucket", "%isstream --bucket-key")
+    session.ok("%config IsStreamMagics.debug_level = 0")  # (the last said wins)
+    session.ok("%isstream --close")
+    session.ok("%%isstream --bucket 'Run 10'\nx = 1\n")  # (a new streamer)
+    sources = session.magics.streamer.settings.sources
+    assert (sources["debug_level"], sources["bucket_name"], sources["bucket_key"]) == (
+        "%config IsStreamMagics.debug_level", "%%isstream --bucket", "default")
 
 
 def test_config_help_comes_from_the_settings_table(session: Session) -> None:
