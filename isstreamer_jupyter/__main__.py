@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 import warnings
@@ -172,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         again = f": {AGAIN}" if args.command == "upload" else ""
         print(f"{args.command}: interrupted{again}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # (stdout's reader went away: `... | head`) as a shell's SIGPIPE,
+        # and no second error when Python flushes stdout on the way out (Python's docs, signal)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -143,13 +143,13 @@ class Streamer:
                               notify=self._say,
                               current_bucket=lambda: self._bucket, redact=self._redact)
         self._update_slow()
-        _live.add(self)
         if settings.offline and not self._custom_transport:  # say so once, in the caller
             path = self._sender.transport.path  # type: ignore[attr-defined]
             notice = (f"{settings.offline_reason}, so recording locally to {path}; upload it "
                       f"later with: python -m isstreamer_jupyter upload {path}")
             self._say(logging.WARNING, notice)  # (the ring, the panel's log: logging too)
-            print(f"isstreamer_jupyter: {notice}")
+            with contextlib.suppress(OSError, ValueError):  # (a closed or broken stdout)
+                print(f"isstreamer_jupyter: {notice}")
         recovered = getattr(store, "recovered", 0)
         if recovered:
             self._say(logging.WARNING, f"resuming {recovered} events found in the spool for "
@@ -158,6 +158,7 @@ class Streamer:
                                        f"before new ones")
         if use_async:
             self._sender.start()
+        _live.add(self)  # (last: closed at exit, once it is whole)
 
     # ---------------------------------------------------------------- construction helpers
     @staticmethod

@@ -31,6 +31,24 @@ def test_demo_is_the_main_job_and_needs_no_account(tmp_path):
     assert len(rows) == 16
 
 
+def test_demo_into_a_closed_pipe_records_all_and_exits_as_a_shell_would(tmp_path):
+    """`demo | head -1`: the reader went away before the first line. The recording is still
+    whole, and the command ends as a shell's SIGPIPE would (141), with no traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "isstreamer_jupyter", "demo", "--points",
+                               "5"], stdout=write_end, stderr=subprocess.PIPE, text=True,
+                              timeout=60, cwd=tmp_path, env=CLEAN_ENV)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141
+    assert done.stderr == ""  # (no traceback, nor an at-exit close waiting on nothing)
+    rows = [r for r in (tmp_path / "build/demo_recording.csv").read_text().splitlines()
+            if not r.startswith("#")]
+    assert len(rows) == 16
+
+
 def test_serve_runs_the_receiver_until_interrupted(tmp_path):
     server = subprocess.Popen([sys.executable, "-m", "isstreamer_jupyter", "serve", "--port", "0",
                                "--rate-limit", "5"], stdout=subprocess.PIPE, text=True,
