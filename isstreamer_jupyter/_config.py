@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ._errors import ConfigError, warn
 
@@ -31,6 +31,9 @@ CLIENT = "isstreamer.client_config"
 API = "isstreamer.api_config"
 #: the source of a keyword argument no front end named (the Python API's)
 KEYWORD = "keyword argument"
+
+#: what is shown in place of the access key
+MASK = "********"
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -64,6 +67,47 @@ def _parse_number(kind: type, minimum: float, strict: bool,
         return value
 
     return parse
+
+
+class Secret(str):
+    """The access key, held from the moment it comes in (a keyword argument, the
+    environment, an ini file, ``AccessKey = ...``) to the HTTP header.
+
+    Used as text it is the key: ``str()`` and ``%s``, ``encode()`` (the header, the spool's
+    fingerprint), comparisons, hashing. Shown as a value it is the mask: ``repr()``, and so
+    what shows a variable's value (IPython's ``%xmode Verbose`` tracebacks, which show the
+    values in each frame's line; a cell's result; container and dataclass reprs; pprint;
+    logging's ``%r``), and ``format()`` (an f-string). Text made from it (a slice, ``+``,
+    ``strip()``) is a plain ``str`` again: wrap what is kept, with :func:`hidden`. It is not
+    pickled: a pickle would hold the key in clear."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return repr(MASK if self else "")
+
+    def __format__(self, spec: str) -> str:
+        return format(MASK if self else "", spec)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError("the access key is not pickled (it would be in the pickle in clear): "
+                        "give it again from IS_ACCESS_KEY or isstreamer.ini")
+
+    def __copy__(self) -> Secret:
+        return self
+
+    def __deepcopy__(self, memo: Any) -> Secret:
+        return self
+
+
+_T = TypeVar("_T")
+
+
+def hidden(value: _T) -> _T:
+    """`value` as a :class:`Secret` if it is text (a ``None``, or what is not text, as it is);
+    rebind a parameter with it first thing (``access_key = hidden(access_key)``): a verbose
+    traceback shows a frame's arguments as they are when it is shown."""
+    return Secret(value) if isinstance(value, str) else value  # type: ignore[return-value]
 
 
 def normalize_api_base(raw: str) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import _config
-from ._config import BY_NAME, Settings, check_bucket, derive_bucket_key
+from ._config import BY_NAME, MASK, Settings, check_bucket, derive_bucket_key
 from ._errors import (
     ConfigError,
     DeliveryError,
@@ -526,7 +526,7 @@ class Streamer:
     @property
     def AccessKey(self) -> str:  # noqa: N802
         """Masked: the access key is never shown. Assign to fix a refused key."""
-        return "********" if self.settings.access_key else ""
+        return MASK if self.settings.access_key else ""
 
     @AccessKey.setter
     def AccessKey(self, access_key: str) -> None:  # noqa: N802
@@ -599,7 +599,7 @@ class Streamer:
         settings = getattr(self, "settings", None)
         key = settings.access_key if settings else ""
         if len(key) >= 6 and key in message:  # (a toy key like "k" would mangle every word)
-            return message.replace(key, "********")
+            return message.replace(key, MASK)
         return message
 
     def _notice(self, message: str) -> None:

@@ -7,7 +7,14 @@ import warnings
 import pytest
 
 from isstreamer_jupyter import ConfigError
-from isstreamer_jupyter._config import SETTINGS, derive_bucket_key, resolve
+from isstreamer_jupyter._config import (
+    MASK,
+    SETTINGS,
+    Secret,
+    derive_bucket_key,
+    hidden,
+    resolve,
+)
 
 
 @pytest.fixture
@@ -112,6 +119,60 @@ def test_a_bad_access_key_source_never_echoes_it(folders):
         resolve({"access_key": "secret-value", "batch_size": "x"})
     s = resolve({"access_key": "secret-value"})
     assert "secret-value" not in repr(s)
+
+
+def test_a_secret_is_the_key_as_text_and_the_mask_as_a_value():
+    import copy
+    import dataclasses
+    import logging
+    import pickle
+    import pprint
+    import pydoc
+
+    from IPython.lib.pretty import pretty
+
+    from isstreamer_jupyter._config import Settings
+    from isstreamer_jupyter._spool import fingerprint
+
+    key = Secret(SECRET)
+    # as text (the header, the spool's fingerprint, comparisons): the key itself
+    assert key == SECRET and hash(key) == hash(SECRET) and SECRET in {key}
+    assert str(key) == SECRET and type(str(key)) is str
+    assert "%s" % key == SECRET  # noqa: UP031 - (the formatting asked about)
+    assert key.encode("latin-1") == SECRET.encode()  # (what http.client sends)
+    # (the same namespace as before it was a Secret: spools written then still match)
+    assert fingerprint("https://groker.init.st/api", key) == "fc17ac2788fdf38487a229c2"
+    assert fingerprint("https://groker.init.st/api", SECRET) == "fc17ac2788fdf38487a229c2"
+
+    # as a value: the mask
+    @dataclasses.dataclass
+    class Holder:
+        key: str
+
+    record = logging.LogRecord("isstreamer_jupyter", logging.INFO, __file__, 1, "key %r",
+                               (key,), None)
+    shown = [repr(key), f"{key}", f"{key!r}", f"{key:>12}", "%r" % key,  # noqa: UP031
+             "{}".format(key),  # noqa: UP032 - (the formatting asked about)
+             repr([key]), repr({"access_key": key}), pprint.pformat({"access_key": key}),
+             pretty(key), pretty({"access_key": key}), pydoc.text.repr(key),
+             pydoc.text.repr({"access_key": key}), repr(Holder(key)), record.getMessage()]
+    for text in shown:
+        assert SECRET not in text and MASK in text, text
+    assert repr(Secret("")) == "''" and f"{Secret('')}" == "" and not Secret("")
+
+    # copies are itself; a pickle would hold the key in clear: refused, without showing it
+    settings = Settings(access_key=key)
+    assert copy.copy(key) is key and copy.deepcopy(key) is key
+    assert copy.deepcopy(settings).access_key is key
+    assert dataclasses.asdict(settings)["access_key"] is key
+    for what in (key, settings):
+        with pytest.raises(TypeError, match="not pickled") as info:
+            pickle.dumps(what)
+        assert SECRET not in str(info.value)
+
+    # text made from it is plain text again: hidden() wraps what is kept
+    assert type(key.strip()) is str and type(hidden(key.strip())) is Secret
+    assert hidden(None) is None and hidden(3) == 3 and type(hidden(key)) is Secret
 
 
 @pytest.mark.parametrize("key", ["secret\nvalue", "secret\x00value", "secrét-value"])
