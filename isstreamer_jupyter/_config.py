@@ -155,11 +155,11 @@ def _str(raw: str) -> str:
     return raw.strip()
 
 
-def _access_key(raw: str) -> str:
+def _access_key(raw: str) -> Secret:
     """Stripped, as every text setting; and fit for an HTTP header (never shown: it is
     secret). A line break pasted inside, or a character a header cannot carry, would make
     every request fail before it is sent."""
-    key = raw.strip()
+    key = Secret(raw.strip())
     if not (key.isprintable() and key.isascii()):
         raise ValueError("expected printable ASCII characters only: look for a pasted line "
                          "break or a stray character")
@@ -214,6 +214,16 @@ SETTINGS: tuple[Setting, ...] = (
             shown="256 MiB"),
 )
 BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
+#: the keyword names that carry a secret: the secret settings' names and aliases, and
+#: Streamer's client_key (the seed README's name for access_key)
+SECRET_KEYWORDS = frozenset(
+    {"client_key"}.union(*((s.name, *s.aliases) for s in SETTINGS if s.secret)))
+
+
+def hide_secrets(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of keyword arguments, the secret ones :func:`hidden`."""
+    return {name: hidden(value) if name in SECRET_KEYWORDS else value
+            for name, value in kwargs.items()}
 
 
 def settings_table() -> str:
@@ -355,14 +365,18 @@ def resolve(
     `given_as` names, by setting, what a front end's user wrote to give the value in
     `kwargs` (``{"batch_size": "--batch-size"}``): messages and ``Settings.sources`` say
     that instead of "keyword argument". A name for a setting not in `kwargs` is not used.
+
+    The access key is a :class:`Secret` from where it is read on: its arguments are
+    rebound first, as a traceback shows them.
     """
-    env = os.environ if environ is None else environ
+    kwargs = hide_secrets(kwargs)
+    environ = _environment(os.environ if environ is None else environ)
     inis = _read_ini(ini_paths(ini_file_location))
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     given: set[str] = set()  # the settings the caller gave
     for setting in SETTINGS:
-        raw, source, by_caller = _lookup(setting, kwargs, given_as, env, inis)
+        raw, source, by_caller = _lookup(setting, kwargs, given_as, environ, inis)
         values[setting.name] = setting.default if source == "default" else _parsed(
             setting, raw, source, by_caller)
         sources[setting.name] = source
@@ -385,6 +399,13 @@ def resolve(
             f"isstreamer.ini), or leave {said or 'offline'} out to record locally")
     values["offline"] = offline
     return Settings(**values, offline_reason=reason, sources=sources)
+
+
+def _environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables the settings read, and no others (a traceback may show this mapping, and
+    ``os.environ``'s repr is the whole environment), the secret ones :func:`hidden`."""
+    return {name: hidden(environ[name]) if setting.secret else environ[name]
+            for setting in SETTINGS for name in setting.env if name in environ}
 
 
 def _lookup(
@@ -412,7 +433,9 @@ def _lookup(
     for path, parser in inis:
         for section, option in setting.ini:
             if parser.has_option(section, option):
-                return parser.get(section, option), f"{path} [{section}] {option}", False
+                raw = parser.get(section, option)
+                return ((hidden(raw) if setting.secret else raw), f"{path} [{section}] {option}",
+                        False)
     return setting.default, "default", False
 
 

@@ -33,7 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from . import _errors as err
-from ._config import BY_NAME, check_bucket, derive_bucket_key, given_source, resolve
+from ._config import (
+    BY_NAME,
+    check_bucket,
+    derive_bucket_key,
+    given_source,
+    hide_secrets,
+    resolve,
+)
 from ._errors import ConfigError, EventsLost, IsStreamerError, RefusedValue
 from ._events import check_key, coerce_epoch, coerce_value
 from ._spool import fingerprint
@@ -334,6 +341,7 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
     `given_as` names what a front end's user wrote for `timeout` and `settings` (as in
     :func:`._config.resolve`), for messages.
     """
+    settings = hide_secrets(settings)  # (first: a verbose traceback shows it as it is then)
     from tqdm.auto import tqdm
 
     from ._streamer import Streamer

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import _config
-from ._config import BY_NAME, MASK, Settings, check_bucket, derive_bucket_key
+from ._config import BY_NAME, MASK, Settings, check_bucket, derive_bucket_key, hidden
 from ._errors import (
     ConfigError,
     DeliveryError,
@@ -100,6 +100,8 @@ class Streamer:
         clock: Clock | None = None,
         given_as: Mapping[str, str] | None = None,
     ) -> None:
+        # (first: a verbose traceback shows a frame's arguments as they are when it is shown)
+        access_key, client_key = hidden(access_key), hidden(client_key)
         kwargs = {
             "bucket_name": bucket_name or bucket, "bucket_key": bucket_key,
             "access_key": access_key or client_key, "api_base": api_base,
@@ -530,6 +532,7 @@ class Streamer:
 
     @AccessKey.setter
     def AccessKey(self, access_key: str) -> None:  # noqa: N802
+        access_key = hidden(access_key)
         if self.settings.offline or self._custom_transport:
             raise ConfigError("this streamer records offline; create a new Streamer with "
                               "access_key=... to stream")
@@ -661,6 +664,8 @@ def _checked(name: str, value: Any) -> Any:
     except ValueError:  # (an int past 4300 digits cannot be written)
         raise ConfigError(f"{name}: that number is far out of range") from None
     setting = BY_NAME[name]
+    if setting.secret:
+        text = hidden(text)
     try:
         return setting.parse(text)
     except ValueError as exc:

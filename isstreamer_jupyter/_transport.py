@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from ._config import hidden
 from ._version import __version__
 
 #: the service answers 413 past this body size
@@ -200,6 +201,7 @@ class HttpTransport:
 
     def __init__(self, api_base: str, access_key: str, timeout: float = 10.0,
                  max_body: int = MAX_BODY) -> None:
+        access_key = hidden(access_key)  # (in the header too: a traceback may show headers)
         self.api_base = api_base.rstrip("/")
         self.timeout = timeout
         self.max_body = max_body
@@ -228,6 +230,7 @@ class HttpTransport:
         return f"HttpTransport({self.api_base!r})"
 
     def set_access_key(self, access_key: str) -> None:
+        access_key = hidden(access_key)
         self._session.headers["X-IS-AccessKey"] = access_key
 
     def create_bucket(self, bucket_key: str, bucket_name: str) -> Answer:

@@ -121,6 +121,29 @@ def test_a_bad_access_key_source_never_echoes_it(folders):
     assert "secret-value" not in repr(s)
 
 
+def test_the_access_key_is_a_secret_from_every_source(folders, monkeypatch):
+    """Wherever it is read from, the key is a Secret: the key as text, the mask as a value
+    (a verbose traceback shows the values of the names in each frame's line)."""
+    _, work = folders
+    write_ini(work, f"access_key = {SECRET}\n")
+    from_ini = resolve({})
+    other = work / "other.ini"
+    other.write_text(f"[isstreamer.client_config]\naccess_key = {SECRET}\n")
+    from_location = resolve({}, ini_file_location=other)
+    monkeypatch.setenv("IS_API_ACCESS_KEY", f" {SECRET}\n")
+    from_environment = resolve({})
+    from_mapping = resolve({}, environ={"IS_ACCESS_KEY": SECRET})
+    from_keyword = resolve({"access_key": SECRET})
+    streamers = [streamer_with(access_key=SECRET), streamer_with(client_key=SECRET)]
+    for key in [from_ini.access_key, from_location.access_key, from_environment.access_key,
+                from_mapping.access_key, from_keyword.access_key,
+                *(s.settings.access_key for s in streamers)]:
+        assert type(key) is Secret and key == SECRET and repr(key) == repr(MASK)
+    assert from_environment.sources["access_key"] == "environment variable IS_API_ACCESS_KEY"
+    (work / "isstreamer.ini").unlink()
+    assert resolve({}, environ={}).access_key == ""  # (no key: recording locally, as before)
+
+
 def test_a_secret_is_the_key_as_text_and_the_mask_as_a_value():
     import copy
     import dataclasses

@@ -14,6 +14,7 @@ import pytest
 import trustme
 
 from isstreamer_jupyter import AccessDenied, ConfigError, State, Streamer, StreamerClosed
+from isstreamer_jupyter._config import MASK
 from isstreamer_jupyter.receiver import Faults
 
 KEY = "ist_http_test_secret_key_abcdef"
@@ -271,6 +272,22 @@ def test_401_then_fixed_key_delivers_everything(make_receiver, stream):
     s.AccessKey = "ist_the_right_key"
     assert s.flush(timeout=10)
     assert values(rx.events(s.BucketKey)) == list(range(5))
+
+
+def test_the_header_carries_the_key_and_its_repr_the_mask(make_receiver, stream):
+    """The session's header is the key as a Secret: the service gets the key (it takes no
+    other), and the headers' repr (a verbose traceback shows them, in our frames and
+    urllib3's) the mask; so too once AccessKey = ... replaced it."""
+    rx = make_receiver(access_keys={KEY})
+    s = stream(rx)
+    headers = s._sender.transport._session.headers
+    s.log("n", 1)
+    assert s.flush(timeout=10)
+    assert values(rx.events(s.BucketKey)) == [1]
+    assert KEY not in repr(headers) and f"'X-IS-AccessKey': '{MASK}'" in repr(headers)
+    s.AccessKey = "ist_the_right_key"
+    assert headers["X-IS-AccessKey"] == "ist_the_right_key"
+    assert "ist_the_right_key" not in repr(headers) and repr(MASK) in repr(headers)
 
 
 def test_once_the_key_is_fixed_its_old_refusal_is_not_said_again(make_receiver, stream):

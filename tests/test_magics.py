@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import atexit
 import re
+import signal
+import socket
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -33,7 +36,7 @@ from traitlets.config import Config
 
 import isstreamer_jupyter
 from isstreamer_jupyter import Streamer
-from isstreamer_jupyter._config import SETTINGS, derive_bucket_key
+from isstreamer_jupyter._config import MASK, SETTINGS, derive_bucket_key
 from isstreamer_jupyter._magics import (
     CELL_SECONDS,
     SETTING_TRAITS,
@@ -645,6 +648,105 @@ def test_no_form_shows_the_access_key(session: Session, monkeypatch: Any) -> Non
     assert any("********" in t for t in texts)  # the masked key did print
     for form, text in zip(forms, texts, strict=True):
         assert SECRET not in text, form
+
+
+def test_verbose_tracebacks_show_the_access_key_masked(session: Session, env: Path,
+                                                       make_receiver: Any,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """``%xmode Verbose`` shows each frame's arguments and the value of every name in the line
+    it was running: where the access key passes through the package (keyword arguments, the
+    environment, an ini file, ``AccessKey = ...``, upload), those show the mask. The cells
+    take the key from a function: a name holding it in a cell would show (the user's own
+    variable, which nothing can mask). The session checks every output again at teardown."""
+    monkeypatch.setenv("MY_KEY", SECRET)
+    monkeypatch.setenv("IS_API_BASE", make_receiver(access_keys=["another key"]).api_base)
+    session.ok("%xmode Verbose")
+    session.ok("import os\nfrom isstreamer_jupyter import Streamer\n"
+               "def key(suffix=''):\n    return os.environ['MY_KEY'] + suffix\n")
+
+    def fails(source: str, error: str, *, masked: bool = True) -> None:
+        ran = session.run(source)
+        assert type(ran.error).__name__ == error, f"{source!r}: {ran.error!r}\n{ran.text}"
+        assert "Traceback" in ran.text and f"{error}: " in ran.text, ran.text
+        assert SECRET not in ran.text, f"{source!r} showed the access key:\n{ran.text}"
+        if masked:  # (the traceback shows where the key was: masked)
+            assert f"'{MASK}'" in ran.text, ran.text
+
+    # from IS_ACCESS_KEY (the session's environment)
+    fails("Streamer(batch_size=0)", "ConfigError")
+    monkeypatch.setenv("IS_BATCH_SIZE", "lots")
+    fails("Streamer()", "ConfigError")
+    monkeypatch.delenv("IS_BATCH_SIZE")
+    session.ok("s = Streamer(debug_level=2, spool=False, flush_timeout=5)")
+    fails("s.AccessKey = key(' \\n x')", "ConfigError")
+    fails("s.upload('missing.csv')", "ConfigError")
+    fails("s.upload('missing.csv', timeout=0)", "ConfigError")
+    fails("s.set_bucket('x' * 300)", "ConfigError", masked=False)
+    fails("s.log('a', 1)\ns.flush()", "AccessDenied", masked=False)  # (a 401)
+    fails("s.close()", "AccessDenied", masked=False)
+    session.ok("%isstream --debug 2")
+    session.ok("%isstream temp 1")
+    assert "refused the access key" in session.usage_error("%isstream --flush")
+    fails("%%isstream\nx = 1\n1 / 0\n", "ZeroDivisionError", masked=False)
+    # from access_key=... and client_key=...
+    monkeypatch.delenv("IS_ACCESS_KEY")
+    fails("Streamer(access_key=key(), batch_size=0)", "ConfigError")
+    fails("Streamer(client_key=key(), batch_size=0)", "ConfigError")
+    fails("Streamer(access_key=key(' \\n'), max_queue=0)", "ConfigError")
+    # from isstreamer.ini
+    (env / "work" / "isstreamer.ini").write_text(
+        f"[isstreamer.client_config]\naccess_key = {SECRET}\n")
+    fails("Streamer(batch_size=0)", "ConfigError")
+    fails("Streamer(ini_file_location='isstreamer.ini', timeout=-1)", "ConfigError")
+
+
+def test_an_interrupted_request_shows_the_access_key_masked(session: Session,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """Interrupted while it waits for an answer (``use_async=False`` sends in the caller),
+    a verbose traceback shows the HTTP session's headers, in our frames and urllib3's: the
+    key there is masked too. A server that reads the whole request and never answers (while
+    http.client writes the headers, its frame holds them as bytes, which nothing can mask:
+    the interrupt comes after that), then a real SIGINT (``_thread.interrupt_main`` would
+    wait for the read to end)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    read = threading.Event()
+
+    def silent() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = re.search(rb"Content-Length: (\d+)", head, re.I)
+            assert length is not None
+            while len(body) < int(length.group(1)):
+                body += conn.recv(65536)
+            read.set()
+            conn.recv(65536)  # (until the client goes)
+
+    server = threading.Thread(target=silent, daemon=True)
+    server.start()
+    monkeypatch.setenv("IS_API_BASE", f"http://127.0.0.1:{listener.getsockname()[1]}/api")
+    session.ok("%xmode Verbose")
+    session.ok("from isstreamer_jupyter import Streamer\n"
+               "s = Streamer(use_async=False, batch_size=1, spool=False, timeout=30)")
+    main = threading.main_thread().ident
+    assert main is not None
+    interrupter = threading.Thread(
+        target=lambda: read.wait(30) and signal.pthread_kill(main, signal.SIGINT), daemon=True)
+    interrupter.start()
+    try:
+        ran = session.run("s.log('a', 1)")
+    finally:
+        interrupter.join(30)
+        listener.close()
+    assert isinstance(ran.error, KeyboardInterrupt), ran.text
+    assert "_session.headers" in ran.text and "urllib3" in ran.text, ran.text
+    assert SECRET not in ran.text, ran.text
+    assert f"'X-IS-AccessKey': '{MASK}'" in ran.text, ran.text
+    session.run("s.close(0.1)")
 
 
 # ------------------------------------------------------------------------------ helpers
