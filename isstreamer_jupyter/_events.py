@@ -14,7 +14,8 @@ import math
 import numbers
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from decimal import Decimal
 from typing import Any
 
@@ -246,28 +247,81 @@ def _parse_epoch_text(key: str, text: str) -> float:
 
 
 def iter_items(obj: Any) -> Iterator[tuple[Any, Any]]:
-    """(name, value) pairs of a container or object, for ``log_object``."""
-    kind = type(obj)
-    if isinstance(obj, Mapping) or (kind.__name__ == "Series" and hasattr(obj, "items")):
-        yield from obj.items()
-    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        for f in dataclasses.fields(obj):
-            yield f.name, getattr(obj, f.name)
-    elif isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        yield from zip(obj._fields, obj, strict=True)
-    elif isinstance(obj, list | tuple | range):
-        yield from enumerate(obj)
-    elif kind.__module__ == "numpy" and hasattr(obj, "ndim") and hasattr(obj, "tolist"):
-        # (numpy's own scalars for float16/float32, which coerce_value writes short)
-        short = obj.dtype.kind == "f" and obj.dtype.itemsize < 8
-        if obj.ndim <= 1:
-            yield from enumerate(obj.reshape(-1) if short else obj.reshape(-1).tolist())
-        else:
-            import numpy as np
+    """(name, value) pairs of a container or object, for ``log_object``.
 
-            for index in np.ndindex(obj.shape):
-                yield "_".join(map(str, index)), obj[index] if short else obj[index].item()
-    else:  # ISStreamer's rule: an object's @property attributes
-        for name in dir(obj):
-            if isinstance(getattr(kind, name, None), property):
-                yield name, getattr(obj, name)
+    What has no items to log (one value, ``None``, a set, an iterator, a DataFrame, an object
+    without properties) raises :class:`RefusedValue` here, before any pair: its message says
+    what the object is and the fix, for ``log_object`` to put its own words before.
+    """
+    kind = type(obj)
+    refusal = _not_loggable(obj)
+    if refusal:
+        raise RefusedValue(refusal)
+    if isinstance(obj, Mapping) or _is_series(obj):
+        return iter(obj.items())
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return ((f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj))
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return zip(obj._fields, obj, strict=True)
+    if isinstance(obj, list | tuple | range):
+        return enumerate(obj)
+    if kind.__module__ == "numpy" and hasattr(obj, "ndim") and hasattr(obj, "tolist"):
+        return _array_items(obj)
+    # ISStreamer's rule: an object's @property attributes
+    names = [name for name in dir(obj) if isinstance(getattr(kind, name, None), property)]
+    if not names:
+        raise RefusedValue(_no_items(obj))
+    return ((name, getattr(obj, name)) for name in names)
+
+
+def _array_items(obj: Any) -> Iterator[tuple[Any, Any]]:
+    # (numpy's own scalars for float16/float32, which coerce_value writes short)
+    short = obj.dtype.kind == "f" and obj.dtype.itemsize < 8
+    if obj.ndim <= 1:
+        yield from enumerate(obj.reshape(-1) if short else obj.reshape(-1).tolist())
+    else:
+        import numpy as np
+
+        for index in np.ndindex(obj.shape):
+            yield "_".join(map(str, index)), obj[index] if short else obj[index].item()
+
+
+def _is_series(obj: Any) -> bool:
+    """A pandas Series (by its looks: pandas is never imported here)."""
+    return type(obj).__name__ == "Series" and hasattr(obj, "items")
+
+
+#: what log_object refuses outright as one value, not a collection of them
+_ONE_VALUE = (str, bytes, bytearray, numbers.Number, enum.Enum, _dt.date, _dt.time, _dt.timedelta)
+
+
+def _not_loggable(obj: Any) -> str:
+    """Why log_object cannot take `obj` whatever it holds, with the fix; "" if it may."""
+    if obj is None:
+        return ("got None, so nothing to log (did a function return None?): give a dict, list, "
+                "dataclass or an object with properties")
+    if isinstance(obj, _ONE_VALUE) or (hasattr(obj, "item") and getattr(obj, "shape", 0) == ()):
+        return (f"{describe(obj)} is one value, not a collection of them: log it with "
+                f"log(key, value)")
+    kind = type(obj)
+    if kind.__name__ == "DataFrame" and hasattr(obj, "iloc") and hasattr(obj, "columns"):
+        return (f"{describe(obj)} is a table; log_object takes one row or one column of it: "
+                f"log_object(df.iloc[-1], key_prefix=...) logs the last row (a key per column), "
+                f"log_object(df['a']) the column 'a' (a key per row); for every row, loop: "
+                f"for _, row in df.iterrows(): log_object(row, key_prefix=...)")
+    return ""
+
+
+def _no_items(obj: Any) -> str:
+    """Why log_object has nothing to log from an object with no properties, with the fix."""
+    what = describe(obj)
+    if isinstance(obj, AbstractSet):
+        return (f"{what} has no order, so its items would have no lasting keys: log them as "
+                f"a sorted list, log_object(sorted(items), key_prefix=...)")
+    if isinstance(obj, Iterator):
+        return (f"{what} is an iterator, read once and without keys: make it a list first, "
+                f"log_object(list(items), key_prefix=...)")
+    if isinstance(obj, Iterable):
+        return f"{what} has no keys of its own: log_object(list(items), key_prefix=...)"
+    return (f"{what} has no properties to log: give its attributes as a dict, "
+            f"log_object(vars(obj), key_prefix=...), or log each with log(key, value)")

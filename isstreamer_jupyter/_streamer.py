@@ -218,11 +218,9 @@ class Streamer:
             value = coerce_value(key, value)
             epoch = _time() if epoch is None else coerce_epoch(key, epoch)
         except RefusedValue as exc:
-            self._refused_at_log += 1
-            self._say(logging.WARNING, f"refused: {exc}")
+            self._refuse(exc)
             if self.DebugLevel >= 2:
                 raise
-            _warn(str(exc))
             return
         if len(key) > KEY_WARN and key not in self._warned_long_keys:
             self._warned_long_keys.add(key)
@@ -241,19 +239,38 @@ class Streamer:
         """Log the items of a list, tuple, dict, dataclass, namedtuple, numpy array or pandas
         Series (or an object's properties) as ``<prefix>_<index or name>``, all at one epoch.
 
-        The default prefix is the type's name (``list``, ``dict``...); ``""`` means none.
+        The default prefix is the type's name (``list``, ``dict``...); ``""`` means none. What
+        has no items to log (one value, ``None``, a set, an iterator, a DataFrame) is refused
+        as log() refuses a value: counted and warned about, raised at ``debug_level >= 2``.
         """
         if key_prefix is None:
             prefix = f"{type(obj).__name__}_"
         else:
             prefix = f"{key_prefix}_" if key_prefix else ""
+        try:
+            items = iter_items(obj)
+        except RefusedValue as exc:
+            named = f" (key prefix {key_prefix!r})" if key_prefix else ""
+            refused = RefusedValue(f"log_object{named}: {exc}")
+            self._refuse(refused)
+            if self.DebugLevel >= 2:
+                raise refused from None
+            return
         if epoch is None:
             epoch = _time()
         else:  # once, not per item; if refused, each log() below refuses it with its own key
             with contextlib.suppress(RefusedValue):
                 epoch = coerce_epoch(f"{prefix}*", epoch)
-        for name, value in iter_items(obj):
+        for name, value in items:
             self.log(f"{prefix}{name}", value, epoch)
+
+    def _refuse(self, exc: RefusedValue) -> None:
+        """A refused key, value, epoch or object: counted (``stats().refused``) and said, and
+        shown as a warning below debug_level 2 (at 2 and above the caller raises it)."""
+        self._refused_at_log += 1
+        self._say(logging.WARNING, f"refused: {exc}")
+        if self.DebugLevel < 2:
+            _warn(str(exc))
 
     def _overflow(self) -> None:
         """The in-memory queue reached ``max_queue``: move one segment's worth to the store

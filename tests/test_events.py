@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import json
+import re
 import sys
 import warnings
 from collections import namedtuple
@@ -28,6 +29,7 @@ from isstreamer_jupyter._events import (
     iter_items,
 )
 from isstreamer_jupyter._transport import body_of
+from isstreamer_jupyter.testing import FakeClock, FakeTransport
 
 NOW = 1_800_000_000.0
 
@@ -289,3 +291,85 @@ def test_numpy_float32_and_float16_are_sent_as_the_number_they_print():
     for obj in (np.array([1.1, 2.2], dtype=np.float32),
                 np.array([[1.1], [2.2]], dtype=np.float32)):
         assert [coerce_value("k", v) for _, v in iter_items(obj)] == [1.1, 2.2]
+
+
+def object_streamer(**settings) -> tuple[Streamer, FakeTransport]:
+    """A streamer that sends in the caller, to a fake transport: what log_object logged is in
+    the transport after flush()."""
+    transport = FakeTransport()
+    s = Streamer(bucket_name="Objects", access_key="ist_events_test_secret_key_0123",
+                 transport=transport, spool=False, use_async=False, clock=FakeClock(),
+                 max_requests_per_second=0, **settings)
+    return s, transport
+
+
+def sent(s: Streamer, transport: FakeTransport) -> list[tuple[str, object]]:
+    assert s.flush()
+    return [(e["key"], e["value"]) for e in transport.events()]
+
+
+class DataFrame:
+    """Looks like a pandas DataFrame, as log_object sees one (pandas is not a test
+    dependency): its public properties are what pandas' are, not data."""
+
+    columns = ("a", "b")
+    iloc = None
+
+    @property
+    def empty(self):
+        return False
+
+    @property
+    def size(self):
+        return 4
+
+
+@pytest.mark.parametrize(
+    ("obj", "words"),
+    [
+        (5, "an int is one value, not a collection of them: log it with log(key, value)"),
+        ("hello", "a str is one value, not a collection of them: log it with log(key, value)"),
+        (np.float64(2.5), "a numpy.float64 is one value"),
+        (Fraction(1, 2), "a fractions.Fraction is one value"),  # (it has properties)
+        (None, "got None, so nothing to log (did a function return None?)"),
+        ({1, 2}, "a set has no order, so its items would have no lasting keys: log them as a "
+                 "sorted list, log_object(sorted(items), key_prefix=...)"),
+        ((i for i in range(3)), "a generator is an iterator, read once and without keys: make "
+                                "it a list first, log_object(list(items), key_prefix=...)"),
+        ({}.values(), "a dict_values has no keys of its own: log_object(list(items)"),
+        (DataFrame(), "is a table; log_object takes one row or one column of it: "
+                      "log_object(df.iloc[-1], key_prefix=...) logs the last row (a key per "
+                      "column), log_object(df['a']) the column 'a' (a key per row); for every "
+                      "row, loop: for _, row in df.iterrows(): log_object(row, key_prefix=...)"),
+        (object(), "an object has no properties to log: give its attributes as a dict, "
+                   "log_object(vars(obj), key_prefix=...), or log each with log(key, value)"),
+    ],
+)
+def test_log_object_refuses_what_it_cannot_take_as_log_refuses_a_value(obj, words):
+    """Nothing logged without a word (ISStreamer logged nothing, or a DataFrame's internals):
+    warned about and counted at debug_level 0, raised at 2; what follows still goes out."""
+    s, transport = object_streamer()
+    with pytest.warns(IsStreamerWarning) as caught:
+        s.log_object(obj, key_prefix="x")
+        s.log("after", 1)
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    message = str(caught[0].message)
+    assert message.startswith("log_object (key prefix 'x'): ") and words in message, message
+    assert any(f"refused: {message}" in m for m in s.messages())
+    assert sent(s, transport) == [("after", 1)]
+    assert s.stats().refused == 1
+    s.DebugLevel = 2
+    with pytest.raises(RefusedValue, match=re.escape(words)):
+        s.log_object(obj)
+    assert s.stats().refused == 2
+    s.close()
+
+
+def test_log_object_takes_empty_containers_without_a_word():
+    s, transport = object_streamer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for empty in ([], (), {}, range(0), np.array([])):
+            s.log_object(empty)
+    assert sent(s, transport) == [] and s.stats().refused == 0
+    s.close()
