@@ -260,15 +260,17 @@ def iter_items(obj: Any) -> Iterator[tuple[Any, Any]]:
     if isinstance(obj, Mapping) or _is_series(obj):
         return iter(obj.items())
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return ((f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj))
+        return ((f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not f.name.startswith("_"))
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):
         return zip(obj._fields, obj, strict=True)
     if isinstance(obj, list | tuple | range):
         return enumerate(obj)
     if kind.__module__ == "numpy" and hasattr(obj, "ndim") and hasattr(obj, "tolist"):
         return _array_items(obj)
-    # ISStreamer's rule: an object's @property attributes
-    names = [name for name in dir(obj) if isinstance(getattr(kind, name, None), property)]
+    # ISStreamer's rule: an object's @property attributes (but for private ones, "_name")
+    names = [name for name in dir(obj) if not name.startswith("_")
+             and isinstance(getattr(kind, name, None), property)]
     if not names:
         raise RefusedValue(_no_items(obj))
     return ((name, getattr(obj, name)) for name in names)
@@ -323,5 +325,5 @@ def _no_items(obj: Any) -> str:
                 f"log_object(list(items), key_prefix=...)")
     if isinstance(obj, Iterable):
         return f"{what} has no keys of its own: log_object(list(items), key_prefix=...)"
-    return (f"{what} has no properties to log: give its attributes as a dict, "
+    return (f"{what} has no public properties to log: give its attributes as a dict, "
             f"log_object(vars(obj), key_prefix=...), or log each with log(key, value)")

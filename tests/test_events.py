@@ -251,12 +251,17 @@ Point = namedtuple("Point", "x y")
 class Reading:
     temp: float
     ok: bool
+    _calibration: float = 0.5  # private: not logged
 
 
 class Sensor:
     @property
     def level(self):
         return 4
+
+    @property
+    def _raw(self):  # private: not logged
+        return 5
 
     def method(self):  # not a property: not logged
         return 5
@@ -341,7 +346,7 @@ class DataFrame:
                       "log_object(df.iloc[-1], key_prefix=...) logs the last row (a key per "
                       "column), log_object(df['a']) the column 'a' (a key per row); for every "
                       "row, loop: for _, row in df.iterrows(): log_object(row, key_prefix=...)"),
-        (object(), "an object has no properties to log: give its attributes as a dict, "
+        (object(), "an object has no public properties to log: give its attributes as a dict, "
                    "log_object(vars(obj), key_prefix=...), or log each with log(key, value)"),
     ],
 )
@@ -372,4 +377,22 @@ def test_log_object_takes_empty_containers_without_a_word():
         for empty in ([], (), {}, range(0), np.array([])):
             s.log_object(empty)
     assert sent(s, transport) == [] and s.stats().refused == 0
+    s.close()
+
+
+class Hidden:
+    @property
+    def _state(self):
+        return 1
+
+
+def test_log_object_logs_no_private_names():
+    """An object's names with a leading underscore are its own business (a DataFrame's
+    _is_homogeneous_type was logged as a signal); one with only those has nothing to log."""
+    s, transport = object_streamer()
+    s.log_object(Sensor(), key_prefix="s")
+    s.log_object(Reading(20.5, True), key_prefix="r")
+    assert sent(s, transport) == [("s_level", 4), ("r_temp", 20.5), ("r_ok", True)]
+    with pytest.warns(IsStreamerWarning, match="Hidden has no public properties to log"):
+        s.log_object(Hidden())
     s.close()
