@@ -123,6 +123,10 @@ def coerce_value(key: str, value: Any) -> Value:
     if hasattr(value, "item") and getattr(value, "shape", None) == ():  # numpy 0-d, scalars
         # (a 0-d array's own scalar: a float32 is written short; other scalars as Python's)
         return coerce_value(key, value[()] if type(value).__name__ == "ndarray" else value.item())
+    if kind is Unreadable:
+        raise RefusedValue(f"value for key {_shorten(key)!r} could not be read: {value}; it was "
+                           f"skipped, the rest logged: fix it, or log what you need with "
+                           f"log(key, value)")
     if value is None:
         fix = "log a string such as 'none', or skip the call"
     elif isinstance(value, bytes | bytearray):
@@ -260,7 +264,7 @@ def iter_items(obj: Any) -> Iterator[tuple[Any, Any]]:
     if isinstance(obj, Mapping) or _is_series(obj):
         return iter(obj.items())
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return ((f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj)
+        return ((f.name, _read(obj, f.name, "field")) for f in dataclasses.fields(obj)
                 if not f.name.startswith("_"))
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):
         return zip(obj._fields, obj, strict=True)
@@ -273,7 +277,28 @@ def iter_items(obj: Any) -> Iterator[tuple[Any, Any]]:
              and isinstance(getattr(kind, name, None), property)]
     if not names:
         raise RefusedValue(_no_items(obj))
-    return ((name, getattr(obj, name)) for name in names)
+    return ((name, _read(obj, name, "property")) for name in names)
+
+
+class Unreadable:
+    """In place of a value whose reading raised (a property's): log() refuses it, naming what
+    raised, so that log_object skips it and logs the rest."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _read(obj: Any, name: str, what: str) -> Any:
+    try:
+        return getattr(obj, name)
+    except Exception as exc:
+        return Unreadable(f"{what} {name!r} of {describe(obj)} raised {type(exc).__name__}"
+                          f"{': ' + _shorten(str(exc)) if str(exc) else ''}")
 
 
 def _array_items(obj: Any) -> Iterator[tuple[Any, Any]]:

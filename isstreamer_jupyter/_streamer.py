@@ -241,7 +241,9 @@ class Streamer:
 
         The default prefix is the type's name (``list``, ``dict``...); ``""`` means none. What
         has no items to log (one value, ``None``, a set, an iterator, a DataFrame) is refused
-        as log() refuses a value: counted and warned about, raised at ``debug_level >= 2``.
+        as log() refuses a value: counted and warned about, raised at ``debug_level >= 2``; so
+        is an item that is refused or cannot be read (a property that raises), and the other
+        items are logged (at ``debug_level >= 2`` before the first refusal is raised).
         """
         if key_prefix is None:
             prefix = f"{type(obj).__name__}_"
@@ -261,8 +263,17 @@ class Streamer:
         else:  # once, not per item; if refused, each log() below refuses it with its own key
             with contextlib.suppress(RefusedValue):
                 epoch = coerce_epoch(f"{prefix}*", epoch)
+        refused: list[RefusedValue] = []
         for name, value in items:
-            self.log(f"{prefix}{name}", value, epoch)
+            try:
+                self.log(f"{prefix}{name}", value, epoch)
+            except RefusedValue as exc:  # (debug_level >= 2: raised once the rest is logged)
+                refused.append(exc)
+        if len(refused) == 1:
+            raise refused[0]
+        if refused:
+            raise RefusedValue(f"{refused[0]} (and {len(refused) - 1} more: streamer.messages() "
+                               f"lists them)") from None
 
     def _refuse(self, exc: RefusedValue) -> None:
         """A refused key, value, epoch or object: counted (``stats().refused``) and said, and

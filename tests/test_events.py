@@ -396,3 +396,42 @@ def test_log_object_logs_no_private_names():
     with pytest.warns(IsStreamerWarning, match="Hidden has no public properties to log"):
         s.log_object(Hidden())
     s.close()
+
+
+class Boom:
+    @property
+    def boom(self):
+        raise RuntimeError("sensor offline")
+
+    @property
+    def level(self):
+        return 4
+
+    @property
+    def zeta(self):
+        return 5
+
+
+def test_log_object_skips_a_property_that_raises_saying_so_and_logs_the_rest():
+    """A property that raised made log_object raise the bare error at any debug level, and
+    none of the object's values were logged."""
+    s, transport = object_streamer()
+    with pytest.warns(IsStreamerWarning) as caught:
+        s.log_object(Boom(), key_prefix="b")
+    assert len(caught) == 1
+    assert re.fullmatch(r"value for key 'b_boom' could not be read: property 'boom' of a "
+                        r"[\w.]*Boom raised RuntimeError: sensor offline; it was skipped, the "
+                        r"rest logged: fix it, or log what you need with log\(key, value\)",
+                        str(caught[0].message)), str(caught[0].message)
+    assert sent(s, transport) == [("b_level", 4), ("b_zeta", 5)]
+    assert s.stats().refused == 1
+
+    s.DebugLevel = 2  # raised, once the rest is logged
+    with pytest.raises(RefusedValue, match=r"property 'boom' of a .*Boom raised RuntimeError"):
+        s.log_object(Boom(), key_prefix="c")
+    with pytest.raises(RefusedValue, match=r"key 'd_n' is nan.* \(and 1 more: "
+                                           r"streamer.messages\(\) lists them\)"):
+        s.log_object({"a": 1, "n": float("nan"), "m": [1], "z": 2}, key_prefix="d")
+    assert sent(s, transport)[2:] == [("c_level", 4), ("c_zeta", 5), ("d_a", 1), ("d_z", 2)]
+    assert s.stats().refused == 4
+    s.close()
