@@ -262,7 +262,8 @@ def iter_items(obj: Any) -> Iterator[tuple[Any, Any]]:
     if refusal:
         raise RefusedValue(refusal)
     if isinstance(obj, Mapping) or _is_series(obj):
-        return iter(obj.items())
+        # (a tuple key, a pandas MultiIndex label: its parts joined as an array's indices are)
+        return ((_joined(k) if type(k) is tuple else k, v) for k, v in obj.items())
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return ((f.name, _read(obj, f.name, "field")) for f in dataclasses.fields(obj)
                 if not f.name.startswith("_"))
@@ -310,12 +311,24 @@ def _array_items(obj: Any) -> Iterator[tuple[Any, Any]]:
         import numpy as np
 
         for index in np.ndindex(obj.shape):
-            yield "_".join(map(str, index)), obj[index] if short else obj[index].item()
+            yield _joined(index), obj[index] if short else obj[index].item()
 
 
 def _is_series(obj: Any) -> bool:
     """A pandas Series (by its looks: pandas is never imported here)."""
     return type(obj).__name__ == "Series" and hasattr(obj, "items")
+
+
+def _joined(parts: tuple[Any, ...]) -> str:
+    return "_".join(map(str, parts))
+
+
+def default_prefix(obj: Any) -> str:
+    """log_object's key prefix when none is given: the type's name, as ISStreamer's; for a
+    pandas Series named with text (a column, ``df["temp"]``), that name. (A row's name,
+    ``df.iloc[-1]``, is its index label, a number or a time: another on every row.)"""
+    name = getattr(obj, "name", None) if _is_series(obj) else None
+    return name if isinstance(name, str) and name else type(obj).__name__
 
 
 #: what log_object refuses outright as one value, not a collection of them

@@ -34,6 +34,7 @@ from ._events import (
     check_key,
     coerce_epoch,
     coerce_value,
+    default_prefix,
     iter_items,
 )
 from ._sender import Bucket, Clock, Marker, Sender
@@ -239,14 +240,16 @@ class Streamer:
         """Log the items of a list, tuple, dict, dataclass, namedtuple, numpy array or pandas
         Series (or an object's properties) as ``<prefix>_<index or name>``, all at one epoch.
 
-        The default prefix is the type's name (``list``, ``dict``...); ``""`` means none. What
+        The default prefix is the type's name (``list``, ``dict``...), a pandas Series' name
+        when it is text; ``""`` means none. A tuple key (a MultiIndex label) is joined with
+        ``_``, as a 2-d array's indices are (``row_col``). What
         has no items to log (one value, ``None``, a set, an iterator, a DataFrame) is refused
         as log() refuses a value: counted and warned about, raised at ``debug_level >= 2``; so
         is an item that is refused or cannot be read (a property that raises), and the other
         items are logged (at ``debug_level >= 2`` before the first refusal is raised).
         """
         if key_prefix is None:
-            prefix = f"{type(obj).__name__}_"
+            prefix = f"{default_prefix(obj)}_"
         else:
             prefix = f"{key_prefix}_" if key_prefix else ""
         try:

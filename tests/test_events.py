@@ -435,3 +435,34 @@ def test_log_object_skips_a_property_that_raises_saying_so_and_logs_the_rest():
     assert sent(s, transport)[2:] == [("c_level", 4), ("c_zeta", 5), ("d_a", 1), ("d_z", 2)]
     assert s.stats().refused == 4
     s.close()
+
+
+class Series:
+    """Looks like a pandas Series, as log_object sees one (pandas is not a test dependency)."""
+
+    def __init__(self, data, name=None):
+        self.data, self.name = data, name
+
+    def items(self):
+        return iter(self.data.items())
+
+
+def test_log_object_of_a_named_series_takes_its_name_as_the_prefix():
+    s, transport = object_streamer()
+    s.log_object(Series({0: 1, 1: 2}, name="temps"))  # a column, df["temps"]
+    s.log_object(Series({"a": 3}, name=7))  # a row, df.iloc[7]: its label is no name
+    s.log_object(Series({"b": 4}))
+    s.log_object(Series({"c": 5}, name="temps"), key_prefix="t")
+    s.log_object(Series({"d": 6}, name="temps"), key_prefix="")
+    assert sent(s, transport) == [("temps_0", 1), ("temps_1", 2), ("Series_a", 3),
+                                  ("Series_b", 4), ("t_c", 5), ("d", 6)]
+    s.close()
+
+
+def test_log_object_joins_multiindex_labels_and_tuple_keys_as_array_indices():
+    s, transport = object_streamer()
+    s.log_object(Series({("x", 1): 5, ("x", 2): 6}), key_prefix="mi")
+    s.log_object({("room", "a"): 1}, key_prefix="d")
+    s.log_object(np.array([[7]]), key_prefix="np")
+    assert sent(s, transport) == [("mi_x_1", 5), ("mi_x_2", 6), ("d_room_a", 1), ("np_0_0", 7)]
+    s.close()
