@@ -12,7 +12,8 @@ All forms talk to one *session streamer* per shell, kept on the :class:`IsStream
 instance: made on first use from the core's settings (keyword > environment > ini > default,
 where the keywords are the ``%config IsStreamMagics.<setting>`` values that were set), or the
 user's own, adopted with ``%isstream --use NAME``. The access key never appears here: there is
-no trait for it; it comes from the environment, an ini file or the adopted streamer.
+no trait for it (``%config IsStreamMagics.access_key = ...`` is refused, naming where the key
+goes); it comes from the environment, an ini file or the adopted streamer.
 
 User mistakes are one :class:`~IPython.core.error.UsageError` line (IPython prints it without
 a traceback), built from the core's own messages, which name the limit and the fix.
@@ -57,6 +58,11 @@ __all__ = ["IsStreamMagics", "load", "parse_value", "split_line", "unload"]
 #: the settings ``%config IsStreamMagics.<name>`` sets: every one of the settings table but
 #: the access key (on purpose: a trait's value can be shown, and a cell is no place for it)
 SETTING_TRAITS = tuple(s.name for s in _config.SETTINGS if not s.secret)
+#: the answer to ``%config IsStreamMagics.access_key = ...`` (the value is never shown)
+ACCESS_KEY_REFUSED = (f"IsStreamMagics.access_key is not a setting: the access key is never "
+                      f"taken from a cell (a notebook and its history keep what a cell says). "
+                      f"Set IS_ACCESS_KEY in the environment, or access_key under "
+                      f"[{_config.CLIENT}] in isstreamer.ini; and remove it from that cell")
 #: the key ``--time`` logs the cell's duration under (after ``--prefix``), in seconds
 CELL_SECONDS = "cell_seconds"
 NOTE = "isstream:"
@@ -282,7 +288,35 @@ class IsStreamMagics(Magics, _SettingTraits):
         #: the option that set a setting last ("%isstream --offline"); the others were set
         #: with %config (or the IPython config), and are named so
         self._set_by: dict[str, str] = {}
+        # (an access key in the shell's config: from an IPython config file, or merged there
+        # by a %config refused before this load; dropped, said, never used)
+        for config in (getattr(shell, "config", None), kwargs.get("config")):
+            if config is not None and self._drop_access_key(config):
+                print(f"{NOTE} {ACCESS_KEY_REFUSED.replace('from that cell', 'from there')}")
         super().__init__(shell=shell, **kwargs)  # Magics: parent=shell, joins configurables
+
+    # ------------------------------------------------------------------ the access key
+    def update_config(self, config: Any) -> None:
+        """``%config``: an access key is refused (a TraitError, which %config shows as an error
+        line) and dropped, from the configs of the configurables %config updated before this
+        one too (they merged it into theirs); whatever else `config` sets applies."""
+        if not self._drop_access_key(config):
+            super().update_config(config)
+            return
+        for configurable in getattr(self.shell, "configurables", ()):
+            self._drop_access_key(configurable.config)
+        super().update_config(config)
+        raise TraitError(ACCESS_KEY_REFUSED)
+
+    @classmethod
+    def _drop_access_key(cls, config: Any) -> bool:
+        """Remove an access key meant for this class from a traitlets Config; True if found."""
+        found = False
+        for section in cls.section_names():  # (IsStreamMagics, and the classes it derives from)
+            if f"{section}.access_key" in config:
+                del config[section]["access_key"]
+                found = True
+        return found
 
     # ------------------------------------------------------------------ settings
     @validate(*SETTING_TRAITS)

@@ -749,6 +749,40 @@ def test_an_interrupted_request_shows_the_access_key_masked(session: Session,
     session.run("s.close(0.1)")
 
 
+def test_config_refuses_the_access_key_naming_where_it_goes(session: Session,
+                                                          caplog: Any) -> None:
+    """%config answered "not recognized ... Did you mean `bucket_key`?": a key pasted there
+    would go on the wire, into the panel and the CSV. It is refused, never shown nor kept."""
+    typed_in = "ik_typed_into_a_cell_5d2e8b91"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ran = session.run(f"%config IsStreamMagics.access_key = {typed_in!r}")
+    said = caplog.text + ran.text + "".join(str(w.message) for w in caught)
+    assert "Did you mean" not in said and typed_in not in said
+    assert ("IsStreamMagics.access_key is not a setting: the access key is never taken from a "
+            "cell (a notebook and its history keep what a cell says). Set IS_ACCESS_KEY in the "
+            "environment, or access_key under [isstreamer.client_config] in isstreamer.ini; and "
+            "remove it from that cell") in caplog.text
+    assert "access_key" not in session.ok("%config IsStreamMagics").text
+    for configurable in session.shell.configurables:  # kept nowhere
+        assert typed_in not in repr(configurable.config)
+    session.ok("%config IsStreamMagics.bucket_key = 'kept'")  # %config goes on as before
+    session.ok("%isstream temp 1")
+    assert session.flushed(1, "kept")[0]["key"] == "temp"
+    assert session.magics.streamer.settings.access_key == SECRET  # IS_ACCESS_KEY's
+
+
+def test_an_access_key_in_the_ipython_config_is_dropped_and_said(session: Session) -> None:
+    typed_in = "ik_in_ipython_config_5d2e8b91"
+    session.shell.config.IsStreamMagics.access_key = typed_in
+    text = session.ok("%reload_ext isstreamer_jupyter").text
+    assert "IsStreamMagics.access_key is not a setting" in text and "from there" in text
+    assert typed_in not in text and typed_in not in repr(session.shell.config)
+    session.ok("%isstream temp 1")
+    assert session.flushed(1)[0]["key"] == "temp"
+    assert session.magics.streamer.settings.access_key == SECRET
+
+
 # ------------------------------------------------------------------------------ helpers
 def test_split_line_keeps_quotes_and_brackets() -> None:
     assert split_line('a=1 s="x y" f=g(1, 2) "k k"=3  # note') == [
