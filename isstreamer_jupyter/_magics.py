@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import builtins
+import inspect
 import numbers
 import re
 import sys
@@ -425,9 +427,18 @@ class IsStreamMagics(Magics, _SettingTraits):
         with the core's message."""
         namespace = self.shell.user_ns
         events = []
+        pairs = list(pairs)
         for key, text in pairs:
             value = parse_value(text, namespace, local_ns)
-            events.append(_checked(prefix + key, value))
+            try:
+                events.append(_checked(prefix + key, value))
+            except UsageError:
+                what = _code_named(text, value)
+                if not what:
+                    raise
+                quoted = f'{key} "{text}"' if len(pairs) == 1 else f'{key}="{text}"'
+                raise UsageError(f"value for key {prefix + key!r}: {text} is {what}, not text: "
+                                 f"to log the word, quote it: {quoted}") from None
         return events
 
     def _log(self, events: list[tuple[str, Any]], epoch: float | None = None) -> None:
@@ -762,6 +773,23 @@ def _checked(key: str, value: Any) -> tuple[str, Any]:
 
 
 _MISSING = object()
+
+
+def _code_named(text: str, value: Any) -> str:
+    """What a bare word that named code is ("Python's builtin function"), or "": `open`,
+    `max`, `type` unquoted are Python's, not the words."""
+    if not text.isidentifier():
+        return ""
+    if isinstance(value, types.ModuleType):
+        what = "module"
+    elif isinstance(value, type):
+        what = "class"
+    elif inspect.isroutine(value):
+        what = "function"
+    else:
+        return ""
+    builtin = inspect.unwrap(value) is getattr(builtins, text, None)  # (IPython's open wraps it)
+    return f"Python's builtin {what}" if builtin else f"a {what}"
 
 
 def _parse(parser: Any, words: list[str], magic: str) -> argparse.Namespace:

@@ -172,6 +172,29 @@ def test_values_are_literal_then_expression_then_bare_text(session: Session) -> 
         ("i", True, bool)]
 
 
+def test_a_bare_word_that_names_code_is_told_to_be_quoted(session: Session) -> None:
+    """`%isstream door open` said "value for key 'door' is a function ... convert it with
+    str(value) or float(value)": `open` is Python's builtin; the word wants quotes."""
+    session.ok("import math\ndef f():\n    pass")
+    for line, said in (
+            ("door open", "value for key 'door': open is Python's builtin function, not text: "
+                          "to log the word, quote it: door \"open\""),
+            ("x max", "max is Python's builtin function, not text: to log the word, quote it: "
+                      "x \"max\""),
+            ("t type", "type is Python's builtin class, not text"),
+            ("p print", "quote it: p \"print\""),
+            ("m math", "value for key 'm': math is a module, not text"),
+            ("g f", "value for key 'g': f is a function, not text"),
+            ("a=1 door=open", "quote it: door=\"open\"")):
+        assert said in session.usage_error(f"%isstream {line}"), line
+    assert "line 1: value for key 'door': open is Python's builtin function" in (
+        session.usage_error("%%isstream --lines\ndoor open\n"))
+    session.ok('%isstream door "open"')
+    assert typed(session.flushed(1)) == [("door", "open", str)]
+    session.ok("def max(*values):\n    return 0")  # (the user's own, named as a builtin)
+    assert "max is a function, not text" in session.usage_error("%isstream x max")
+
+
 def test_ipython_expansion(session: Session) -> None:
     session.ok("n = 5\nname = 'volts'")
     session.ok("%isstream k{n} $n")
