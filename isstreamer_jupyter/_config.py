@@ -155,6 +155,14 @@ def _str(raw: str) -> str:
     return raw.strip()
 
 
+def _name(raw: str) -> str:
+    """Stripped; but a name given as blank space is a mistake ("" means not given)."""
+    name = raw.strip()
+    if raw and not name:
+        raise ValueError("expected a name, not blank space")
+    return name
+
+
 def _access_key(raw: str) -> Secret:
     """Stripped, as every text setting; and fit for an HTTP header (never shown: it is
     secret). A line break pasted inside, or a character a header cannot carry, would make
@@ -174,7 +182,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("access_key", _access_key, "", ("IS_ACCESS_KEY", "IS_API_ACCESS_KEY"),
             ((CLIENT, "access_key"),), "Initial State access key; none means record locally",
             secret=True),
-    Setting("bucket_name", _str, "", ("IS_BUCKET_NAME",), ((CLIENT, "default_bucket"),),
+    Setting("bucket_name", _name, "", ("IS_BUCKET_NAME",), ((CLIENT, "default_bucket"),),
             "bucket name", shown=repr(DEFAULT_BUCKET_NAME)),
     Setting("bucket_key", _str, "", ("IS_BUCKET_KEY",), ((CLIENT, "bucket_key"),),
             "bucket key; one name always means one bucket", shown="derived from the name"),
@@ -471,9 +479,21 @@ _BUCKET_KEY_OK = re.compile(r"[!#-&(-9;-~]+")  # printable ASCII but space : " '
 
 
 def check_bucket(name: str, key: str) -> None:
-    """Refuse a bucket name or key the service would refuse, saying how to fix it."""
+    """Refuse a bucket name or key the service would refuse, or a blank name, saying how to
+    fix it."""
+    check_bucket_name(name)
+    check_bucket_key(key)
+
+
+def check_bucket_name(name: str) -> None:
     if len(name) > 250:
         raise ConfigError(f"bucket name is {len(name)} characters; the limit is 250: shorten it")
+    if not name.strip():  # (the default name is for when none is given: this one was)
+        raise ConfigError(f"bucket name {name!r} is blank: give the bucket a name, such as "
+                          f"'Run 7'")
+
+
+def check_bucket_key(key: str) -> None:
     if len(key) > 250:
         raise ConfigError(f"bucket key is {len(key)} characters; the limit is 250: shorten it")
     if not _BUCKET_KEY_OK.fullmatch(key):

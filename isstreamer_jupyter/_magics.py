@@ -328,11 +328,11 @@ class IsStreamMagics(Magics, _SettingTraits):
         if value is None or isinstance(value, bool):
             return value
         try:
+            if name == "bucket_name":  # (as given: a blank one is refused, not stripped to "")
+                _config.check_bucket_name(str(value))
             parsed = _config.BY_NAME[name].parse(str(value))
-            if name == "bucket_name":
-                _config.check_bucket(parsed, "key")
-            elif name == "bucket_key" and parsed:
-                _config.check_bucket("", parsed)
+            if name == "bucket_key" and parsed:
+                _config.check_bucket_key(parsed)
         except (ValueError, IsStreamerError) as exc:
             raise TraitError(f"IsStreamMagics.{name} = {value!r}: {exc}") from None
         return parsed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import pytest
@@ -273,6 +274,41 @@ def test_out_of_range_keywords_are_refused_with_the_range_and_the_fix(with_key, 
     assert words in message
     assert "Fix: change it, or leave it out for the default" in message
     assert SECRET not in message
+
+
+def test_a_blank_bucket_name_is_refused_not_replaced(with_key, monkeypatch):
+    """A name of blank space became the default bucket's (a keyword), or a bucket named '  '
+    (set_bucket). "" stays ISStreamer's "no name given": the default bucket."""
+    from isstreamer_jupyter import Streamer
+    from isstreamer_jupyter.testing import FakeTransport
+
+    with pytest.raises(ConfigError) as info:
+        streamer_with(bucket_name="  ")
+    assert str(info.value) == ("bucket_name = '  ' from keyword argument: expected a name, not "
+                               "blank space. Fix: change it, or leave it out for the default "
+                               "('isstreamer_jupyter')")
+    with pytest.raises(ConfigError, match=re.escape(r"bucket_name = '\t' from keyword argument")):
+        streamer_with(bucket="\t")
+    monkeypatch.setenv("IS_BUCKET_NAME", " ")
+    with pytest.raises(ConfigError, match=re.escape(
+            "from environment variable IS_BUCKET_NAME: expected a name, not blank space. Fix: "
+            "change IS_BUCKET_NAME")):
+        streamer_with()
+    monkeypatch.delenv("IS_BUCKET_NAME")
+    assert streamer_with(bucket_name="").BucketName == "isstreamer_jupyter"
+
+    s = Streamer(bucket_name="Lab", transport=FakeTransport(), spool=False)
+    try:
+        for blank in ("  ", "\n"):
+            with pytest.raises(ConfigError) as info:
+                s.set_bucket(bucket_name=blank)
+            assert str(info.value) == (f"bucket name {blank!r} is blank: give the bucket a "
+                                       f"name, such as 'Run 7'")
+            assert s.BucketName == "Lab"
+        s.set_bucket("")  # (ISStreamer's set_bucket(): the default bucket)
+        assert s.BucketName == "isstreamer_jupyter"
+    finally:
+        s.close(timeout=5)
 
 
 def test_a_front_end_names_its_own_options_as_the_source(folders, monkeypatch):

@@ -516,6 +516,24 @@ def test_config_refuses_bad_values(session: Session, caplog: Any) -> None:
         assert getattr(session.magics, line.split()[0]) is None
 
 
+def test_a_blank_bucket_name_is_refused(session: Session, caplog: Any) -> None:
+    """`%isstream --bucket ""` switched to a bucket named after its derived key
+    ('bucket_1271cf25'); blank is no name."""
+    session.ok("%isstream temp 1")
+    for line in ('%isstream --bucket ""', "%isstream --bucket '  '",
+                 '%%isstream --bucket ""\nx = 1\n'):
+        message = session.usage_error(line)
+        assert re.fullmatch(r"bucket name '\s*' is blank: give the bucket a name, such as "
+                            r"'Run 7'", message), (line, message)
+    assert "x" not in session.shell.user_ns  # (the cell did not run)
+    caplog.clear()
+    session.run("%config IsStreamMagics.bucket_name = ''")
+    assert "bucket name '' is blank: give the bucket a name" in caplog.text
+    assert session.magics.bucket_name is None
+    assert session.magics.streamer.BucketKey == DEFAULT_BUCKET
+    assert {e["bucket_key"] for e in session.flushed(1)} == {DEFAULT_BUCKET}
+
+
 def test_config_offline_is_named_as_the_source(session: Session,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A %config value reached the streamer as a keyword argument, and was said as one."""
