@@ -450,6 +450,9 @@ def _lookup(
 def _parsed(setting: Setting, raw: Any, source: str, by_caller: bool) -> Any:
     """A value from `source`, checked; the caller's values arrive typed and are checked with
     the same rules as text."""
+    if by_caller and setting.secret and not isinstance(raw, str):  # (str() of b"k" is "b'k'")
+        raise _refused(setting, raw, source, f"expected a string, not {type(raw).__name__}",
+                       by_caller)
     if by_caller and setting.parse is parse_bool and not isinstance(raw, str):
         if isinstance(raw, bool):
             return raw

@@ -690,11 +690,13 @@ class Streamer:
 def _checked(name: str, value: Any) -> Any:
     """An attribute's new value, by its setting's rule (the constructor's); a secret's value
     is never shown."""
+    setting = BY_NAME[name]
+    if setting.secret and not isinstance(value, str):  # (str() of b"k" is "b'k'")
+        raise ConfigError(f"{name} = (hidden): expected a string, not {type(value).__name__}")
     try:
         text = str(value)
     except ValueError:  # (an int past 4300 digits cannot be written)
         raise ConfigError(f"{name}: that number is far out of range") from None
-    setting = BY_NAME[name]
     if setting.secret:
         text = hidden(text)
     try:

@@ -207,6 +207,32 @@ def test_an_access_key_a_header_cannot_carry_is_refused_without_showing_it(folde
     assert resolve({"access_key": " secret-value\n"}).access_key == "secret-value"
 
 
+@pytest.mark.parametrize("key", [b"ik_bytes_key_5d2e8b", bytearray(b"ik_bytes_key_5d2e8b"),
+                                 ["ik_list_key_5d2e8b"], 52468291])
+def test_an_access_key_that_is_not_a_string_is_refused_without_showing_it(folders, key):
+    """str() of b"key" is "b'key'", which was taken as the key (printable ASCII): every request
+    would then be refused, and nothing said why."""
+    from isstreamer_jupyter import Streamer
+    from isstreamer_jupyter.testing import FakeTransport
+
+    for kwargs in ({"access_key": key}, {"client_key": key}):
+        with pytest.raises(ConfigError) as info:
+            streamer_with(**kwargs)
+        assert str(info.value) == (f"access_key = (hidden) from keyword argument: expected a "
+                                   f"string, not {type(key).__name__}. Fix: change it, or leave "
+                                   f"it out for the default (none)")
+    s = Streamer(access_key="ik_good_key_5d2e8b", transport=FakeTransport(), spool=False)
+    s._custom_transport = False  # the fake stands in for the HTTP transport here
+    try:
+        with pytest.raises(ConfigError) as info:
+            s.AccessKey = key
+        assert str(info.value) == f"access_key = (hidden): expected a string, not " \
+                                  f"{type(key).__name__}"
+        assert s.settings.access_key == "ik_good_key_5d2e8b"
+    finally:
+        s.close(timeout=5)
+
+
 def test_missing_ini_file_location_is_an_error(folders, tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         resolve({}, ini_file_location=tmp_path / "nope.ini")
