@@ -732,6 +732,8 @@ class IsStreamMagics(Magics, _SettingTraits):
         events, skipped = [], []
         for name in names:
             value = namespace.get(name, _MISSING)
+            if value is _MISSING:  # (deleted in the cell: nothing to log, nothing to say)
+                continue
             try:
                 if not _auto_loggable(value):
                     raise UsageError(name)

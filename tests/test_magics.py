@@ -418,6 +418,16 @@ def test_cell_exception_propagates_and_logs_nothing(session: Session) -> None:
     assert session.flushed() == []
 
 
+def test_cell_note_on_skipped_names_leaves_out_those_deleted(session: Session) -> None:
+    """A variable the cell assigned and then deleted was listed as "not a number, bool or
+    string"; it is gone, not skipped."""
+    text = session.ok("%%isstream\na = 1\ndel_me = 2\ndel del_me\nb = [1]\n").text
+    assert text == ("isstream: not logged (not a number, bool or string up to 2000 characters; "
+                    "name them to be told why): b\n")
+    assert session.ok("%%isstream\ntmp = 3\ndel tmp\nc = 4\n").text == ""
+    assert typed(session.flushed(2)) == [("a", 1, int), ("c", 4, int)]
+
+
 def test_cell_runs_magics_inside(session: Session) -> None:
     ran = session.ok("%%isstream\nv = 3\n%isstream w 4\nv + 1\n")
     assert ran.result == 4
