@@ -52,7 +52,6 @@ except ImportError:  # pragma: no cover - Windows
 
 STATE_SUFFIX = ".upload.json"
 NO_BUCKET = "no bucket: pass --bucket-name (the file names none)"
-_RETRYING = re.compile(r"; retrying in [0-9.]+ s$")
 #: a batch the service has not acknowledged is said after this many seconds, then every
 #: WAIT_NOTE_EVERY seconds, until the upload's timeout
 WAIT_NOTE_AFTER = 10.0
@@ -438,9 +437,8 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
             error = wait(streamer)
             refused = error.refused if isinstance(error, EventsLost) else 0
             if error is not None and (not isinstance(error, EventsLost) or error.dropped):
-                # (the upload stops here: not "retrying in N s")
-                said = _RETRYING.sub("", streamer.stats().last_error)
-                raise type(error)(said or str(error))
+                # (the upload stops here: its last error, which says no "retrying in N s")
+                raise type(error)(streamer.stats().last_error or str(error))
             # (refused rows are final)
             summary.sent += len(pending) - refused
             summary.refused += refused

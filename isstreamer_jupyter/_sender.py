@@ -168,6 +168,9 @@ class Sender:
         self._probe_at = 0.0
         self._hold_until = 0.0  # monotonic; no request before it
         self._hold_state = State.BACKING_OFF
+        #: why the last request failed and will be retried, and the fix: the state's reason
+        #: until a request is accepted (also while the retry is out)
+        self._hold_why = ("", "")
         self._attempt = 0
         self._split_limit: int | None = None
         #: the batch to send next, taken and encoded while the previous one was out, and the
@@ -773,14 +776,16 @@ class Sender:
                 delay = max(delay, answer.retry_after)  # (a Retry-After of 0 made a storm)
             if outcome is Outcome.RATE_LIMITED and answer.retry_after is None and answer.budget:
                 delay = max(delay, min(RESET_WAIT_CAP, answer.budget.reset - self.clock.wall()))
-            self._hold_until = now + delay
+            # (from the answer, not from the request's start: a request that timed out
+            # took longer than the first backoffs, and the retry went out at once)
+            self._hold_until = self.clock.monotonic() + delay
             self._hold_state = (State.RATE_LIMITED if outcome is Outcome.RATE_LIMITED
                                 else State.BACKING_OFF)
+            self._hold_why = (answer.detail, answer.remedy or REMEDIES[outcome])
             with self.lock:
                 self.retries += 1
-            self._error(f"{answer.detail}; retrying in {delay:.1f} s",
-                        answer.remedy or REMEDIES[outcome],
-                        level=20 if outcome is Outcome.RATE_LIMITED else 30)
+            self._error(answer.detail, self._hold_why[1],
+                        level=20 if outcome is Outcome.RATE_LIMITED else 30, retry_in=delay)
             return delay
         if batch is None and outcome in (Outcome.TOO_LARGE, Outcome.INVALID):
             self._error(f"creating bucket {bucket_key} failed: {answer.detail}",
@@ -820,13 +825,18 @@ class Sender:
         ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(self._attempt, 16))
         return self.random.uniform(0.1 * ceiling, ceiling)
 
-    def _error(self, message: str, remedy: str, level: int = 40) -> None:
+    def _error(self, message: str, remedy: str, level: int = 40, *,
+               retry_in: float | None = None) -> None:
+        """Keep `message` as the last error and say it with the fix. `retry_in`: when the
+        failed request is tried again, said then but not kept (the state's `until` is the
+        live countdown)."""
         message = self.redact(message)
         with self.lock:
             self.last_error = message
             self.last_error_at = self.clock.wall()
             self.last_remedy = remedy
-        self.notify(level, f"{message}. Fix: {remedy}" if remedy else message)
+        said = message if retry_in is None else f"{message}; retrying in {retry_in:.1f} s"
+        self.notify(level, f"{said}. Fix: {remedy}" if remedy else said)
 
     # ---------------------------------------------------------------- control
     def blocked(self) -> bool:
@@ -898,9 +908,12 @@ class Sender:
         halt = self._halt or self._stopped_buckets.get(self.current_bucket().key)
         if halt is not None:
             return State.STOPPED, halt.detail, REMEDIES[halt.outcome], None, halt.outcome.value
-        if now < self._hold_until:
-            until = self.clock.wall() + (self._hold_until - now)
-            return self._hold_state, self.last_error, self.last_remedy, until, ""
+        holding = now < self._hold_until
+        if holding or (self._attempt and (self._pending > 0 or self.queue)):
+            # (a failed request is retried: so it stays, with its reason, until one is
+            # accepted, also while the retry is out)
+            until = self.clock.wall() + (self._hold_until - now) if holding else None
+            return self._hold_state, *self._hold_why, until, ""
         budget = self.budget
         wait = self._pace_delay(now) if budget is not None and budget.remaining <= 0 else 0.0
         if wait > 0 and (self._pending > 0 or self.queue):  # (for the window's reset)

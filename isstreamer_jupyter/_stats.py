@@ -19,7 +19,7 @@ class State(enum.Enum):
 
     CONNECTING = "connecting"  # nothing acknowledged yet
     ONLINE = "online"  # the last request was acknowledged
-    BACKING_OFF = "backing off"  # a transient failure; retrying at `until`
+    BACKING_OFF = "backing off"  # a request failed; retrying at `until` (None: under way)
     RATE_LIMITED = "rate limited"  # the service asked us to wait until `until`
     OFFLINE = "recording offline"  # writing to the offline CSV file, nothing is sent
     STOPPED = "stopped"  # see `reason`: access key refused, cap reached, bucket deleted, closed
@@ -51,7 +51,7 @@ class Stats:
     reason: str  # plain words for STOPPED, OFFLINE, BACKING_OFF and RATE_LIMITED; else ""
     stop: str  # why STOPPED, as a stable code: one of STOPS; else ""
     remedy: str  # what the user can do about `reason` or `last_error`
-    until: float | None  # wall-clock end of a backoff or rate-limit wait
+    until: float | None  # wall-clock end of a backoff or rate-limit wait (None: retrying now)
     bucket_name: str
     bucket_key: str
     buckets: tuple[tuple[str, str], ...]  # (name, key) of every bucket used, in order

@@ -260,6 +260,26 @@ def test_receiver_down_flush_is_bounded(stream, tmp_path):
     assert "connection refused" in s.stats().last_error
 
 
+def test_requests_timing_out_are_said_as_backing_off_with_the_reason(make_receiver, stream):
+    """A service slower than `timeout`: for seconds stats() said 'connecting' with no
+    reason while last_error said 'no answer within 1 s', and flush() said no reason."""
+    rx = make_receiver(faults=Faults(latency=3))
+    s = stream(rx, timeout=1)
+    s.log("a", 1)
+    deadline = time.monotonic() + 10
+    while not s.stats().last_error and time.monotonic() < deadline:
+        time.sleep(0.02)
+    states = set()
+    for _ in range(12):  # 2.4 s: backoffs and retries under way alike
+        stats = s.stats()
+        states.add((stats.state, stats.reason))
+        time.sleep(0.2)
+    assert states == {(State.BACKING_OFF, "no answer within 1 s")}
+    with pytest.warns(UserWarning, match=r"1 events? still waiting after 1 s \(backing off.*"
+                                         r"no answer within 1 s"):
+        assert not s.flush(timeout=1)
+
+
 def test_401_then_fixed_key_delivers_everything(make_receiver, stream):
     rx = make_receiver(access_keys={"ist_the_right_key"})
     s = stream(rx, debug_level=2)

@@ -32,7 +32,14 @@ from isstreamer_jupyter import (
     StreamerClosed,
 )
 from isstreamer_jupyter._sender import BACKOFF_CAP, CAP_PROBE_INTERVAL, RESET_WAIT_CAP, Clock
-from isstreamer_jupyter.testing import FakeClock, FakeTransport, RateBudget, answer
+from isstreamer_jupyter.testing import (
+    Answer,
+    FakeClock,
+    FakeTransport,
+    Outcome,
+    RateBudget,
+    answer,
+)
 
 KEY = "ist_unit_test_secret_key_0123456789"
 
@@ -177,6 +184,33 @@ def test_backoff_grows_with_full_jitter_and_is_capped():
     assert max(waits) <= BACKOFF_CAP
     assert waits[-1] > waits[0]
     assert t.events() == [{"key": "a", "value": 1, "epoch": t.events()[0]["epoch"]}]
+
+
+def test_a_request_that_timed_out_is_backing_off_with_its_reason_until_one_is_accepted():
+    """Requests that each ran out their timeout (1 s, longer than the first backoffs): the
+    state stayed 'connecting' with no reason (the backoff was counted from the request's
+    start, so it was over when the request ended), and so did flush()'s message."""
+    seen = []
+
+    def times_out(kind, bucket_key, events):
+        seen.append(s.stats())  # (as the panel sees it while this request is out)
+        clock.advance(1.0)
+        return Answer(Outcome.RETRY, None, detail="no answer within 1 s")
+
+    s, _, clock = make([times_out, times_out, 204, 204])
+    s.log("a", 1)
+    s._sender.step()  # the bucket's creation times out
+    stats = s.stats()
+    assert (stats.state, stats.reason) == (State.BACKING_OFF, "no answer within 1 s")
+    assert stats.until is not None and stats.until > clock.wall()  # (from the answer)
+    assert stats.last_error == "no answer within 1 s"  # (the countdown is `until`'s)
+    assert any("no answer within 1 s; retrying in" in m for m in s.messages())
+    run_for(s, clock, stats.until - clock.wall() + 0.01)  # the retry goes out, times out
+    assert (seen[1].state, seen[1].reason, seen[1].until) == (
+        State.BACKING_OFF, "no answer within 1 s", None)
+    with pytest.warns(UserWarning, match=r"backing off.* no answer within 1 s"):
+        assert not s.flush(timeout=0.05)
+    assert s.flush(timeout=60) and s.stats().state is State.ONLINE
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 408, 409])
