@@ -843,6 +843,12 @@ class Sender:
         """Whether delivery is stopped for the whole account (access key, cap)."""
         return self._halt is not None
 
+    def holding(self) -> bool:
+        """Whether a request now would be too soon: a retry waits its backoff, the rate
+        limit or the pace says wait, or delivery is stopped for the account."""
+        now = self.clock.monotonic()
+        return self.blocked() or now < self._hold_until or self._pace_delay(now) > 0
+
     def rekey(self, switch: Callable[[], None]) -> None:
         """The user replaces the access key: `switch` moves the store and the transport to
         it. A refusal of the old key answered meanwhile either stops delivery first (and this

@@ -104,6 +104,29 @@ def state_words(stats: Stats, now: float | None = None) -> str:
     return state.value
 
 
+def waiting_words(stats: Stats, now: float | None = None) -> str:
+    """Why events wait, for flush() and close() to say: ``backing off after <reason>, next
+    try in 14 s``, ``rate limited: <reason>, next try in 3 s``, ``connecting: no answer from
+    the service yet``; "" when nothing holds them up but the time delivery takes."""
+    state = stats.state
+    if state is State.BACKING_OFF:
+        words = f"backing off after {stats.reason}" if stats.reason else state.value
+    elif state is State.CONNECTING:
+        words = "connecting: no answer from the service yet"
+    elif stats.reason:
+        words = f"{state.value}: {stats.reason}"
+    else:
+        return ""
+    if stats.until is not None:
+        left = stats.until - (time.time() if now is None else now)
+        if left > 0:
+            return f"{words}, next try in {left:.0f} s" if left >= 10 else (
+                f"{words}, next try in {left:.1f} s")
+    if state in (State.BACKING_OFF, State.RATE_LIMITED):
+        return f"{words}, trying again now"
+    return words
+
+
 def status_text(stats: Stats) -> str:
     """A compact multi-line text status: where widgets cannot show (a terminal, nbconvert to
     text) and in the magics' output. Never holds the access key (a Stats has none)."""

@@ -39,7 +39,7 @@ from ._events import (
 )
 from ._sender import Bucket, Clock, Marker, Sender
 from ._spool import SEGMENT_EVENTS, MemoryStore, SqliteSpool, Store
-from ._stats import State, Stats
+from ._stats import State, Stats, waiting_words
 from ._transport import CsvTransport, HttpTransport, Transport
 
 if TYPE_CHECKING:
@@ -233,8 +233,8 @@ class Streamer:
             print(f"{when} {self._bucket.name}: {key} = {value!r}")
         if len(self._queue) >= self._spill_at:
             self._overflow()
-        if not self.use_async and len(self._queue) >= self._sender.settings.batch_size:
-            self._pump(self._clock.monotonic() + self.settings.timeout, None)
+        if not self.use_async:
+            self._send_full_batch()
 
     def log_object(self, obj: Any, key_prefix: str | None = None, epoch: Any = None) -> None:
         """Log the items of a list, tuple, dict, dataclass, namedtuple, numpy array or pandas
@@ -312,8 +312,9 @@ class Streamer:
         At ``debug_level >= 2`` a failure raises a :class:`DeliveryError`; otherwise it is
         warned about (unless ``warn=False``, for callers that show it themselves) and
         ``False`` is returned. Unsent events stay queued either way. With ``use_async=False``
-        the requests are made here; one under way at the bound ends within ``timeout`` (the
-        setting): cut short, its events would be sent twice.
+        the requests are made here; when the next try is due past the bound (a backoff, a
+        rate limit) it returns then, saying so; one under way at the bound ends within
+        ``timeout`` (the setting): cut short, its events would be sent twice.
         """
         return self._flush_and_tell(timeout, warn=warn)
 
@@ -347,15 +348,23 @@ class Streamer:
         self._show_notices()
         marker = Marker()
         self._sender.queue_mark(marker)
+        next_try = None
         if self.use_async:
             self._sender.wake.set()
             marker.done.wait(timeout)
         else:
-            self._pump(self._clock.monotonic() + timeout, marker)
+            next_try = self._pump(self._clock.monotonic() + timeout, marker)
         error = marker.error
         if error is None and not marker.done.is_set():
             state = self.stats()
-            detail = f" ({state.state.value}: {state.reason})" if state.reason else ""
+            verb = "close" if closing else "flush"
+            why = waiting_words(state, self._clock.wall())
+            if next_try is not None:  # (it returned before its bound: said so, not "after")
+                said = (f"not sent within this {verb}: {why} (past its {round(timeout, 2):g} s "
+                        f"bound)")
+            else:
+                said = f"still waiting after {round(timeout, 2):g} s" + (f" ({why})" if why
+                                                                          else "")
             if not closing:
                 fate = "they stay queued and will be sent"
             elif self._sender.store.path:
@@ -364,9 +373,8 @@ class Streamer:
             else:
                 fate = ("they are lost as it closes (spool=False keeps events in memory "
                         "only)")
-            error = FlushTimeout(
-                f"{'close' if closing else 'flush'}: {state.pending} events still waiting "
-                f"after {round(timeout, 2):g} s{detail}; {fate}", pending=state.pending)
+            error = FlushTimeout(f"{verb}: {state.pending} events {said}; {fate}",
+                                 pending=state.pending)
         behind = self._sender.left_behind() if error is None else 0
         if behind:
             error = FlushTimeout(f"flush: {self._left_behind_text(behind)}", pending=behind)
@@ -395,19 +403,36 @@ class Streamer:
             f"damaged; {refused} refused: see stats().last_error); everything else was "
             f"delivered", dropped=dropped, refused=refused)
 
-    def _pump(self, deadline: float, marker: Marker | None) -> None:
-        """use_async=False: do the sender's work in the caller, until `deadline`."""
+    def _send_full_batch(self) -> None:
+        """use_async=False, log()'s part (ISStreamer's synchronous mode): once a batch is
+        full, send it here in one try: one request for it (for a new bucket, its creation
+        first), each bounded by `timeout`, and never a sleep. While a retry waits its
+        backoff, the rate limit or the pace says wait, or delivery is stopped, it only
+        stores what is queued (in the spool, if there is one); a later log() or flush()
+        sends it."""
+        sender = self._sender
+        size = sender.settings.batch_size
+        queued = len(self._queue)
+        if queued + sender._pending < size or (queued < size and sender.holding()):
+            return
+        for _ in range(2):  # (a new bucket's creation, then the batch)
+            created = len(sender._created)
+            if sender.step() > 0 or len(sender._created) == created:
+                return
+
+    def _pump(self, deadline: float, marker: Marker) -> float | None:
+        """use_async=False, flush() and close(): do the sender's work in the caller until
+        `marker` is done or `deadline`. If it stops because the next try is due past
+        `deadline` (a backoff, a rate limit), the seconds until then: it does not wait for
+        nothing."""
         sender = self._sender
         while True:
             delay = sender.step()
-            if marker is not None and marker.done.is_set():
-                return
-            if marker is None and sender._pending < sender.settings.batch_size:
-                return
-            if sender.blocked():  # stopped: nothing will go out however long we wait
-                return
-            if self._clock.monotonic() + delay >= deadline:
-                return
+            if marker.done.is_set() or sender.blocked():  # (stopped: nothing would go out)
+                return None
+            now = self._clock.monotonic()
+            if now + delay >= deadline:
+                return delay if now < deadline else None
             if delay > 0:
                 self._clock.sleep(delay)
 

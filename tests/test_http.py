@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import sqlite3
 import ssl
@@ -278,6 +279,37 @@ def test_requests_timing_out_are_said_as_backing_off_with_the_reason(make_receiv
     with pytest.warns(UserWarning, match=r"1 events? still waiting after 1 s \(backing off.*"
                                          r"no answer within 1 s"):
         assert not s.flush(timeout=1)
+
+
+def test_use_async_false_against_a_service_that_is_down_never_blocks_log(stream):
+    """ISStreamer's synchronous mode with the service down: 20 log() calls took 20.7 s;
+    flush(3) and close(2) returned at once saying 'after 3 s' / 'after 2 s'."""
+    with socket.socket() as sock:  # a port with nothing listening
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    class Down:
+        api_base = f"http://127.0.0.1:{port}/api"
+
+    s = stream(Down, bucket_name="Sync", batch_size=5, use_async=False,
+               max_requests_per_second=3)
+    start = time.monotonic()
+    for i in range(20):
+        s.log("p", i)
+    assert time.monotonic() - start < 1
+    for call, bound in ((lambda: s.flush(3), 3), (lambda: s.close(2), 2)):
+        start = time.monotonic()
+        with pytest.warns(UserWarning) as said:
+            assert not call()
+        took = time.monotonic() - start
+        text = str(said[0].message)
+        assert took < bound + 0.5, text
+        if took < bound - 0.5:  # (it stopped early: it says why, not "after N s")
+            assert re.search(r"20 events not sent within this (flush|close): backing off "
+                             rf"after network error: connection refused, next try in "
+                             rf"[0-9.]+ s \(past its {bound} s bound\)", text), text
+        else:
+            assert f"20 events still waiting after {bound} s (backing off after" in text
 
 
 def test_401_then_fixed_key_delivers_everything(make_receiver, stream):

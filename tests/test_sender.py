@@ -377,7 +377,10 @@ def test_flush_is_bounded_and_typed():
     s, _, clock = make([204] + [503] * 1000, debug_level=2)
     s.log("a", 1)
     start = clock.now
-    with pytest.raises(FlushTimeout, match="still waiting after 2 s"):
+    # (it tries until the next try is due past its bound, and says so)
+    with pytest.raises(FlushTimeout, match=r"not sent within this flush: backing off after "
+                                           r"the service answered 503, next try in [0-9.]+ s "
+                                           r"\(past its 2 s bound\)"):
         s.flush(timeout=2)
     assert clock.now - start <= 2 + 1e-6
 
@@ -451,7 +454,8 @@ def test_close_says_what_becomes_of_what_it_could_not_deliver(tmp_path, spool):
     with pytest.warns(UserWarning) as said:
         assert not s.close(timeout=1)
     text = " ".join(str(w.message) for w in said)
-    assert text.startswith("close: 1 events still waiting after 1 s")
+    assert text.startswith("close: 1 events not sent within this close: backing off after "
+                           "the service answered 503")
     if spool:
         assert "they stay in the spool" in text and "for the next Streamer" in text
     else:
@@ -596,6 +600,38 @@ def test_use_async_false_ships_full_batches_in_the_caller():
     for i in range(5):
         s.log("n", i)
     assert len(t.events()) == 5  # no flush needed: like ISStreamer's synchronous mode
+
+
+def test_use_async_false_log_tries_once_when_a_batch_fills_and_never_sleeps():
+    """With the service down, log() retried in the caller until `timeout` (a user's 20
+    log() calls took 20.7 s, one 6.8 s); flush(3) then returned at once saying 'still
+    waiting after 3 s'."""
+    s, t, clock = make([204, answer(503, retry_after=14)] + [204] * 100, batch_size=5)
+    for i in range(20):
+        s.log("p", i)
+    assert clock.waits == []  # no sleep in log()
+    assert [len(c[2]) for c in t.requests()] == [5]  # one try; then it only queued
+    assert s.stats().queued == 20
+    with pytest.warns(UserWarning) as said:
+        assert not s.flush(timeout=3)
+    assert clock.waits == []  # the next try is after its bound: it returned at once
+    assert str(said[0].message) == (
+        "flush: 20 events not sent within this flush: backing off after the service "
+        "answered 503, next try in 14 s (past its 3 s bound); they stay queued and will be "
+        "sent")
+    clock.advance(14)
+    s.log("p", 20)  # the backoff is over: this log() sends one batch, and only one
+    assert [len(c[2]) for c in t.requests()] == [5, 5]
+    assert s.flush(timeout=30)
+    assert [e["value"] for e in t.events()] == list(range(21))
+
+    s, t, clock = make(batch_size=5, max_requests_per_second=3)
+    for i in range(5):
+        s.log("p", i)  # the bucket's creation; the batch waits for the pace, not log()
+    assert (len(t.requests("bucket")), len(t.requests()), clock.waits) == (1, 0, [])
+    clock.advance(0.4)
+    s.log("p", 5)  # a later log() sends it
+    assert [len(c[2]) for c in t.requests()] == [5]
 
 
 @pytest.mark.parametrize("debug_level", [0, 1, 2, 3])
