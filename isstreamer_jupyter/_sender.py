@@ -159,6 +159,9 @@ class Sender:
         self._recheck = False  # whether a flush marker may be done without an ack
         self._created: set[str] = set()
         self._stopped_buckets: dict[str, Answer] = {}
+        #: what was said when delivery stopped, by bucket key (None: the whole account); a
+        #: flush that the stop fails says the same words
+        self._stop_said: dict[str | None, str] = {}
         self._halt: Answer | None = None  # account-wide stop: access denied, cap reached
         #: bumped when the user replaces the access key; a request remembers the one it went
         #: out with, so a refusal of the old key (answered late) does not stop the new one
@@ -764,7 +767,7 @@ class Sender:
                     self.notify(20, "a request sent with the replaced access key was refused; "
                                     "sending it again with the new one")
                     return 0.0  # (the batch was released above)
-                self._error(answer.detail, REMEDIES[outcome], level=40)
+                self._stop_said[None] = self._error(answer.detail, REMEDIES[outcome])
                 store.mark_denied()
                 self._halt = answer
             self._check_markers()
@@ -788,8 +791,8 @@ class Sender:
                         level=20 if outcome is Outcome.RATE_LIMITED else 30, retry_in=delay)
             return delay
         if batch is None and outcome in (Outcome.TOO_LARGE, Outcome.INVALID):
-            self._error(f"creating bucket {bucket_key} failed: {answer.detail}",
-                        REMEDIES[Outcome.INVALID], level=40)
+            self._stop_said[bucket_key] = self._error(
+                f"creating bucket {bucket_key} failed: {answer.detail}", REMEDIES[Outcome.INVALID])
             self._stopped_buckets[bucket_key] = answer
             self._check_markers()
             return 0.0
@@ -811,10 +814,11 @@ class Sender:
             return 0.0
         # say so first: whoever sees the stopped state finds the notice waiting
         if outcome is Outcome.BUCKET_REMOVED:
-            self._error(f"bucket {bucket_key}: {answer.detail}", REMEDIES[outcome], level=40)
+            self._stop_said[bucket_key] = self._error(f"bucket {bucket_key}: {answer.detail}",
+                                                      REMEDIES[outcome])
             self._stopped_buckets[bucket_key] = answer
         else:  # the monthly cap reached: the whole account
-            self._error(answer.detail, REMEDIES[outcome], level=40)
+            self._stop_said[None] = self._error(answer.detail, REMEDIES[outcome])
             self._probe_at = now + CAP_PROBE_INTERVAL
             self._halt = answer
         self._check_markers()
@@ -826,17 +830,19 @@ class Sender:
         return self.random.uniform(0.1 * ceiling, ceiling)
 
     def _error(self, message: str, remedy: str, level: int = 40, *,
-               retry_in: float | None = None) -> None:
-        """Keep `message` as the last error and say it with the fix. `retry_in`: when the
-        failed request is tried again, said then but not kept (the state's `until` is the
-        live countdown)."""
+               retry_in: float | None = None) -> str:
+        """Keep `message` as the last error and say it with the fix; returns what was
+        said. `retry_in`: when the failed request is tried again, said then but not kept (the
+        state's `until` is the live countdown)."""
         message = self.redact(message)
         with self.lock:
             self.last_error = message
             self.last_error_at = self.clock.wall()
             self.last_remedy = remedy
         said = message if retry_in is None else f"{message}; retrying in {retry_in:.1f} s"
-        self.notify(level, f"{said}. Fix: {remedy}" if remedy else said)
+        said = f"{said}. Fix: {remedy}" if remedy else said
+        self.notify(level, said)
+        return said
 
     # ---------------------------------------------------------------- control
     def blocked(self) -> bool:
@@ -892,15 +898,15 @@ class Sender:
         # marker meanwhile, or check these at the same time)
         for marker in list(self._markers):
             assert marker.upto is not None
-            stop = self._halt
+            stop, where = self._halt, None
             if stop is None and self._stopped_buckets and not self.store.has_pending_upto(
                     marker.upto, self._stopped_buckets):
-                stop = next(iter(self._stopped_buckets.values()))
+                where, stop = next(iter(self._stopped_buckets.items()))
             if not self.store.has_pending_upto(marker.upto):
                 marker.done.set()
             elif stop is not None:
-                marker.error = STOP_ERRORS[stop.outcome](
-                    f"{stop.detail}. Fix: {REMEDIES[stop.outcome]}", pending=self._pending)
+                marker.error = STOP_ERRORS[stop.outcome](self._stop_said[where],
+                                                         pending=self._pending)
                 marker.done.set()
             else:
                 continue

@@ -321,22 +321,29 @@ class Streamer:
     def _flush_and_tell(self, timeout: float | None, *, warn: bool = True,
                         closing: bool = False) -> bool:
         closed = self._closed and not self._sender_alive()
-        error = self._flush(timeout, closing=closing)
+        shown: list[str] = []
+        error = self._flush(timeout, closing=closing, shown=shown)
         if error is None:
             return True
         if closed:  # close() has told what is left
             return False
-        self._say(logging.WARNING, str(error))
+        if isinstance(error, FlushTimeout):  # (flush's own finding: a stop or a loss was
+            self._say(logging.WARNING, str(error))  # logged by the sender as it happened)
+        else:  # (and shown here: not again at the next call)
+            with contextlib.suppress(ValueError):
+                self._notices.remove(str(error))
         if self.DebugLevel >= 2:
             raise error
-        if warn:
+        if warn and str(error) not in shown:  # (this call may have shown it as a notice)
             _warn(str(error))
         return False
 
-    def _flush(self, timeout: float | None, *, closing: bool = False) -> DeliveryError | None:
+    def _flush(self, timeout: float | None, *, closing: bool = False,
+               shown: list[str] | None = None) -> DeliveryError | None:
         """flush() without the telling: what went wrong, or None if everything was
         delivered (the panel and uploads choose what to say from its type). `closing`: for
-        close(), whose message says what becomes of what waits."""
+        close(), whose message says what becomes of what waits. The notices it shows are
+        added to `shown`."""
         if self._closed and not self._sender_alive():
             left = (self._sender._pending + self._sender.left_behind()
                     + self._sender.queued_events())
@@ -345,7 +352,9 @@ class Streamer:
                                     pending=left)
             return self._lost_since_last_flush()
         timeout = self.settings.flush_timeout if timeout is None else float(timeout)
-        self._show_notices()
+        said = self._show_notices()
+        if shown is not None:
+            shown += said
         marker = Marker()
         self._sender.queue_mark(marker)
         next_try = None
@@ -667,11 +676,15 @@ class Streamer:
             self._notices.append(message)
         self._slow = True
 
-    def _show_notices(self) -> None:
+    def _show_notices(self) -> list[str]:
+        """Show the notices waiting; returns them."""
+        shown = []
         while self._notices:
             message = self._notices.popleft()
             _warn(message)
+            shown.append(message)
         self._update_slow()
+        return shown
 
     def _update_slow(self) -> None:
         self._slow = (self._closed or self.settings.debug_level >= 1 or not self.use_async

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import socket
 import sqlite3
@@ -310,6 +311,21 @@ def test_use_async_false_against_a_service_that_is_down_never_blocks_log(stream)
                              rf"[0-9.]+ s \(past its {bound} s bound\)", text), text
         else:
             assert f"20 events still waiting after {bound} s (backing off after" in text
+
+
+def test_a_refused_key_is_one_log_record_with_a_root_handler(make_receiver, stream, caplog):
+    """logging.basicConfig(), a key the receiver refuses: flush() printed the refusal as an
+    ERROR record, then again as a WARNING one, then the warning."""
+    caplog.set_level(logging.INFO)  # (a handler on the root logger, as basicConfig's)
+    rx = make_receiver(access_keys={"goodkey"})
+    s = stream(rx, bucket_name="Denied")
+    s.log("a", 1)
+    with pytest.warns(UserWarning, match=r"refused the access key \(401\)") as said:
+        assert not s.flush(3)
+    assert len(said) == 1
+    records = [(r.levelname, r.getMessage()) for r in caplog.records
+               if "refused the access key" in r.getMessage()]
+    assert records == [("ERROR", str(said[0].message))]
 
 
 def test_401_then_fixed_key_delivers_everything(make_receiver, stream):

@@ -322,6 +322,23 @@ def test_cap_reached_stops_then_probes_again():
     assert s.stats().state is State.ONLINE
 
 
+@pytest.mark.parametrize("status", [401, 402, 400, 404])
+def test_a_stop_is_logged_once_at_its_level_and_warned_once(status, caplog):
+    """With a root handler (logging.basicConfig()) a refused key was logged twice: at ERROR
+    by the sender, at WARNING by flush(); and close() warned it once more, as a notice."""
+    caplog.set_level(logging.DEBUG)  # (the root logger, as basicConfig() sets it up)
+    # (400 here is BUCKET_REMOVED on the events; 404 the bucket's creation)
+    s, _, _ = make([404] if status == 404 else [204, status])
+    with pytest.warns(UserWarning) as said:
+        s.log("a", 1)
+        assert not s.flush(timeout=5)
+        s.log("b", 2)  # (a notice not yet shown would be shown here)
+    told = [str(w.message) for w in said]
+    assert len(told) == 1, told
+    records = [(r.levelno, r.getMessage()) for r in caplog.records if r.levelno >= 30]
+    assert records == [(logging.ERROR, told[0])]
+
+
 def test_removed_bucket_stops_that_bucket_only():
     def gone(kind, bucket_key, events):
         return answer(400) if bucket_key == s.BucketKey and kind == "events" else 204
