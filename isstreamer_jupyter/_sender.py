@@ -77,6 +77,8 @@ REMEDIES = {
                       "please report this with the message"),
     Outcome.TOO_LARGE: "nothing to do: the batch is split",
 }
+#: the fix of an event refused before it was sent (log() lets none through that it knows of)
+REFUSED_HERE = "none: this one is dropped, the others go out; please report this with the message"
 STOP_ERRORS: dict[Outcome, type[DeliveryError]] = {
     Outcome.ACCESS_DENIED: AccessDenied,
     Outcome.CAP_REACHED: CapReached,
@@ -204,6 +206,7 @@ class Sender:
         self.last_error = ""
         self.last_error_at: float | None = None
         self.last_remedy = ""
+        self._losses: deque[str] = deque(maxlen=20)  # see _lost()
         self._rate_samples: deque[tuple[float, int]] = deque(maxlen=64)
         self.signals: dict[str, _Signal] = {}
         self._counts: Counter[str] = Counter()
@@ -360,8 +363,8 @@ class Sender:
             with self.lock:
                 self.dropped += damaged - self._damaged_seen
                 self._pending -= damaged - self._damaged_seen
-            self._error(f"dropped {damaged - self._damaged_seen} events of a damaged spool "
-                        f"segment", "none: the rest of the spool is fine")
+            self._lost(f"dropped {damaged - self._damaged_seen} events of a damaged spool "
+                       f"segment", "none: the rest of the spool is fine")
             self._damaged_seen = damaged
         if batch is None:
             if not self._stopped_buckets:  # (what this one counted, another streamer sent)
@@ -443,10 +446,10 @@ class Sender:
             self.drained += dropped
             self.dropped += dropped
         self._recheck = True
-        self._error(f"the spool {self.store.path} is held by another process and the memory "
-                    f"queue is full: dropped the {dropped} oldest events",
-                    "find what holds the spool (another kernel in a long transaction?), or "
-                    "raise max_queue")
+        self._lost(f"the spool {self.store.path} is held by another process and the memory "
+                   f"queue is full: dropped the {dropped} oldest events",
+                   "find what holds the spool (another kernel in a long transaction?), or "
+                   "raise max_queue")
 
     def _recount(self) -> None:
         """Ask the store what waits (the spool may be shared), after acking a batch whose
@@ -548,8 +551,8 @@ class Sender:
         if dropped:
             self._recheck = True
             where = "spool" if self.store.path else "memory queue"
-            self._error(f"the {where} is full: dropped the {dropped} oldest events",
-                        "raise max_queue / spool_max_bytes, or log less often")
+            self._lost(f"the {where} is full: dropped the {dropped} oldest events",
+                       "raise max_queue / spool_max_bytes, or log less often")
 
     def _spool_busy(self, exc: SpoolBusy) -> None:
         """Another process (a shared spool, any SQLite client) holds the spool: nothing was
@@ -808,8 +811,15 @@ class Sender:
                 self.refused += 1
                 if store is self.store:
                     self._pending -= 1
-            who = "the service" if answer.status is not None else "the client (before sending)"
-            self._error(f"{who} refused an event: {answer.detail}", REMEDIES[outcome])
+            key = batch.events[0][0]
+            key = repr(key if len(key) <= 40 else f"{key[:40]}…")
+            if answer.status is None:
+                self._lost(f"the client (before sending) refused an event (key {key}): "
+                           f"{answer.detail}", REFUSED_HERE)
+            else:
+                words = f": {answer.words}" if answer.words else ""
+                self._lost(f"the service refused an event (key {key}, {answer.status}){words}",
+                           answer.remedy or REMEDIES[outcome])
             self._check_markers()
             return 0.0
         # say so first: whoever sees the stopped state finds the notice waiting
@@ -828,6 +838,20 @@ class Sender:
         """Exponential backoff with full jitter, capped."""
         ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(self._attempt, 16))
         return self.random.uniform(0.1 * ceiling, ceiling)
+
+    def _lost(self, message: str, remedy: str) -> None:
+        """Say that events were lost (dropped or refused), and keep it for the flush that
+        reports the loss (it says it then; see take_losses)."""
+        said = self._error(message, remedy)
+        with self.lock:
+            self._losses.append(said)
+
+    def take_losses(self) -> list[str]:
+        """What was said of the losses since the last call (the last 20 at most)."""
+        with self.lock:
+            said = list(self._losses)
+            self._losses.clear()
+        return said
 
     def _error(self, message: str, remedy: str, level: int = 40, *,
                retry_in: float | None = None) -> str:

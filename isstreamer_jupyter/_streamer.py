@@ -395,8 +395,9 @@ class Streamer:
                 f"Streamer with the same access key and API base sends them")
 
     def _lost_since_last_flush(self) -> EventsLost | None:
-        """Events dropped or refused since a flush last said so (each loss is said once,
-        whichever thread flushes: the user's, the panel's)."""
+        """Events dropped or refused since a flush last said so, with what the sender said
+        of them (each loss is said once, whichever thread flushes: the user's, the panel's;
+        its notice, if not yet shown, is not shown after)."""
         sender = self._sender
         with self._lost_lock:
             with sender.lock:
@@ -405,12 +406,18 @@ class Streamer:
             if dropped + refused <= 0:
                 return None
             self._lost_told = now
+            said = sender.take_losses()
+        for message in said:
+            with contextlib.suppress(ValueError):
+                self._notices.remove(message)
+        why = said[-1] if said else "see streamer.messages()"
+        if len(said) > 1:
+            why += f" (and {len(said) - 1} more: see streamer.messages())"
         lost = dropped + refused
         return EventsLost(
             f"flush: {lost} {'event was' if lost == 1 else 'events were'} lost since the last "
-            f"flush ({dropped} dropped: the queue or the spool was full, or a spool segment "
-            f"damaged; {refused} refused: see stats().last_error); everything else was "
-            f"delivered", dropped=dropped, refused=refused)
+            f"flush ({dropped} dropped, {refused} refused; everything else was delivered): "
+            f"{why}", dropped=dropped, refused=refused)
 
     def _send_full_batch(self) -> None:
         """use_async=False, log()'s part (ISStreamer's synchronous mode): once a batch is

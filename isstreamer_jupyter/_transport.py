@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -59,6 +60,7 @@ class Answer:
     budget: RateBudget | None = None
     detail: str = ""  # short, plain words; never contains the access key
     remedy: str = ""  # the fix, when the transport knows better than the outcome's own
+    words: str = ""  # what the service said of what it refused (an INVALID answer's body)
 
 
 class Transport(Protocol):
@@ -156,9 +158,39 @@ def classify(status: int, body: bytes = b"", headers: dict[str, str] | None = No
     if status in (408, 409) or status >= 500:
         return Answer(Outcome.RETRY, status, _retry_after(headers), budget,
                       f"the service answered {status}")
-    text = body[:200].decode("utf-8", "replace").strip()
+    words = _service_words(body)
     return Answer(Outcome.INVALID, status, budget=budget,
-                  detail=f"the service refused the events ({status}): {text}")
+                  detail=f"the service refused the events ({status}): {words}", words=words,
+                  remedy=_refusal_remedy(words) if status == 400 else "")
+
+
+def _service_words(body: bytes) -> str:
+    """What the service said it refused: its JSON error's type and message
+    (``{"message": {"error": {"type": .., "message": ..}}}``), else the body's start."""
+    try:
+        said = json.loads(body)
+    except ValueError:
+        said = body.decode("utf-8", "replace")
+    for name in ("message", "error"):  # (the API's nesting, as far as the body has it)
+        if isinstance(said, dict) and name in said:
+            said = said[name]
+    if isinstance(said, dict) and isinstance(said.get("message"), str):
+        said = f"{said['type']}: {said['message']}" if "type" in said else said["message"]
+    return " ".join(str(said).split())[:200]
+
+
+def _refusal_remedy(words: str) -> str:
+    """The fix of an event the service refused (400), after the service's own words."""
+    low = words.lower()
+    if re.search(r"\bkey\b", low):
+        fix = "change the key as the service says (a shorter one, if it is too long)"
+    elif re.search(r"\bvalue\b", low):
+        fix = "change the value as the service says"
+    elif re.search(r"\b(epoch|iso8601|time)", low):
+        fix = "change the event's time as the service says"
+    else:
+        fix = "change the event as the service says"
+    return f"{fix}; this one is dropped, the others go out"
 
 
 def _budget(headers: dict[str, str]) -> RateBudget | None:

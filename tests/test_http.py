@@ -328,6 +328,31 @@ def test_a_refused_key_is_one_log_record_with_a_root_handler(make_receiver, stre
     assert records == [("ERROR", str(said[0].message))]
 
 
+def test_an_event_the_service_refuses_is_said_once_with_the_services_words(make_receiver,
+                                                                           stream):
+    """A key over the service's 100 characters among 10 good events: the first flush said
+    '1 refused: see stats().last_error'; the next one returned True but warned the refusal,
+    with the fix 'check api_base (IS_API_BASE) and the bucket key'."""
+    rx = make_receiver(max_key_length=100)
+    s = stream(rx)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (log() warns of a key over 100 characters)
+        for i in range(11):
+            s.log("k" * 120 if i == 5 else "ok", i)
+    with pytest.warns(UserWarning) as said:
+        assert not s.flush(10)
+    assert len(said) == 1
+    text = str(said[0].message)
+    assert "1 refused" in text and "'key' is longer than 100 characters" in text, text
+    assert "Fix: change the key as the service says (a shorter one" in text
+    assert "api_base" not in text
+    assert values(rx.events(s.BucketKey)) == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once
+        s.log("ok", 11)
+        assert s.flush(10)
+
+
 def test_401_then_fixed_key_delivers_everything(make_receiver, stream):
     rx = make_receiver(access_keys={"ist_the_right_key"})
     s = stream(rx, debug_level=2)
