@@ -48,21 +48,33 @@ def parse_bool(raw: str) -> bool:
     raise ValueError("expected true or false (also yes/no, on/off, 1/0; any case)")
 
 
-def _parse_number(kind: type, minimum: float, strict: bool,
-                  maximum: float = math.inf) -> Callable[[str], Any]:
+def _parse_number(kind: type, minimum: float, strict: bool, maximum: float = math.inf, *,
+                  inf_means: str = "", finite_because: str = "") -> Callable[[str], Any]:
+    """A parser of numbers from `minimum` (excluded if `strict`) to `maximum`. Infinity
+    (``inf``) is taken if `inf_means` says what it means, else refused, saying
+    `finite_because`; NaN never."""
     noun = "a whole number" if kind is int else "a number"
-    if maximum < math.inf:
+    if maximum < math.inf and not strict:
         allowed = f"{noun} from {minimum:g} to {maximum:g}"
     else:
         allowed = f"{noun} {'above' if strict else 'at least'} {minimum:g}"
+        if maximum < math.inf:
+            allowed += f" and at most {maximum:g}"
+    if inf_means:
+        allowed += f", or inf ({inf_means})"
 
     def parse(raw: str) -> Any:
         try:
             value = kind(raw.strip())
         except ValueError:
             raise ValueError(f"expected {noun}") from None
-        if (value < minimum or (strict and value == minimum) or value > maximum
-                or not math.isfinite(value)):
+        if value != value:
+            raise ValueError(f"expected {allowed}, not NaN")
+        if value == math.inf and inf_means:
+            return value
+        if value == math.inf and finite_because:
+            raise ValueError(f"expected {allowed}, not inf: {finite_because}")
+        if value < minimum or (strict and value == minimum) or value > maximum:
             raise ValueError(f"expected {allowed}")
         return value
 
@@ -175,8 +187,9 @@ def _access_key(raw: str) -> Secret:
 
 
 _POS_INT = _parse_number(int, 1, strict=False)
-_NONNEG_FLOAT = _parse_number(float, 0, strict=False)
-_POS_FLOAT = _parse_number(float, 0, strict=True)
+#: the longest finite wait a duration setting takes (~31 years; the system's waits end at
+#: about 9.2e9 s)
+LONGEST = 1e9
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("access_key", _access_key, "", ("IS_ACCESS_KEY", "IS_API_ACCESS_KEY"),
@@ -193,18 +206,31 @@ SETTINGS: tuple[Setting, ...] = (
             "0 quiet; 1 echo each event; 2 raise refusals and delivery failures; 3 HTTP detail"),
     Setting("batch_size", _POS_INT, 10, ("IS_BATCH_SIZE",), ((CLIENT, "batch_size"),),
             "events per request at most", aliases=("buffer_size",)),
-    Setting("flush_interval", _POS_FLOAT, 1.0, ("IS_FLUSH_INTERVAL",),
+    Setting("flush_interval", _parse_number(
+                float, 0, strict=True, maximum=LONGEST,
+                finite_because="events would wait forever for a fuller batch"), 1.0,
+            ("IS_FLUSH_INTERVAL",),
             ((CLIENT, "flush_interval"),), "seconds an event waits for a fuller batch, at most"),
-    Setting("max_requests_per_second", _NONNEG_FLOAT, 3.0, ("IS_MAX_RPS",),
+    Setting("max_requests_per_second", _parse_number(
+                float, 0, strict=False, finite_because="for no pacing give 0"), 3.0,
+            ("IS_MAX_RPS",),
             ((CLIENT, "max_requests_per_second"),),
             "request pace; 0 means no pacing (self-hosted or test endpoints)"),
     Setting("max_queue", _POS_INT, 100_000, ("IS_MAX_QUEUE",), ((CLIENT, "max_queue"),),
             "events held in memory before they spill to the spool (without one, the oldest drop)"),
-    Setting("timeout", _POS_FLOAT, 10.0, ("IS_TIMEOUT",), ((CLIENT, "timeout"),),
+    Setting("timeout", _parse_number(
+                float, 0, strict=True, maximum=LONGEST,
+                finite_because="a request to a silent service would never end"), 10.0,
+            ("IS_TIMEOUT",), ((CLIENT, "timeout"),),
             "seconds one HTTP request may take"),
-    Setting("flush_timeout", _POS_FLOAT, 10.0, ("IS_FLUSH_TIMEOUT",),
-            ((CLIENT, "flush_timeout"),), "default wait of flush() and close(), in seconds"),
-    Setting("exit_timeout", _NONNEG_FLOAT, 3.0, ("IS_EXIT_TIMEOUT",),
+    Setting("flush_timeout", _parse_number(float, 0, strict=True, inf_means="until delivered"),
+            10.0, ("IS_FLUSH_TIMEOUT",), ((CLIENT, "flush_timeout"),),
+            "default wait of flush() and close(), in seconds (inf: until delivered)"),
+    Setting("exit_timeout", _parse_number(
+                float, 0, strict=False, maximum=LONGEST,
+                finite_because=("the interpreter would not exit while the service is down "
+                                "(what is left waits in the spool for the next Streamer)")),
+            3.0, ("IS_EXIT_TIMEOUT",),
             ((CLIENT, "exit_timeout"),), "wait at interpreter exit; the rest stays in the spool"),
     Setting("offline", parse_bool, None, ("IS_OFFLINE",), ((CLIENT, "offline_mode"),),
             "record locally instead of sending", shown="on when there is no access key"),
@@ -214,7 +240,10 @@ SETTINGS: tuple[Setting, ...] = (
             "keep accepted events on disk until the service acknowledges them"),
     Setting("spool_dir", _str, "", ("IS_SPOOL_DIR",), ((CLIENT, "spool_dir"),),
             "folder of the spool database", shown="the user data folder"),
-    Setting("spool_interval", _POS_FLOAT, 0.2, ("IS_SPOOL_INTERVAL",),
+    Setting("spool_interval", _parse_number(
+                float, 0, strict=True, maximum=LONGEST,
+                finite_because="events would never reach the spool"), 0.2,
+            ("IS_SPOOL_INTERVAL",),
             ((CLIENT, "spool_interval"),), "seconds before accepted events are on disk, at most"),
     Setting("spool_max_bytes", _POS_INT, 256 * 1024 * 1024, ("IS_SPOOL_MAX_BYTES",),
             ((CLIENT, "spool_max_bytes"),),

@@ -94,6 +94,12 @@ class Bucket:
     key: str
 
 
+def bounded(seconds: float | None) -> float | None:
+    """A wait as threading's waits take it: None (no bound) for inf, and for any wait longer
+    than they can take (they raise OverflowError past about 292 years)."""
+    return None if seconds is None or seconds > threading.TIMEOUT_MAX else seconds
+
+
 class Clock:
     """Real time. Tests pass ``isstreamer_jupyter.testing.FakeClock`` instead."""
 
@@ -104,7 +110,7 @@ class Clock:
         return time.time()
 
     def wait(self, event: threading.Event, timeout: float | None) -> bool:
-        return event.wait(timeout)
+        return event.wait(bounded(timeout))
 
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
@@ -306,7 +312,7 @@ class Sender:
             with contextlib.suppress(SpoolError):
                 self._drop_next()
             return True
-        self.thread.join(timeout)
+        self.thread.join(bounded(timeout))
         return not self.thread.is_alive()
 
     # ---------------------------------------------------------------- one round

@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import datetime as _dt
 import logging
+import math
 import os
 import sys
 import threading
@@ -37,7 +38,7 @@ from ._events import (
     default_prefix,
     iter_items,
 )
-from ._sender import Bucket, Clock, Marker, Sender
+from ._sender import Bucket, Clock, Marker, Sender, bounded
 from ._spool import SEGMENT_EVENTS, MemoryStore, SqliteSpool, Store
 from ._stats import State, Stats, waiting_words
 from ._transport import CsvTransport, HttpTransport, Transport
@@ -320,6 +321,7 @@ class Streamer:
 
     def _flush_and_tell(self, timeout: float | None, *, warn: bool = True,
                         closing: bool = False) -> bool:
+        timeout = _wait_of("close" if closing else "flush", timeout, self.settings.flush_timeout)
         closed = self._closed and not self._sender_alive()
         shown: list[str] = []
         error = self._flush(timeout, closing=closing, shown=shown)
@@ -351,7 +353,7 @@ class Streamer:
                 return FlushTimeout(f"flush: the streamer is closed; {left} events wait",
                                     pending=left)
             return self._lost_since_last_flush()
-        timeout = self.settings.flush_timeout if timeout is None else float(timeout)
+        timeout = _wait_of("flush", timeout, self.settings.flush_timeout)
         said = self._show_notices()
         if shown is not None:
             shown += said
@@ -360,7 +362,7 @@ class Streamer:
         next_try = None
         if self.use_async:
             self._sender.wake.set()
-            marker.done.wait(timeout)
+            marker.done.wait(bounded(timeout))
         else:
             next_try = self._pump(self._clock.monotonic() + timeout, marker)
         error = marker.error
@@ -461,9 +463,9 @@ class Streamer:
     def _close(self, timeout: float | None, flush: bool = True) -> bool:
         """close(); with flush=False nothing more is sent (an upload that stopped: what is
         sent after it saved its progress would be sent again by the next run)."""
+        timeout = _wait_of("close", timeout, self.settings.flush_timeout)
         if self._closed:
             return self._closed_ok
-        timeout = self.settings.flush_timeout if timeout is None else float(timeout)
         deadline = time.monotonic() + timeout
         error: DeliveryError | None = None
         delivered = False
@@ -730,6 +732,23 @@ class Streamer:
             behind = self._sender.left_behind()
             if behind:
                 print(f"isstreamer_jupyter: {self._left_behind_text(behind)}", file=sys.stderr)
+
+
+def _wait_of(call: str, timeout: Any, default: float) -> float:
+    """The seconds `call` (flush, close) may wait: `timeout`, or `default` for None; inf is
+    no bound. NaN, a negative number or what is no number is refused, saying what to give."""
+    if timeout is None:
+        return default
+    try:
+        seconds = float(timeout)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not seconds >= 0:  # (NaN too)
+        raise ConfigError(
+            f"{call}(timeout={timeout!r}): expected a number of seconds, 0 or more. Fix: give "
+            f"one (float('inf') waits until delivered), or None for flush_timeout "
+            f"({default:g} s)")
+    return seconds
 
 
 def _checked(name: str, value: Any) -> Any:

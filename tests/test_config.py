@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 
@@ -98,13 +99,28 @@ def test_offline_forced_on_with_a_key(folders, monkeypatch):
         ("IS_MAX_RPS", "-1", "at least 0"),
         ("IS_OFFLINE", "maybe", "expected true or false"),
         ("IS_API_BASE", "ftp://x", "http:// or https://"),
-        ("IS_FLUSH_TIMEOUT", "inf", "above 0"),
+        ("IS_FLUSH_TIMEOUT", "nan", "expected a number above 0, or inf (until delivered), "
+                                    "not NaN"),
+        ("IS_FLUSH_TIMEOUT", "-1", "above 0"),
+        ("IS_FLUSH_INTERVAL", "inf", "not inf: events would wait forever for a fuller batch"),
+        ("IS_TIMEOUT", "inf", "not inf: a request to a silent service would never end"),
+        ("IS_TIMEOUT", "1e12", "above 0 and at most 1e+09"),
+        ("IS_EXIT_TIMEOUT", "inf", "not inf: the interpreter would not exit while the service "
+                                   "is down"),
+        ("IS_MAX_RPS", "inf", "not inf: for no pacing give 0"),
     ],
 )
 def test_bad_values_name_setting_and_source(folders, monkeypatch, env, raw, words):
     monkeypatch.setenv(env, raw)
-    with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(words)):
         resolve({})
+
+
+def test_an_infinite_flush_timeout_means_until_delivered(folders, monkeypatch):
+    """flush_timeout=inf was refused as 'expected a number above 0' (the wrong reason)."""
+    monkeypatch.setenv("IS_FLUSH_TIMEOUT", "inf")
+    assert resolve({}).flush_timeout == math.inf
+    assert resolve({"flush_timeout": float("inf")}).flush_timeout == math.inf
 
 
 def test_bad_ini_value_names_the_file(folders):

@@ -353,6 +353,20 @@ def test_an_event_the_service_refuses_is_said_once_with_the_services_words(make_
         assert s.flush(10)
 
 
+def test_flush_and_close_without_a_bound(make_receiver, stream):
+    """flush(timeout=inf) and close(timeout=inf) raised OverflowError ('timestamp out of
+    range for platform time_t'), and the streamer stayed open."""
+    rx = make_receiver()
+    s = stream(rx, flush_timeout=1e12)
+    s.log("a", 1)
+    assert s.flush()
+    s.log("a", 2)
+    assert s.flush(timeout=float("inf"))
+    s.log("a", 3)
+    assert s.close(timeout=float("inf")) and s.IsClosed
+    assert values(rx.events(s.BucketKey)) == [1, 2, 3]
+
+
 def test_401_then_fixed_key_delivers_everything(make_receiver, stream):
     rx = make_receiver(access_keys={"ist_the_right_key"})
     s = stream(rx, debug_level=2)

@@ -406,6 +406,31 @@ def test_flush_is_bounded_and_typed():
     assert clock.now - start <= 2 + 1e-6
 
 
+@pytest.mark.parametrize("use_async", [False, True])
+def test_an_infinite_wait_has_no_bound_and_nan_or_negative_is_refused(use_async):
+    """flush(inf), close(inf) and flush_timeout=1e12 raised OverflowError (and the failed
+    close left the streamer open); flush(-1) and flush(nan) were taken ('after nan s')."""
+    options = {"use_async": use_async}
+    if use_async:
+        options["clock"] = Clock()
+    s, t, _ = make(**options)
+    s.log("a", 1)
+    assert s.flush(timeout=math.inf)
+    for bad in (-1, math.nan, "soon"):
+        for call in (s.flush, s.close):
+            with pytest.raises(ConfigError, match=rf"{call.__name__}\(timeout={bad!r}\): "
+                                                  r"expected a number of seconds, 0 or more\. "
+                                                  r"Fix: give one \(float\('inf'\) waits"):
+                call(timeout=bad)
+    assert not s.IsClosed  # (bad input: nothing else happened)
+    s.log("a", 2)
+    assert s.close(timeout=math.inf) and s.IsClosed
+    assert [e["value"] for e in t.events()] == [1, 2]
+    s, t, _ = make(flush_timeout=1e12, **options)
+    s.log("a", 3)
+    assert s.flush() and s.close()
+
+
 def test_log_after_close_is_an_error():
     s, _, _ = make()
     s.log("a", 1)
