@@ -95,3 +95,17 @@ def warn(message: str) -> None:
     while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, IsStreamerWarning, stacklevel=level)
+
+
+_SINGULAR_VERBS = {"were": "was", "are": "is", "have": "has"}
+
+
+def counted(count: int, noun: str, verb: str = "") -> str:
+    """A count with its noun, and a verb given in the plural, agreeing: ``counted(1,
+    "event")`` is "1 event", ``counted(3, "event", "wait")`` "3 events wait",
+    ``counted(1, "event", "were")`` "1 event was". Every message that counts says it so."""
+    if count == 1:
+        verb = _SINGULAR_VERBS.get(verb, f"{verb}s" if verb else "")
+    else:
+        noun += "s"
+    return f"{count} {noun} {verb}" if verb else f"{count} {noun}"

@@ -50,7 +50,7 @@ from traitlets import Bool, Float, Int, TraitError, Unicode, observe, validate
 from traitlets.config import Configurable
 
 from . import _config
-from ._errors import IsStreamerError, IsStreamerWarning
+from ._errors import IsStreamerError, IsStreamerWarning, counted
 from ._events import VALUE_MAX, check_key, coerce_epoch, coerce_value, describe
 from ._stats import status_text
 from ._streamer import Streamer
@@ -850,7 +850,7 @@ def _close(streamer: Streamer, timeout: float) -> str:
     where = f" in the spool {stats.spool_path} (the next streamer sends them)" \
         if stats.spool_path else " (spool off: they are lost)"
     if stats.pending:
-        return f"; {stats.pending} events not yet delivered wait{where}"
+        return f"; {counted(stats.pending, 'event', 'wait')} undelivered{where}"
     # nothing waits, yet not all delivered: events were lost earlier (dropped or refused)
     return streamer._redact("".join(f"; {m}" for m in caught.messages)
                             or "; some events were lost")

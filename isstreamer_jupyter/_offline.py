@@ -102,14 +102,14 @@ class UploadSummary:
     def report(self, stopped: bool = True) -> str:
         """What it did; `stopped=False` leaves out why it stopped (for a caller that says it
         with its own fix)."""
-        lines = [f"uploaded {self.sent} events from {self.path} in {self.seconds:.1f} s"
+        lines = [f"uploaded {err.counted(self.sent, 'event')} from {self.path} in "
+                 f"{self.seconds:.1f} s"
                  + (f" ({self.already_sent} were sent by an earlier run)"
                     if self.already_sent else "")]
         for key, name in self.buckets.items():
             lines.append(f"  bucket {name!r} ({key})")
         if self.bad_rows:
-            rows = "row" if len(self.bad_rows) == 1 else "rows"
-            lines.append(f"  {len(self.bad_rows)} {rows} skipped:")
+            lines.append(f"  {err.counted(len(self.bad_rows), 'row')} skipped:")
             lines += [f"    line {n}: {why}" for n, why in self.bad_rows[:20]]
             if len(self.bad_rows) > 20:
                 lines.append(f"    … and {len(self.bad_rows) - 20} more")

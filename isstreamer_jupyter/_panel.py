@@ -61,7 +61,7 @@ from collections import deque
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
-from ._errors import DeliveryError, EventsLost, FlushTimeout, IsStreamerError
+from ._errors import DeliveryError, EventsLost, FlushTimeout, IsStreamerError, counted
 from ._stats import SignalStat, State, Stats, state_words, status_text
 
 try:
@@ -756,12 +756,13 @@ class Panel:
         if error is None:
             self._note = f"flushed: everything delivered ({took:.1f} s)"
         elif isinstance(error, EventsLost):
-            self._note = (f"flushed ({took:.1f} s), but since the last flush {error.dropped} "
-                          f"events were dropped and {error.refused} refused")
+            self._note = (f"flushed ({took:.1f} s), but since the last flush "
+                          f"{counted(error.dropped, 'event', 'were')} dropped and "
+                          f"{error.refused} refused")
         else:
             if isinstance(error, FlushTimeout):
-                detail = (f"{stats.pending} events still waiting ({state_words(stats)}); they "
-                          f"stay queued")
+                detail = (f"{counted(stats.pending, 'event')} still waiting "
+                          f"({state_words(stats)}); they stay queued")
             elif isinstance(error, DeliveryError):  # stopped: what and the fix
                 detail = str(error)
             else:

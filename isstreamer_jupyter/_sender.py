@@ -26,7 +26,14 @@ from itertools import repeat
 from typing import Any
 
 from ._config import Settings
-from ._errors import AccessDenied, BucketRemoved, CapReached, DeliveryError, SpoolError
+from ._errors import (
+    AccessDenied,
+    BucketRemoved,
+    CapReached,
+    DeliveryError,
+    SpoolError,
+    counted,
+)
 from ._spool import (
     SEGMENT_EVENTS,
     Batch,
@@ -369,8 +376,8 @@ class Sender:
             with self.lock:
                 self.dropped += damaged - self._damaged_seen
                 self._pending -= damaged - self._damaged_seen
-            self._lost(f"dropped {damaged - self._damaged_seen} events of a damaged spool "
-                       f"segment", "none: the rest of the spool is fine")
+            self._lost(f"dropped {counted(damaged - self._damaged_seen, 'event')} of a damaged "
+                       f"spool segment", "none: the rest of the spool is fine")
             self._damaged_seen = damaged
         if batch is None:
             if not self._stopped_buckets:  # (what this one counted, another streamer sent)
@@ -453,7 +460,7 @@ class Sender:
             self.dropped += dropped
         self._recheck = True
         self._lost(f"the spool {self.store.path} is held by another process and the memory "
-                   f"queue is full: dropped the {dropped} oldest events",
+                   f"queue is full: dropped the {counted(dropped, 'oldest event')}",
                    "find what holds the spool (another kernel in a long transaction?), or "
                    "raise max_queue")
 
@@ -557,7 +564,7 @@ class Sender:
         if dropped:
             self._recheck = True
             where = "spool" if self.store.path else "memory queue"
-            self._lost(f"the {where} is full: dropped the {dropped} oldest events",
+            self._lost(f"the {where} is full: dropped the {counted(dropped, 'oldest event')}",
                        "raise max_queue / spool_max_bytes, or log less often")
 
     def _spool_busy(self, exc: SpoolBusy) -> None:

@@ -26,6 +26,7 @@ from ._errors import (
     RefusedValue,
     SpoolError,
     StreamerClosed,
+    counted,
 )
 from ._errors import warn as _warn
 from ._events import (
@@ -156,8 +157,8 @@ class Streamer:
                 print(f"isstreamer_jupyter: {notice}")
         recovered = getattr(store, "recovered", 0)
         if recovered:
-            self._say(logging.WARNING, f"resuming {recovered} events found in the spool for "
-                                       f"this access key (left by an earlier process, or "
+            self._say(logging.WARNING, f"resuming {counted(recovered, 'event')} found in the "
+                                       f"spool for this access key (left by an earlier process, or "
                                        f"logged by another one using it now); they go out "
                                        f"before new ones")
         if use_async:
@@ -350,8 +351,8 @@ class Streamer:
             left = (self._sender._pending + self._sender.left_behind()
                     + self._sender.queued_events())
             if left:
-                return FlushTimeout(f"flush: the streamer is closed; {left} events wait",
-                                    pending=left)
+                return FlushTimeout(f"flush: the streamer is closed; "
+                                    f"{counted(left, 'event', 'wait')}", pending=left)
             return self._lost_since_last_flush()
         timeout = _wait_of("flush", timeout, self.settings.flush_timeout)
         said = self._show_notices()
@@ -384,7 +385,7 @@ class Streamer:
             else:
                 fate = ("they are lost as it closes (spool=False keeps events in memory "
                         "only)")
-            error = FlushTimeout(f"{verb}: {state.pending} events {said}; {fate}",
+            error = FlushTimeout(f"{verb}: {counted(state.pending, 'event')} {said}; {fate}",
                                  pending=state.pending)
         behind = self._sender.left_behind() if error is None else 0
         if behind:
@@ -393,8 +394,8 @@ class Streamer:
 
     def _left_behind_text(self, count: int) -> str:
         path = self._sender._left.path if self._sender._left is not None else ""
-        return (f"{count} events wait in the spool {path}, left when it failed; the next "
-                f"Streamer with the same access key and API base sends them")
+        return (f"{counted(count, 'event', 'wait')} in the spool {path}, left when it failed; "
+                f"the next Streamer with the same access key and API base sends them")
 
     def _lost_since_last_flush(self) -> EventsLost | None:
         """Events dropped or refused since a flush last said so, with what the sender said
@@ -417,7 +418,7 @@ class Streamer:
             why += f" (and {len(said) - 1} more: see streamer.messages())"
         lost = dropped + refused
         return EventsLost(
-            f"flush: {lost} {'event was' if lost == 1 else 'events were'} lost since the last "
+            f"flush: {counted(lost, 'event', 'were')} lost since the last "
             f"flush ({dropped} dropped, {refused} refused; everything else was delivered): "
             f"{why}", dropped=dropped, refused=refused)
 
@@ -486,10 +487,12 @@ class Streamer:
         if left:
             if self._sender.store.path:
                 self._say(logging.WARNING,
-                          f"{left} events wait in the spool {self._sender.store.path}; the next "
+                          f"{counted(left, 'event', 'wait')} in the spool "
+                          f"{self._sender.store.path}; the next "
                           f"Streamer with the same access key and API base sends them")
             else:
-                self._say(logging.WARNING, f"{left} events were not delivered (spool is off)")
+                self._say(logging.WARNING,
+                          f"{counted(left, 'event', 'were')} not delivered (spool is off)")
         behind = self._sender.left_behind()
         if behind:
             self._say(logging.WARNING, self._left_behind_text(behind))
@@ -726,7 +729,7 @@ class Streamer:
         with contextlib.suppress(Exception):
             left = self._sender._pending
             if left and self._sender.store.path:
-                print(f"isstreamer_jupyter: {left} events wait in the spool "
+                print(f"isstreamer_jupyter: {counted(left, 'event', 'wait')} in the spool "
                       f"{self._sender.store.path}; the next Streamer with the same access key "
                       f"and API base sends them", file=sys.stderr)
             behind = self._sender.left_behind()

@@ -277,7 +277,7 @@ def test_requests_timing_out_are_said_as_backing_off_with_the_reason(make_receiv
         states.add((stats.state, stats.reason))
         time.sleep(0.2)
     assert states == {(State.BACKING_OFF, "no answer within 1 s")}
-    with pytest.warns(UserWarning, match=r"1 events? still waiting after 1 s \(backing off.*"
+    with pytest.warns(UserWarning, match=r"1 event still waiting after 1 s \(backing off.*"
                                          r"no answer within 1 s"):
         assert not s.flush(timeout=1)
 
@@ -305,12 +305,13 @@ def test_use_async_false_against_a_service_that_is_down_never_blocks_log(stream)
         took = time.monotonic() - start
         text = str(said[0].message)
         assert took < bound + 0.5, text
-        if took < bound - 0.5:  # (it stopped early: it says why, not "after N s")
+        if "not sent within" in text:  # (it stopped early: it says why, not "after N s")
             assert re.search(r"20 events not sent within this (flush|close): backing off "
                              rf"after network error: connection refused, next try in "
                              rf"[0-9.]+ s \(past its {bound} s bound\)", text), text
         else:
             assert f"20 events still waiting after {bound} s (backing off after" in text
+            assert took >= bound - 0.1
 
 
 def test_a_refused_key_is_one_log_record_with_a_root_handler(make_receiver, stream, caplog):

@@ -398,7 +398,7 @@ def test_flush_button_reports_what_is_left(receiver: Receiver, make_streamer) ->
     panel.refresh()
     note = field(panel, "note")
     assert note.startswith("flush: not all delivered after 0.")
-    assert "1 events still waiting (backing off" in note
+    assert "1 event still waiting (backing off" in note
     receiver.outage(0)
 
 

@@ -31,6 +31,7 @@ from isstreamer_jupyter import (
     Streamer,
     StreamerClosed,
 )
+from isstreamer_jupyter._errors import counted
 from isstreamer_jupyter._sender import BACKOFF_CAP, CAP_PROBE_INTERVAL, RESET_WAIT_CAP, Clock
 from isstreamer_jupyter.testing import (
     Answer,
@@ -399,7 +400,7 @@ def test_flush_is_bounded_and_typed():
     s.log("a", 1)
     start = clock.now
     # (it tries until the next try is due past its bound, and says so)
-    with pytest.raises(FlushTimeout, match=r"not sent within this flush: backing off after "
+    with pytest.raises(FlushTimeout, match=r"1 event not sent within this flush: backing off after "
                                            r"the service answered 503, next try in [0-9.]+ s "
                                            r"\(past its 2 s bound\)"):
         s.flush(timeout=2)
@@ -429,6 +430,23 @@ def test_an_infinite_wait_has_no_bound_and_nan_or_negative_is_refused(use_async)
     s, t, _ = make(flush_timeout=1e12, **options)
     s.log("a", 3)
     assert s.flush() and s.close()
+
+
+def test_counts_are_said_in_the_singular_for_one():
+    """'flush: 1 events still waiting', 'close: 1 events ...', 'dropped the 1 oldest
+    events'."""
+    assert [counted(n, "event", "wait") for n in (0, 1, 2)] == [
+        "0 events wait", "1 event waits", "2 events wait"]
+    assert counted(1, "event", "were") == "1 event was" and counted(1, "row") == "1 row"
+    s, _, _ = make([204] + [503] * 1000, max_queue=1, batch_size=2)
+    with pytest.warns(UserWarning) as said:
+        s.log("a", 1)
+        s.log("a", 2)  # (the memory queue holds one: the oldest drops)
+        s.flush(timeout=1)
+        s.close(timeout=1)
+    text = "\n".join([str(w.message) for w in said] + s.messages())
+    assert "1 event " in text and "dropped the 1 oldest event" in text, text
+    assert not re.search(r"\b1 events\b", text), text
 
 
 def test_log_after_close_is_an_error():
@@ -500,7 +518,7 @@ def test_close_says_what_becomes_of_what_it_could_not_deliver(tmp_path, spool):
     with pytest.warns(UserWarning) as said:
         assert not s.close(timeout=1)
     text = " ".join(str(w.message) for w in said)
-    assert text.startswith("close: 1 events not sent within this close: backing off after "
+    assert text.startswith("close: 1 event not sent within this close: backing off after "
                            "the service answered 503")
     if spool:
         assert "they stay in the spool" in text and "for the next Streamer" in text
