@@ -318,35 +318,38 @@ class Streamer:
         rate limit) it returns then, saying so; one under way at the bound ends within
         ``timeout`` (the setting): cut short, its events would be sent twice.
         """
-        return self._flush_and_tell(timeout, warn=warn)
+        return self._flush_and_tell(timeout, warn=warn) is None
 
-    def _flush_and_tell(self, timeout: float | None, *, warn: bool = True,
-                        closing: bool = False) -> bool:
-        timeout = _wait_of("close" if closing else "flush", timeout, self.settings.flush_timeout)
+    def _flush_and_tell(self, timeout: float | None, *, warn: bool = True, closing: str = "",
+                        told: list[str] | None = None) -> DeliveryError | None:
+        """flush(), telling what went wrong (returned too; None if all was delivered). With
+        `told` (at exit) it is put there to be said plainly, not warned nor raised."""
+        timeout = _wait_of(closing or "flush", timeout, self.settings.flush_timeout)
         closed = self._closed and not self._sender_alive()
         shown: list[str] = []
         error = self._flush(timeout, closing=closing, shown=shown)
-        if error is None:
-            return True
-        if closed:  # close() has told what is left
-            return False
+        if error is None or closed:  # (closed: close() has told what is left)
+            return error
         if isinstance(error, FlushTimeout):  # (flush's own finding: a stop or a loss was
             self._say(logging.WARNING, str(error))  # logged by the sender as it happened)
         else:  # (and shown here: not again at the next call)
             with contextlib.suppress(ValueError):
                 self._notices.remove(str(error))
+        if told is not None:
+            told.append(str(error))
+            return error
         if self.DebugLevel >= 2:
             raise error
         if warn and str(error) not in shown:  # (this call may have shown it as a notice)
             _warn(str(error))
-        return False
+        return error
 
-    def _flush(self, timeout: float | None, *, closing: bool = False,
+    def _flush(self, timeout: float | None, *, closing: str = "",
                shown: list[str] | None = None) -> DeliveryError | None:
         """flush() without the telling: what went wrong, or None if everything was
-        delivered (the panel and uploads choose what to say from its type). `closing`: for
-        close(), whose message says what becomes of what waits. The notices it shows are
-        added to `shown`."""
+        delivered (the panel and uploads choose what to say from its type). `closing`:
+        "close" or "at exit", whose message says what becomes of what waits. The notices
+        it shows are added to `shown`."""
         if self._closed and not self._sender_alive():
             left = (self._sender._pending + self._sender.left_behind()
                     + self._sender.queued_events())
@@ -369,10 +372,11 @@ class Streamer:
         error = marker.error
         if error is None and not marker.done.is_set():
             state = self.stats()
-            verb = "close" if closing else "flush"
+            verb = closing or "flush"
             why = waiting_words(state, self._clock.wall())
             if next_try is not None:  # (it returned before its bound: said so, not "after")
-                said = (f"not sent within this {verb}: {why} (past its {round(timeout, 2):g} s "
+                within = "the wait at exit" if closing == "at exit" else f"this {verb}"
+                said = (f"not sent within {within}: {why} (past its {round(timeout, 2):g} s "
                         f"bound)")
             else:
                 said = f"still waiting after {round(timeout, 2):g} s" + (f" ({why})" if why
@@ -461,20 +465,25 @@ class Streamer:
         against it). What is left stays in the spool for the next Streamer."""
         return self._close(timeout)
 
-    def _close(self, timeout: float | None, flush: bool = True) -> bool:
+    def _close(self, timeout: float | None, flush: bool = True, *,
+               told: list[str] | None = None) -> bool:
         """close(); with flush=False nothing more is sent (an upload that stopped: what is
-        sent after it saved its progress would be sent again by the next run)."""
+        sent after it saved its progress would be sent again by the next run). With `told`
+        (at exit) what it would warn is put there instead, to be said plainly."""
         timeout = _wait_of("close", timeout, self.settings.flush_timeout)
         if self._closed:
             return self._closed_ok
         deadline = time.monotonic() + timeout
         error: DeliveryError | None = None
+        said: DeliveryError | None = None  # (what the flush said)
         delivered = False
         if flush:
             try:
-                delivered = self._flush_and_tell(timeout, closing=True)
+                said = self._flush_and_tell(timeout, told=told,
+                                            closing="close" if told is None else "at exit")
             except DeliveryError as exc:
-                error = exc
+                error = said = exc
+            delivered = said is None
         self._closed_ok = False  # (until the end: a close() that raised is no success)
         self._closed = True
         self._update_slow()
@@ -484,18 +493,21 @@ class Streamer:
         if not self.use_async:
             self._sender.drain()
         left = self._sender._pending + self._sender.queued_events()
-        if left:
+        notes = []
+        if left and not isinstance(said, FlushTimeout):  # (a timeout said what becomes of them)
             if self._sender.store.path:
-                self._say(logging.WARNING,
-                          f"{counted(left, 'event', 'wait')} in the spool "
-                          f"{self._sender.store.path}; the next "
-                          f"Streamer with the same access key and API base sends them")
+                notes.append(f"{counted(left, 'event', 'wait')} in the spool "
+                             f"{self._sender.store.path}; the next Streamer with the same "
+                             f"access key and API base sends them")
             else:
-                self._say(logging.WARNING,
-                          f"{counted(left, 'event', 'were')} not delivered (spool is off)")
+                notes.append(f"{counted(left, 'event', 'were')} not delivered (spool is off)")
         behind = self._sender.left_behind()
-        if behind:
-            self._say(logging.WARNING, self._left_behind_text(behind))
+        if behind and self._left_behind_text(behind) not in str(said):
+            notes.append(self._left_behind_text(behind))
+        for note in notes:
+            self._say(logging.WARNING, note)
+        if told is not None:
+            told += notes
         if self._sender.thread is None:  # (a thread closes them itself as it ends)
             self._sender.close_resources()
         self._closed_ok = delivered
@@ -723,18 +735,17 @@ class Streamer:
             self._sender.start()
 
     def _at_exit(self, deadline: float) -> None:
-        with contextlib.suppress(Exception):  # (at debug_level >= 2 it raises what it says)
-            self.close(timeout=max(0.0, min(self.settings.exit_timeout,
-                                            deadline - time.monotonic())))
+        """Close within the shared deadline, and say what is left once, as plain lines on
+        stderr: a warning here would point into this package, and no cell follows."""
+        told = list(self._notices)  # (not shown yet: no log() or flush() follows)
+        self._notices.clear()
         with contextlib.suppress(Exception):
-            left = self._sender._pending
-            if left and self._sender.store.path:
-                print(f"isstreamer_jupyter: {counted(left, 'event', 'wait')} in the spool "
-                      f"{self._sender.store.path}; the next Streamer with the same access key "
-                      f"and API base sends them", file=sys.stderr)
-            behind = self._sender.left_behind()
-            if behind:
-                print(f"isstreamer_jupyter: {self._left_behind_text(behind)}", file=sys.stderr)
+            self._close(timeout=max(0.0, min(self.settings.exit_timeout,
+                                             deadline - time.monotonic())), told=told)
+        told += self._notices
+        for line in dict.fromkeys(told):
+            with contextlib.suppress(Exception):  # (a closed or broken stderr)
+                print(f"isstreamer_jupyter: {line}", file=sys.stderr)
 
 
 def _wait_of(call: str, timeout: Any, default: float) -> float:

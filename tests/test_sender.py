@@ -449,6 +449,24 @@ def test_counts_are_said_in_the_singular_for_one():
     assert not re.search(r"\b1 events\b", text), text
 
 
+def test_at_exit_each_fact_is_one_plain_line(capsys):
+    """At exit the close's warning pointed into the package (_streamer.py, at _at_exit), and
+    what was left was said again as a line."""
+    s, _, _ = make([204, 401])
+    s.log("a", 1)
+    s._sender.step()  # the bucket; then the key is refused: a notice waits, not yet shown
+    s._sender.step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s._at_exit(time.monotonic() + 1)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "isstreamer_jupyter: the service refused the access key (401). Fix: check the access "
+        "key (IS_ACCESS_KEY or access_key=...); set streamer.AccessKey to the right key to "
+        "resume: the held events are kept and will be sent",
+        "isstreamer_jupyter: 1 event was not delivered (spool is off)"], lines
+
+
 def test_log_after_close_is_an_error():
     s, _, _ = make()
     s.log("a", 1)
