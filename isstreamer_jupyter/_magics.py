@@ -848,7 +848,7 @@ def _close(streamer: Streamer, timeout: float) -> str:
         return ""
     stats = streamer.stats()
     where = f" in the spool {stats.spool_path} (the next streamer sends them)" \
-        if stats.spool_path else " (spool off: they are lost)"
+        if stats.spool_path else f" (they are lost: {streamer._in_memory_why()})"
     if stats.pending:
         return f"; {counted(stats.pending, 'event', 'wait')} undelivered{where}"
     # nothing waits, yet not all delivered: events were lost earlier (dropped or refused)

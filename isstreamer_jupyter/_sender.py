@@ -228,6 +228,7 @@ class Sender:
         #: the spool left after a failure, and the events of this key it still holds (as last
         #: read): counted in stats() and said by flush() and close() until they go out
         self._left: Store | None = None
+        self.spool_trouble = ""  # why the spool was left, if it was
         self.left_count = 0
         self._moved: set[str] = set()  # signals changed since the last signal_stats()
         self._signals_lock = threading.Lock()
@@ -584,6 +585,7 @@ class Sender:
                         f"the next Streamer sends it again)", "", level=30)
             return
         self._left = self.store
+        self.spool_trouble = str(exc)
         self.store = MemoryStore(self.settings.max_queue)  # (a batch under way, and the one
         self._recheck = True  # made ready, are settled in the spool they came from)
         with self.lock:

@@ -364,7 +364,9 @@ class SqliteSpool:
         except sqlite3.DatabaseError as exc:
             raise SpoolError(f"the spool {self.path} cannot be used: {exc}") from None
         except OSError as exc:
-            raise SpoolError(f"the spool folder {folder} cannot be used: {exc.strerror}") from None
+            why = ("it is a file, not a folder" if folder.exists() and not folder.is_dir()
+                   else exc.strerror)
+            raise SpoolError(f"the spool folder {folder} cannot be used: {why}") from None
         #: events of this namespace found at start (left by an earlier process)
         self.recovered = self.pending()
 

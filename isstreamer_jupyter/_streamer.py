@@ -141,6 +141,7 @@ class Streamer:
         self._spill_at = settings.max_queue
         #: memory's bound: past it log() waits its turn to spill, and drops if it cannot
         self._ceiling = 2 * settings.max_queue
+        self._spool_trouble = ""  # why the spool could not be opened, if it could not
         store = self._open_store(settings, key)
         self._sender = Sender(queue=self._queue, store=store,
                               transport=transport or self._make_transport(),
@@ -187,8 +188,20 @@ class Streamer:
                                    access_key=s.access_key, adopt_bucket=bucket_key,
                                    max_bytes=s.spool_max_bytes, lease_seconds=s.timeout + 30)
             except SpoolError as exc:
+                self._spool_trouble = str(exc)
                 self._notice(f"{exc}; going on without a spool (events live in memory only)")
         return MemoryStore(s.max_queue)
+
+    def _in_memory_why(self) -> str:
+        """Why events live in memory only (there is no spool, or no more), in plain words:
+        what made the spool unusable, or the setting that turned it off."""
+        trouble = self._sender.spool_trouble or self._spool_trouble
+        if trouble:
+            return f"events live in memory only: {trouble}"
+        if self.settings.offline:
+            return "recording offline keeps no spool"
+        return (f"spool = False from {self.settings.sources.get('spool', _config.KEYWORD)} "
+                f"keeps events in memory only")
 
     @property
     def recovered(self) -> int:
@@ -387,8 +400,7 @@ class Streamer:
                 fate = (f"they stay in the spool {self._sender.store.path} for the next Streamer "
                         f"with the same access key and API base")
             else:
-                fate = ("they are lost as it closes (spool=False keeps events in memory "
-                        "only)")
+                fate = f"they are lost as it closes ({self._in_memory_why()})"
             error = FlushTimeout(f"{verb}: {counted(state.pending, 'event')} {said}; {fate}",
                                  pending=state.pending)
         behind = self._sender.left_behind() if error is None else 0
@@ -500,7 +512,8 @@ class Streamer:
                              f"{self._sender.store.path}; the next Streamer with the same "
                              f"access key and API base sends them")
             else:
-                notes.append(f"{counted(left, 'event', 'were')} not delivered (spool is off)")
+                notes.append(f"{counted(left, 'event', 'were')} not delivered "
+                             f"({self._in_memory_why()})")
         behind = self._sender.left_behind()
         if behind and self._left_behind_text(behind) not in str(said):
             notes.append(self._left_behind_text(behind))

@@ -464,7 +464,8 @@ def test_at_exit_each_fact_is_one_plain_line(capsys):
         "isstreamer_jupyter: the service refused the access key (401). Fix: check the access "
         "key (IS_ACCESS_KEY or access_key=...); set streamer.AccessKey to the right key to "
         "resume: the held events are kept and will be sent",
-        "isstreamer_jupyter: 1 event was not delivered (spool is off)"], lines
+        "isstreamer_jupyter: 1 event was not delivered (spool = False from keyword argument "
+        "keeps events in memory only)"], lines
 
 
 def test_log_after_close_is_an_error():
@@ -541,8 +542,24 @@ def test_close_says_what_becomes_of_what_it_could_not_deliver(tmp_path, spool):
     if spool:
         assert "they stay in the spool" in text and "for the next Streamer" in text
     else:
-        assert "they are lost as it closes (spool=False keeps events in memory only)" in text
+        assert ("they are lost as it closes (spool = False from keyword argument keeps events "
+                "in memory only)") in text
     assert "will be sent" not in text
+
+
+def test_close_says_why_events_were_in_memory_only_when_the_spool_was_unusable(tmp_path):
+    """With a spool_dir that is a file, close() said 'spool=False keeps events in memory
+    only': the user never set spool=False."""
+    (tmp_path / "not_a_folder").write_text("")
+    with pytest.warns(UserWarning) as said:
+        s, _, _ = make([204] + [503] * 1000, spool=True, spool_dir=tmp_path / "not_a_folder")
+        s.log("a", 1)
+        assert not s.close(timeout=1)
+    text = " ".join(str(w.message) for w in said)
+    assert "spool=False" not in text and "spool = False" not in text
+    assert text.endswith(f"they are lost as it closes (events live in memory only: the spool "
+                         f"folder {tmp_path / 'not_a_folder'} cannot be used: it is a file, "
+                         f"not a folder)"), text
 
 
 def _spooled(path):
