@@ -28,7 +28,7 @@ run: $(STAMP)
 	  quickstart.ipynb --log-level WARN
 	@echo "executed notebook: build/quickstart.ipynb"
 	@echo "local recording:   build/isstreamer_out.csv ($$(grep -vc '^#' build/isstreamer_out.csv) events so far)"
-	@echo "open it with: make lab"
+	@echo "open it with: make lab NOTEBOOK=build/quickstart.ipynb"
 
 lint: $(STAMP)
 	$(BIN)/ruff check isstreamer_jupyter tests benchmarks
@@ -39,8 +39,11 @@ test: $(STAMP) chromium lint
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
+# JupyterLab at the repository's root, so notebooks/ and build/ (what `make run` wrote) are both
+# in its file browser; NOTEBOOK=path also opens that notebook.
+NOTEBOOK ?=
 lab: $(STAMP)
-	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/
+	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) --ServerApp.root_dir=. $(NOTEBOOK)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache
