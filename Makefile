@@ -14,11 +14,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# Debian's chromium for the browser test (Playwright cannot download its own browser here).
+# Debian's chromium for the browser test (Playwright cannot download its own browser here):
+# apt-get as root (CI), else through sudo.
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing Debian's chromium for the browser test"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null; }
+	  if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null 2>&1; then sudo=sudo; \
+	  else echo "the browser test needs Debian's chromium: as root, run apt-get install chromium fonts-dejavu-core (or give this user sudo rights)" >&2; exit 1; fi; \
+	  echo "installing Debian's chromium for the browser test$${sudo:+ (with sudo)}"; \
+	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null; }
 
 # The main job: the quickstart notebook on the embedded default (no account, no network).
 run: $(STAMP)

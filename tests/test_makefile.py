@@ -1,12 +1,15 @@
 """The Makefile does what it and the README say: `make run` names a command that opens what it
-wrote."""
+wrote, and `make test` installs chromium as root or through sudo."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).parent.parent
 MAKE = shutil.which("make")
@@ -28,3 +31,47 @@ def test_the_command_make_run_prints_opens_the_notebook_it_wrote():
     assert "jupyter lab" in lab
     assert "--ServerApp.root_dir=." in lab.split()  # (build/ and notebooks/ are both reachable)
     assert lab.split()[-1] == wrote  # (and it opens it)
+
+
+def fake_tools(tmp_path: Path, uid: int, sudo: bool) -> tuple[dict[str, str], Path]:
+    """A PATH with no chromium, an `id -u` saying `uid`, an apt-get that logs what it was
+    asked (and as whom), and sudo if `sudo`."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+    bin_dir.mkdir()
+    tools = {"id": f"echo {uid}",
+             "apt-get": f'echo "apt-get $* as ${{AS:-{uid}}} DEBIAN_FRONTEND=$DEBIAN_FRONTEND"'
+                        f' >> {log}'}
+    if sudo:
+        tools["sudo"] = f'echo "sudo $1" >> {log}; AS=0 exec "$@"'
+    for name, body in tools.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    (bin_dir / "env").symlink_to(shutil.which("env"))
+    env = {k: v for k, v in os.environ.items() if k != "DEBIAN_FRONTEND"}
+    return {**env, "PATH": str(bin_dir)}, log
+
+
+@pytest.mark.parametrize(("uid", "sudo", "through_sudo"),
+                         [(0, False, False), (0, True, False), (1000, True, True)])
+def test_chromium_is_installed_as_root_or_through_sudo(tmp_path, uid, sudo, through_sudo):
+    """The README says it needs root or sudo rights; it ran apt-get without sudo."""
+    env, log = fake_tools(tmp_path, uid, sudo)
+    done = subprocess.run([MAKE, "-C", str(ROOT), "chromium"], env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    calls = log.read_text().splitlines()
+    apt = [c for c in calls if c.startswith("apt-get")]
+    assert [c.split()[1] for c in apt] == ["update", "install"]
+    assert all(c.endswith("as 0 DEBIAN_FRONTEND=" + ("noninteractive" if "install" in c else ""))
+               for c in apt), calls
+    assert ("sudo apt-get" in calls) is through_sudo
+    assert ("with sudo" in done.stdout) is through_sudo
+
+
+def test_chromium_without_root_or_sudo_says_what_to_do(tmp_path):
+    env, log = fake_tools(tmp_path, 1000, sudo=False)
+    done = subprocess.run([MAKE, "-C", str(ROOT), "chromium"], env=env, capture_output=True,
+                          text=True)
+    assert done.returncode != 0
+    assert "apt-get install chromium fonts-dejavu-core" in done.stderr
+    assert not log.exists()  # (it did not try apt-get as a user, to fail on its lock)
