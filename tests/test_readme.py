@@ -69,3 +69,18 @@ def test_api_table_gives_each_method_s_parameters_and_defaults():
                 if p.name != "self" and p.kind is not p.KEYWORD_ONLY
                 and (name, p.name) != ("set_bucket", "retries")}
         assert said == real, name
+
+
+def test_a_date_written_beside_an_epoch_is_that_epoch_s():
+    """offline-and-upload.ipynb said 1795000000 was 08:26:40 UTC; it is 11:06:40."""
+    import datetime as dt
+
+    root = Path(__file__).parent.parent
+    texts = [README] + [p.read_text() for p in sorted((root / "notebooks").glob("*.ipynb"))]
+    said = [m.groups() for text in texts for m in re.finditer(
+        r"\b([0-9]{9,10})\s*#\s*([0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}:[0-9]{2}) UTC",
+        text)]
+    assert said  # (the notebook's start time, at least)
+    for epoch, date in said:
+        assert dt.datetime.fromtimestamp(int(epoch), dt.timezone.utc).strftime(
+            "%Y-%m-%d %H:%M:%S") == date.replace("T", " "), epoch
