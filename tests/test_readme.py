@@ -84,3 +84,16 @@ def test_a_date_written_beside_an_epoch_is_that_epoch_s():
     for epoch, date in said:
         assert dt.datetime.fromtimestamp(int(epoch), dt.timezone.utc).strftime(
             "%Y-%m-%d %H:%M:%S") == date.replace("T", " "), epoch
+
+
+def test_no_fix_puts_the_access_key_in_a_cell():
+    """The README says the key is never in a notebook cell, yet its fix for a refused key, and
+    panel.ipynb, typed it there (`streamer.AccessKey = "..."`)."""
+    import json
+
+    root = Path(__file__).parent.parent
+    cells = ["".join(cell["source"]) for p in sorted((root / "notebooks").glob("*.ipynb"))
+             for cell in json.loads(p.read_text())["cells"] if cell["cell_type"] == "code"]
+    typed = re.compile(r"""AccessKey\s*=\s*[rbf]?["']""")
+    assert not [text for text in [README, *cells] if typed.search(text)]
+    assert 'streamer.AccessKey = os.environ["IS_ACCESS_KEY"]' in README
