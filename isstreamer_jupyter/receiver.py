@@ -827,7 +827,8 @@ def serve_main(argv: list[str] | None = None) -> int:
         prog="python -m isstreamer_jupyter serve",
         description="Run a loopback Initial State-compatible receiver (events kept in memory). "
         "Point a streamer or an upload at it with IS_API_BASE set to the address it prints "
-        f"(http://{host}:{port}/api by default).",
+        f"(http://{host}:{port}/api by default), and IS_MAX_RPS=0 so that it does not keep "
+        "Initial State's pace of 3 requests a second.",
     )
     parser.add_argument("--host", default=host, help="address to bind (default: %(default)s)")
     parser.add_argument(

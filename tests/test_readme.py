@@ -97,3 +97,23 @@ def test_no_fix_puts_the_access_key_in_a_cell():
     typed = re.compile(r"""AccessKey\s*=\s*[rbf]?["']""")
     assert not [text for text in [README, *cells] if typed.search(text)]
     assert 'streamer.AccessKey = os.environ["IS_ACCESS_KEY"]' in README
+
+
+def _section(title: str) -> str:
+    start = README.index(f"\n## {title}")
+    return README[start:README.index("\n## ", start + 1)]
+
+
+def test_pointing_at_the_receiver_turns_the_pacing_off(capsys):
+    """Pointed at the receiver as the README said, 300 rows took 10 s: the default pace is
+    Initial State's."""
+    import pytest
+
+    from isstreamer_jupyter.__main__ import main
+
+    told = [p for p in README.split("\n\n") if "IS_API_BASE=http://127.0.0.1" in p]
+    assert told
+    assert all("IS_MAX_RPS=0" in p for p in told), told
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    assert "IS_MAX_RPS=0" in capsys.readouterr().out
