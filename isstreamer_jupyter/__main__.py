@@ -155,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("file", help="the recording: ours, or ISStreamer's epoch,key,value CSV")
     p.add_argument("--bucket-name", help="the bucket (default: the one the file names)")
     p.add_argument("--bucket-key", help="the bucket key (default: derived from the name)")
-    p.add_argument("--batch-size", type=int, help="events per request")
+    p.add_argument("--batch-size", type=int, metavar="N",
+                   help="events per request, at most (default: the batch_size setting, from "
+                        "IS_BATCH_SIZE or isstreamer.ini, else 10)")
     p.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
                    help="how long a batch may wait for the service (retrying what is "
                         "transient) before the upload stops (default: %(default)g)")

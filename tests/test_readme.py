@@ -104,6 +104,20 @@ def _section(title: str) -> str:
     return README[start:README.index("\n## ", start + 1)]
 
 
+def test_every_upload_option_is_in_the_readme(capsys):
+    """`--batch-size` was in `upload --help` but not in the README."""
+    import pytest
+
+    from isstreamer_jupyter.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["upload", "--help"])
+    options = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", capsys.readouterr().out)) - {"--help"}
+    assert "--batch-size" in options
+    upload = _section("Offline, and uploading later")
+    assert [o for o in sorted(options) if f"[{o}" not in upload or f"`{o}" not in upload] == []
+
+
 def test_pointing_at_the_receiver_turns_the_pacing_off(capsys):
     """Pointed at the receiver as the README said, 300 rows took 10 s: the default pace is
     Initial State's."""
