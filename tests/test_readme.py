@@ -131,3 +131,25 @@ def test_pointing_at_the_receiver_turns_the_pacing_off(capsys):
     with pytest.raises(SystemExit):
         main(["serve", "--help"])
     assert "IS_MAX_RPS=0" in capsys.readouterr().out
+
+
+def test_the_epoch_forms_the_docs_give_are_what_epoch_takes():
+    """magics.ipynb and the README's magics table each gave another list of --epoch's units."""
+    import datetime as dt
+    import json
+
+    from isstreamer_jupyter._events import coerce_epoch
+
+    said = ("seconds, milliseconds, microseconds or nanoseconds since 1970 (told apart by size), "
+            "or an ISO 8601 time (`2026-11-28T08:00:00Z`; with no zone, local time)")
+    row = re.search(r"^\| `--epoch T` \|(.*)$", README, re.M).group(1)
+    notebook = Path(__file__).parent.parent / "notebooks" / "magics.ipynb"
+    cells = ["".join(c["source"]) for c in json.loads(notebook.read_text())["cells"]]
+    assert said in row and [c for c in cells if "`--epoch` sets" in c and said in c]
+    # (the magic hands its text to coerce_epoch: each unit by its size; ISO 8601 with a zone or
+    # without one, then local time)
+    for given in ("1795852800", "1795852800000", "1795852800000000", "1795852800000000000",
+                  "2026-11-28T08:00:00Z", "2026-11-28T09:00:00+01:00"):
+        assert coerce_epoch("k", given) == 1795852800.0, given
+    local = dt.datetime(2026, 11, 28, 8).timestamp()
+    assert coerce_epoch("k", "2026-11-28T08:00:00") == local
