@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import enum
-import io
 import json
 import math
 import os
@@ -373,6 +372,12 @@ def _reason(exc: Exception) -> str:
     return text[:120]
 
 
+class _Rows(list[str]):
+    """What a csv.writer writes: one row (with its line end) a write."""
+
+    write = list.append
+
+
 class CsvTransport:
     """Offline recording: appends ISStreamer's ``epoch,key,value`` rows to a CSV file.
 
@@ -401,15 +406,18 @@ class CsvTransport:
 
     def post_events(self, bucket_key: str, events: Sequence[Event],
                     meanwhile: Callable[[], None] | None = None) -> Answer:
-        rows = [(repr(e), k, v) for k, v, e in events]
-        text = io.StringIO()
-        csv.writer(text).writerows(rows)  # (raises on what a file cannot hold: refused)
-        text.getvalue().encode("utf-8")
+        rows = _Rows()
+        # (raises on what a file cannot hold: refused.) csv.writer's own CRLF line end is kept
+        # while it writes, as what it quotes hangs on it (a value's lone \r too), then each row
+        # ends in LF, as the '# bucket:' lines do: one line end in the file (upload reads both)
+        csv.writer(rows).writerows((repr(e), k, v) for k, v, e in events)
+        text = "".join(row[:-2] + "\n" for row in rows)
+        text.encode("utf-8")
         with self._lock, self.path.open("a", newline="", encoding="utf-8") as fh:
             # every batch names its bucket: another streamer may append to the same file
             name = " ".join(self._names.get(bucket_key, bucket_key).splitlines())  # one line
             fh.write(f"# bucket: {bucket_key} {name}\n")
-            fh.write(text.getvalue())
+            fh.write(text)
         if meanwhile is not None:
             meanwhile()
         return Answer(Outcome.ACCEPTED, None)

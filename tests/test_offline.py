@@ -457,3 +457,41 @@ def test_a_damaged_entry_of_another_destination_leaves_this_ones_progress_alone(
     again = upload(recording, **opts)
     assert (again.sent, again.already_sent, again.note) == (0, 2, "")
     assert len(rx.events()) == 2
+
+
+def test_a_recording_ends_every_line_alike_with_lf(env, make_receiver):
+    """The '# bucket:' lines ended in LF and the rows in CRLF (csv.writer's default). A value's
+    own line breaks are kept, quoted, and upload gives them back."""
+    with Streamer(bucket_name="First", offline=True, offline_file="rec.csv") as s:
+        s.log("a", 1)
+        s.set_bucket("Second")
+        s.log("b", 2)
+    data = (env / "rec.csv").read_bytes()
+    assert b"\r" not in data
+    assert data.count(b"\n") == 4 and data.endswith(b"\n")  # 2 bucket lines, 2 rows
+    breaks = ["two\nlines", "old\rmac", "dos\r\nend", "end\r"]
+    with Streamer(bucket_name="Third", offline=True, offline_file="rec.csv") as s:
+        for value in breaks:
+            s.log("note", value)
+    rx = make_receiver()
+    summary = upload(env / "rec.csv", access_key=KEY, api_base=rx.api_base,
+                     max_requests_per_second=0, progress=False)
+    assert (summary.sent, summary.bad_rows) == (6, [])
+    assert [e["value"] for e in rx.events()][2:] == breaks
+
+
+@pytest.mark.parametrize("bucket_line_end", ["\n", "\r\n"])
+def test_upload_reads_recordings_with_crlf_rows(env, make_receiver, bucket_line_end):
+    """Recordings made before rows ended in LF, and ISStreamer's (csv.writer's CRLF), upload as
+    before, a value's own line break kept."""
+    rx = make_receiver()
+    recording = env / "old.csv"
+    recording.write_bytes((f"# bucket: old_key Old run{bucket_line_end}"
+                           '1795000000.25,a,1\r\n1795000001.5,note,"two\r\nlines"\r\n'
+                           "1795000002,b,x\r\n").encode())
+    summary = upload(recording, access_key=KEY, api_base=rx.api_base,
+                     max_requests_per_second=0, progress=False)
+    assert (summary.sent, summary.bad_rows) == (3, [])
+    assert rx.buckets == {"old_key": "Old run"}
+    assert [(e["epoch"], e["key"], e["value"]) for e in rx.events()] == [
+        (1795000000.25, "a", 1), (1795000001.5, "note", "two\r\nlines"), (1795000002.0, "b", "x")]
