@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from isstreamer_jupyter._config import settings_table
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
@@ -106,8 +108,6 @@ def _section(title: str) -> str:
 
 def test_every_upload_option_is_in_the_readme(capsys):
     """`--batch-size` was in `upload --help` but not in the README."""
-    import pytest
-
     from isstreamer_jupyter.__main__ import main
 
     with pytest.raises(SystemExit):
@@ -121,8 +121,6 @@ def test_every_upload_option_is_in_the_readme(capsys):
 def test_pointing_at_the_receiver_turns_the_pacing_off(capsys):
     """Pointed at the receiver as the README said, 300 rows took 10 s: the default pace is
     Initial State's."""
-    import pytest
-
     from isstreamer_jupyter.__main__ import main
 
     told = [p for p in README.split("\n\n") if "IS_API_BASE=http://127.0.0.1" in p]
@@ -153,3 +151,52 @@ def test_the_epoch_forms_the_docs_give_are_what_epoch_takes():
         assert coerce_epoch("k", given) == 1795852800.0, given
     local = dt.datetime(2026, 11, 28, 8).timestamp()
     assert coerce_epoch("k", "2026-11-28T08:00:00") == local
+
+
+MIGRATION_REFUSALS = [  # (what the README's Migration section names, the keyword arguments)
+    ("`debug_level` (`DebugLevel`) outside 0 to 3", {"debug_level": 4}),
+    ("`debug_level` (`DebugLevel`) outside 0 to 3", {"debug_level": -1}),
+    ("`buffer_size` (`BufferSize`) below 1", {"buffer_size": 0}),
+    ("a bucket key with a space", {"bucket_key": "has space"}),
+    ("or a bucket name or key over 250 characters", {"bucket_name": "x" * 251}),
+]
+
+
+@pytest.mark.parametrize(("said", "kwargs"), MIGRATION_REFUSALS)
+def test_migration_lists_what_isstreamer_took_and_this_refuses(tmp_path, monkeypatch, said,
+                                                               kwargs):
+    """'Change the import; nothing else' left out that these raise ConfigError here."""
+    from ISStreamer.Streamer import Streamer as Original
+
+    from isstreamer_jupyter import ConfigError, Streamer
+
+    migration = _section("Migrating from ISStreamer")
+    assert said in migration
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    original = Original(**{"bucket_name": "B", **kwargs}, offline=True)  # (offline: no network)
+    original.close()
+    with pytest.raises(ConfigError, match=r"Fix|fix|use|shorten"):
+        Streamer(**{"bucket_name": "B", **kwargs}, offline=True, spool=False)
+
+
+def test_migration_s_other_refusals_are_refused(tmp_path, monkeypatch):
+    from isstreamer_jupyter import ConfigError, Streamer
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("IS_ACCESS_KEY", "IS_API_ACCESS_KEY", "IS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    migration = _section("Migrating from ISStreamer")
+    assert "`offline=False` with no access key" in migration
+    with pytest.raises(ConfigError):
+        Streamer(bucket_name="B", offline=False, spool=False)
+    assert "an access key with a line break" in migration
+    with pytest.raises(ConfigError):
+        Streamer(bucket_name="B", access_key="pasted\nkey", spool=False)
+    assert "assigning `AccessKey` an empty key or on a streamer recording offline" in migration
+    with Streamer(bucket_name="B", offline=True, spool=False) as streamer:
+        with pytest.raises(ConfigError):
+            streamer.AccessKey = "a-key"
+        for attr, value in (("DebugLevel", 4), ("BufferSize", 0)):
+            with pytest.raises(ConfigError):
+                setattr(streamer, attr, value)
