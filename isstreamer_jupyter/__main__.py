@@ -137,7 +137,15 @@ def main(argv: list[str] | None = None) -> int:
                     "recordings. Each command has its own --help.")
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("demo", help="stream a simulated run with no account (recorded "
-                                         "locally)")
+                                         "locally)",
+                            description="Stream a simulated greenhouse sensor run (temperature_c, "
+                                        "humidity and fan_on, one reading a second ending now, "
+                                        "then a status) through a Streamer, with no account and "
+                                        "no network: it records the run to --output, by default "
+                                        "build/demo_recording.csv, in the current folder (made "
+                                        "if missing; a recording there is appended to), and says "
+                                        "how to upload it. With --online it sends to the "
+                                        "configured API instead.")
     p.add_argument("--points", type=int, default=120, help="readings to stream (default 120)")
     p.add_argument("--output", default="build/demo_recording.csv",
                    help="the offline recording (default build/demo_recording.csv)")

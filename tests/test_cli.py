@@ -176,6 +176,14 @@ def test_the_top_level_help_reads_well():
     assert "a demo that needs no account" in top and "the upload of offline recordings" in top
 
 
+def test_demo_help_says_what_it_does_and_where_it_writes():
+    """`demo --help` had no description."""
+    demo = " ".join(help_text("demo").split())
+    assert "simulated" in demo and "no account" in demo
+    assert "build/demo_recording.csv, in the current folder" in demo
+    assert "upload" in demo and "--online" in demo
+
+
 def test_serve_help_names_its_command_and_explains_every_option():
     serve = help_text("serve")
     assert serve.startswith("usage: python -m isstreamer_jupyter serve ")
