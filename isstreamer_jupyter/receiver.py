@@ -893,8 +893,11 @@ def serve_main(argv: list[str] | None = None) -> int:
             faults=faults,
             seed=args.seed,
         )
-    except ValueError as exc:
-        parser.error(str(exc))
+    except ValueError as exc:  # (it names the receiver's parameters: say the options typed)
+        flags = {name: "--" + name.replace("_", "-") for name in vars(args)}
+        flags["access_keys"] = "--access-key"
+        named = re.compile(r"\b(" + "|".join(sorted(flags, key=len, reverse=True)) + r")\b")
+        parser.error(named.sub(lambda m: flags[m.group()], str(exc)))
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1

@@ -792,4 +792,23 @@ def test_serve_main_rejects_bad_probabilities(capsys: pytest.CaptureFixture[str]
     with pytest.raises(SystemExit) as info:
         serve_main(["--port", "0", "--p-5xx", "1.5"])
     assert info.value.code == 2
-    assert "p_5xx" in capsys.readouterr().err
+    assert "--p-5xx must be between 0 and 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["--p-5xx", "0.6", "--p-429", "0.6"],
+     "--p-reset-before + --p-5xx + --p-429 must be at most 1"),
+    (["--p-reset-after", "-0.5"], "--p-reset-after must be between 0 and 1"),
+    (["--latency", "-1"], "--retry-after and --latency must not be negative"),
+    (["--rate-limit", "0"], "--rate-limit must be at least 1"),
+    (["--rate-limit", "5", "--rate-window", "0"], "--rate-window must be positive"),
+])
+def test_serve_main_names_the_options_typed_not_python_names(
+        capsys: pytest.CaptureFixture[str], argv: list[str], said: str) -> None:
+    """From the command line the error said `p_reset_before + p_5xx + p_429`."""
+    with pytest.raises(SystemExit) as info:
+        serve_main(["--port", "0", *argv])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"serve: error: {said}" in err
+    assert not re.search(r"\b[a-z0-9]+_[a-z0-9_]+\b", err.split("serve: error:")[1]), err
