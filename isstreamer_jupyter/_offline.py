@@ -16,6 +16,7 @@ belongs to no known destination: its rows are sent again, with a note saying so.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import hashlib
@@ -157,6 +158,22 @@ def _not_utf8(text: str) -> str:
             f"UTF-8 to send this" if found else "")
 
 
+def _cut_short(text: str) -> str:
+    """`text` (read with errors="surrogateescape") less a UTF-8 character cut short at its end,
+    as a line still being written may end: the start of one, not an error."""
+    for size in (3, 2, 1):  # (a character is 4 bytes at most)
+        tail = text[-size:]
+        if len(tail) < size or not all(_UNDECODED.fullmatch(c) for c in tail):
+            continue
+        try:
+            if not codecs.getincrementaldecoder("utf-8")().decode(
+                    bytes(ord(c) - 0xDC00 for c in tail)):
+                return text[:-size]
+        except UnicodeDecodeError:
+            pass
+    return text
+
+
 def _bucket_problem(name: str, key: str, line: int) -> str:
     """Why the rows under the '# bucket:' line `line` cannot be sent, or ''."""
     problem = _not_utf8(name + key)
@@ -218,17 +235,22 @@ def read_rows(path: Path, bucket_name: str = "", bucket_key: str = "",
                     current = (parts[1] if len(parts) > 1 else parts[0], parts[0])
                     unusable = _bucket_problem(*current, number)
                 continue
-            if unended:  # (not sent, so not marked as done: a later run sends it whole)
+            text = "".join(cells)
+            if unended and not _not_utf8(_cut_short(text)):
+                # (not sent, so not marked as done: a later run sends it whole)
                 yield number, ("the last line has no line end: it may still be being written; "
                                "upload again once the recording is closed (or end the line)")
+                continue
+            if problem := _not_utf8(text):  # (whatever its columns, ended or not)
+                yield number, problem
                 continue
             if len(cells) != 3:
                 yield number, f"expected 3 columns epoch,key,value; found {len(cells)}"
                 continue
             if number == 1 and [c.strip().lower() for c in cells] == ["epoch", "key", "value"]:
                 continue  # (a header line, added by hand or by a spreadsheet)
-            if problem := unusable or _not_utf8("".join(cells)):
-                yield number, problem
+            if unusable:
+                yield number, unusable
                 continue
             name, key = current
             if not (name or key):

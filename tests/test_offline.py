@@ -495,3 +495,24 @@ def test_upload_reads_recordings_with_crlf_rows(env, make_receiver, bucket_line_
     assert rx.buckets == {"old_key": "Old run"}
     assert [(e["epoch"], e["key"], e["value"]) for e in rx.events()] == [
         (1795000000.25, "a", 1), (1795000001.5, "note", "two\r\nlines"), (1795000002.0, "b", "x")]
+
+
+@pytest.mark.parametrize(("last", "reason"), [
+    (b"\xff\xfe", "not UTF-8 text (byte 0xff)"),  # (no line end, and not one column of three)
+    (b"1795000002,temp,21 \xb0C", "not UTF-8 text (byte 0xb0)"),  # (no line end)
+    (b"\xff\xfe\n", "not UTF-8 text (byte 0xff)"),
+    (b"1795000002,temp,\xb0,C\n", "not UTF-8 text (byte 0xb0)"),  # (4 columns)
+    # a last line cut short inside a character (é is c3 a9) may still be being written
+    (b"1795000002,temp,caf\xc3", "the last line has no line end"),
+])
+def test_a_line_that_is_not_utf8_is_said_so_by_its_number(env, last, reason):
+    """A last line that is not UTF-8, or one without three columns, was reported as 'expected 3
+    columns … found 1' or as perhaps still being written, where other such lines were said not
+    to be UTF-8."""
+    from isstreamer_jupyter._offline import Row, read_rows
+
+    recording = env / "rec.csv"
+    recording.write_bytes(b"1795000000,temp,1\n1795000001,temp,2\n" + last)
+    rows = list(read_rows(recording, "B"))
+    assert [r.line for r in rows if isinstance(r, Row)] == [1, 2]
+    assert [(n, why[:len(reason)]) for n, why in rows[2:]] == [(3, reason)]
