@@ -27,6 +27,7 @@ from ._errors import (
     IsStreamerError,
     IsStreamerWarning,
 )
+from ._offline import ProgressNotSaved
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -65,9 +66,11 @@ exit codes:
      API base and access key)
   1  the upload stopped before the end of the file (a refused access key, a reached
      monthly cap, no answer in time): fix what it says and run the same command again;
-     it goes on where it stopped
+     it goes on where it stopped (after a progress file it could no longer write, it
+     sends the last batch again first)
   2  it could not start: a mistake in the command (an ISStreamer recording needs
-     --bucket-name), no such file or one it cannot read, no access key
+     --bucket-name), no such file or one it cannot read, no access key, a progress
+     file it cannot write
   3  it went through the whole file, but some rows were skipped as unreadable or were
      refused by the service (by this run or an earlier one): those rows are not sent, and
      running it again does not send them (it says them again and exits 3 again)
@@ -85,6 +88,8 @@ UPLOAD_FIXES: dict[type[IsStreamerError], str] = {
     BucketRemoved: "that bucket was deleted in Initial State: run the command again with "
                    "another --bucket-name (a new name means a new bucket)",
     FlushTimeout: f"check the network and IS_API_BASE (the events API it sends to), then {AGAIN}",
+    ProgressNotSaved: "once it can be written, run the same command again: it sends those rows "
+                      "again (the service will then have them twice), then the rest",
 }
 
 

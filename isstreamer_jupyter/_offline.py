@@ -19,6 +19,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
+import errno
 import hashlib
 import json
 import math
@@ -61,6 +62,11 @@ STATE_FORMAT = 2  # {"format": 2, "destinations": {fingerprint: {target: progres
 LEGACY_NOTE = ("the progress file {name} is of an older form, or damaged, and does not say "
                "where all its rows went: they are sent again to this destination (some may "
                "now be there twice)")
+
+
+class ProgressNotSaved(ConfigError):
+    """The progress file could not be written after a batch was delivered: that batch is not
+    recorded as done, and a rerun sends it again."""
 
 
 @dataclass(frozen=True)
@@ -326,30 +332,66 @@ def _save_state(state_path: Path, destination: str, target: str, line: int, refu
         tmp.write_text(json.dumps({"format": STATE_FORMAT, "destinations": destinations}))
         os.replace(tmp, state_path)
     except OSError as exc:
-        raise ConfigError(f"cannot write the progress file {state_path} ({exc.strerror or exc})"
-                          f": make its folder writable") from None
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise ConfigError(f"the progress file {state_path} cannot be written "
+                          f"({_unwritable(state_path, tmp, exc)})") from None
+
+
+def _unwritable(state_path: Path, tmp: Path, exc: OSError) -> str:
+    """Why the progress file could not be written (through `tmp`), and the fix."""
+    if state_path.is_dir():
+        return "it is a folder: move it out of the way"
+    if tmp.is_dir():
+        return f"{tmp.name}, which it is written through, is a folder: move that out of the way"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"{exc.strerror}: make {state_path.parent} writable, or upload a copy of the "
+                f"recording from a folder you can write to")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{exc.strerror}: free some space"
+    return str(exc.strerror or exc)
 
 
 @contextlib.contextmanager
 def _one_at_a_time(state_path: Path) -> Iterator[None]:
     """Hold ``<progress file>.lock`` for the upload: two uploads of one file at once would
-    send rows twice and write the progress over each other."""
+    send rows twice and write the progress over each other.
+
+    The lock file is removed at the end, while still held. That is race-free because an
+    upload counts the lock as its own only once it holds the file that is at the path: one
+    that opened the file before it was removed and locked it after holds a file no longer
+    there, so it lets it go and opens the path anew (else a third upload could create and lock
+    a new file, and two would run at once)."""
     if fcntl is None:  # pragma: no cover - Windows
         yield
         return
     lock_path = state_path.with_name(state_path.name + ".lock")
-    try:
-        fh = lock_path.open("a")
-    except OSError as exc:
-        raise ConfigError(f"cannot create {lock_path} ({exc.strerror or exc}): make the "
-                          f"recording's folder writable") from None
-    with fh:
+    while True:
+        try:
+            fh = lock_path.open("a")
+        except OSError as exc:
+            raise ConfigError(f"cannot create {lock_path} ({exc.strerror or exc}): make the "
+                              f"recording's folder writable") from None
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = os.fstat(fh.fileno())
+            there = os.stat(lock_path)
+        except FileNotFoundError:  # (removed by the upload that held it: open it anew)
+            fh.close()
+            continue
         except OSError:
+            fh.close()
             raise ConfigError(f"another upload of {state_path.name.removesuffix(STATE_SUFFIX)}"
                               f" is running: wait for it to end") from None
-        yield
+        if (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino):
+            break
+        fh.close()  # (removed, and a new one made there: open that)
+    with fh:
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                lock_path.unlink()  # (still held: see above)
 
 
 def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: str = "",
@@ -408,6 +450,13 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
         destination = fingerprint(resolved.api_base, resolved.access_key)  # (never the key)
         done_line, refused_earlier, legacy = _load_state(state_path, destination, target, size,
                                                          source)
+        if total:  # (the progress is written before sending: one that cannot be written
+            # stops the upload now, not after a batch whose delivery it could not record)
+            try:
+                _save_state(state_path, destination, target, done_line, refused_earlier, size,
+                            head)
+            except ConfigError as exc:
+                raise ConfigError(f"{exc}; nothing was sent") from None
         summary = UploadSummary(str(source), refused_earlier=refused_earlier)
         if legacy:
             summary.note = LEGACY_NOTE.format(name=state_path.name)
@@ -464,8 +513,12 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
             # (refused rows are final)
             summary.sent += len(pending) - refused
             summary.refused += refused
-            _save_state(state_path, destination, target, pending[-1].line,
-                        refused_earlier + summary.refused, size, head)
+            try:
+                _save_state(state_path, destination, target, pending[-1].line,
+                            refused_earlier + summary.refused, size, head)
+            except ConfigError as exc:
+                raise ProgressNotSaved(f"{exc}, so the last {len(pending)} rows sent, up to line "
+                                       f"{pending[-1].line}, are not recorded as done") from None
             bar.update(len(pending))
             pending.clear()
 

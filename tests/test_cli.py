@@ -326,16 +326,78 @@ def test_one_upload_of_a_file_at_a_time(tmp_path, make_receiver):
     assert [e["value"] for e in rx.events()] == [1]
 
 
-def test_a_progress_file_that_cannot_be_written_stops_in_one_line(tmp_path, make_receiver):
+def test_a_progress_file_that_cannot_be_written_stops_before_sending_in_one_line(
+        tmp_path, make_receiver):
+    """It sent, then said 'make its folder writable' (it was) and that a rerun 'goes on where
+    it stopped' (it sent the same rows again, nothing having been recorded)."""
     rx = make_receiver()
     recording = tmp_path / "rec.csv"
     recording.write_text("1795000000,a,1\n")
-    (tmp_path / "rec.csv.upload.json").mkdir()  # (in the way of the progress file)
+    progress = tmp_path / "rec.csv.upload.json"
+    progress.mkdir()  # (in the way of the progress file)
     done = run_upload(rx.api_base, recording)
-    assert done.returncode == 1
-    assert done.stderr.startswith(f"upload stopped: cannot write the progress file "
-                                  f"{tmp_path / 'rec.csv.upload.json'} (")
-    assert len(done.stderr.splitlines()) == 1
+    assert done.returncode == 2 and rx.events() == []
+    assert done.stderr.splitlines() == [
+        f"upload: the progress file {progress} cannot be written (it is a folder: move it out of "
+        f"the way); nothing was sent"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rec.csv", "rec.csv.upload.json"]
+    progress.rmdir()
+    assert run_upload(rx.api_base, recording).returncode == 0
+    assert [e["value"] for e in rx.events()] == [1]
+
+
+def test_a_progress_file_that_can_no_longer_be_written_says_what_a_rerun_sends(
+        tmp_path, make_receiver, monkeypatch, capsys):
+    """Written before sending, then not after a batch (a full disk): that batch's delivery
+    is not recorded, and a rerun sends it again."""
+    import errno
+
+    from isstreamer_jupyter import _offline
+    from isstreamer_jupyter.__main__ import main
+
+    rx = make_receiver()
+    recording = tmp_path / "rec.csv"
+    recording.write_text("1795000000,a,1\n1795000001,a,2\n1795000002,a,3\n1795000003,a,4\n")
+    monkeypatch.chdir(tmp_path)
+    for name, value in {"IS_ACCESS_KEY": KEY, "IS_API_BASE": rx.api_base, "IS_MAX_RPS": "0",
+                        "HOME": str(tmp_path)}.items():
+        monkeypatch.setenv(name, value)
+    replace, writes = os.replace, []
+
+    def full_disk(src, dst):
+        writes.append(dst)
+        if len(writes) == 3:  # (before sending, after the first batch, after the second)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(src))
+        replace(src, dst)
+
+    monkeypatch.setattr(_offline.os, "replace", full_disk)
+    args = ["upload", "rec.csv", "--bucket-name", "CLI", "--batch-size", "2", "--quiet"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "upload stopped: the progress file rec.csv.upload.json cannot be written (No space "
+        "left on device: free some space), so the last 2 rows sent, up to line 4, are not "
+        "recorded as done. Fix: once it can be written, run the same command again: it sends "
+        "those rows again (the service will then have them twice), then the rest."]
+    assert [e["value"] for e in rx.events()] == [1, 2, 3, 4]
+    monkeypatch.setattr(_offline.os, "replace", replace)
+    assert main(args) == 0
+    assert [e["value"] for e in rx.events()] == [1, 2, 3, 4, 3, 4]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rec.csv", "rec.csv.upload.json"]
+
+
+@pytest.mark.parametrize("content", [None, b"", b"1795000000,a,1\n", b"\xff\n", "folder"])
+def test_an_upload_leaves_no_lock_file(tmp_path, make_receiver, content):
+    """An empty '<file>.upload.json.lock' was left after every upload, even of an empty or
+    unreadable file."""
+    rx = make_receiver()
+    recording = tmp_path / "rec.csv"
+    if content == "folder":
+        recording.mkdir()
+    elif content is not None:
+        recording.write_bytes(content)
+    run_upload(rx.api_base, recording)
+    assert not (tmp_path / "rec.csv.upload.json.lock").exists()
 
 
 def test_timeout_bounds_an_upload_to_a_service_that_does_not_take_it(tmp_path, make_receiver):

@@ -516,3 +516,33 @@ def test_a_line_that_is_not_utf8_is_said_so_by_its_number(env, last, reason):
     rows = list(read_rows(recording, "B"))
     assert [r.line for r in rows if isinstance(r, Row)] == [1, 2]
     assert [(n, why[:len(reason)]) for n, why in rows[2:]] == [(3, reason)]
+
+
+def test_the_lock_file_is_removed_without_letting_two_uploads_run(env, monkeypatch):
+    """An upload removes its lock file at the end, while it still holds it. One that opened
+    the file just before, and locks it just after, holds a file no longer at its path: it must
+    open the path anew, or a third upload would lock a new file and run beside it."""
+    from isstreamer_jupyter import _offline
+
+    progress = env / "rec.csv.upload.json"
+    lock = env / "rec.csv.upload.json.lock"
+    first = _offline._one_at_a_time(progress)
+    first.__enter__()
+    assert lock.exists()
+    flock, calls = _offline.fcntl.flock, []
+
+    def first_ends_in_between(fh, how):  # (the second has opened the file; the first ends)
+        calls.append(how)
+        if len(calls) == 1:
+            first.__exit__(None, None, None)
+            assert not lock.exists()
+        flock(fh, how)
+
+    monkeypatch.setattr(_offline.fcntl, "flock", first_ends_in_between)
+    with _offline._one_at_a_time(progress):
+        assert lock.exists() and len(calls) == 2  # (locked the old file, then the new one)
+        monkeypatch.setattr(_offline.fcntl, "flock", flock)
+        with pytest.raises(ConfigError, match=r"another upload of rec\.csv is running"), \
+                _offline._one_at_a_time(progress):
+            pass
+    assert not lock.exists()
