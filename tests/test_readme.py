@@ -157,6 +157,8 @@ MIGRATION_REFUSALS = [  # (what the README's Migration section names, the keywor
     ("`debug_level` (`DebugLevel`) outside 0 to 3", {"debug_level": 4}),
     ("`debug_level` (`DebugLevel`) outside 0 to 3", {"debug_level": -1}),
     ("`buffer_size` (`BufferSize`) below 1", {"buffer_size": 0}),
+    ("an access key that is not a string (bytes, a number)", {"access_key": b"bytes-key"}),
+    ("a bucket name of blank space only", {"bucket_name": "  "}),
     ("a bucket key with a space", {"bucket_key": "has space"}),
     ("or a bucket name or key over 250 characters", {"bucket_name": "x" * 251}),
 ]
@@ -170,7 +172,7 @@ def test_migration_lists_what_isstreamer_took_and_this_refuses(tmp_path, monkeyp
 
     from isstreamer_jupyter import ConfigError, Streamer
 
-    migration = _section("Migrating from ISStreamer")
+    migration = " ".join(_section("Migrating from ISStreamer").split())  # (lines joined)
     assert said in migration
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -186,11 +188,11 @@ def test_migration_s_other_refusals_are_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for name in ("IS_ACCESS_KEY", "IS_API_ACCESS_KEY", "IS_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
-    migration = _section("Migrating from ISStreamer")
+    migration = " ".join(_section("Migrating from ISStreamer").split())  # (lines joined)
     assert "`offline=False` with no access key" in migration
     with pytest.raises(ConfigError):
         Streamer(bucket_name="B", offline=False, spool=False)
-    assert "an access key with a line break" in migration
+    assert "or with a line break" in migration
     with pytest.raises(ConfigError):
         Streamer(bucket_name="B", access_key="pasted\nkey", spool=False)
     assert "assigning `AccessKey` an empty key or on a streamer recording offline" in migration
