@@ -466,7 +466,8 @@ class IsStreamMagics(Magics, _SettingTraits):
                    "from the name unless --bucket-key is given)")
     @argument("--bucket-key", metavar="KEY", help="the key of the --bucket bucket")
     @argument("--epoch", metavar="T",
-              help="the time of the logged events: seconds since 1970 or ISO 8601")
+              help="the time of the logged events: seconds, milliseconds, microseconds or "
+                   "nanoseconds since 1970 (told apart by size), or ISO 8601")
     @argument("--flush", action="store_true",
               help="wait until everything logged so far is delivered")
     @argument("--timeout", type=float, metavar="S",

@@ -144,6 +144,11 @@ def test_the_epoch_forms_the_docs_give_are_what_epoch_takes():
     notebook = Path(__file__).parent.parent / "notebooks" / "magics.ipynb"
     cells = ["".join(c["source"]) for c in json.loads(notebook.read_text())["cells"]]
     assert said in row and [c for c in cells if "`--epoch` sets" in c and said in c]
+    from isstreamer_jupyter._magics import IsStreamMagics  # (and %isstream? says the same)
+
+    helped = " ".join(IsStreamMagics.isstream.__doc__.split())
+    assert ("--epoch T the time of the logged events: seconds, milliseconds, microseconds or "
+            "nanoseconds since 1970 (told apart by size), or ISO 8601") in helped
     # (the magic hands its text to coerce_epoch: each unit by its size; ISO 8601 with a zone or
     # without one, then local time)
     for given in ("1795852800", "1795852800000", "1795852800000000", "1795852800000000000",
