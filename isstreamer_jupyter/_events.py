@@ -323,14 +323,6 @@ def _joined(parts: tuple[Any, ...]) -> str:
     return "_".join(map(str, parts))
 
 
-def default_prefix(obj: Any) -> str:
-    """log_object's key prefix when none is given: the type's name, as ISStreamer's; for a
-    pandas Series named with text (a column, ``df["temp"]``), that name. (A row's name,
-    ``df.iloc[-1]``, is its index label, a number or a time: another on every row.)"""
-    name = getattr(obj, "name", None) if _is_series(obj) else None
-    return name if isinstance(name, str) and name else type(obj).__name__
-
-
 #: what log_object refuses outright as one value, not a collection of them
 _ONE_VALUE = (str, bytes, bytearray, numbers.Number, enum.Enum, _dt.date, _dt.time, _dt.timedelta)
 

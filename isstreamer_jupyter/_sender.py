@@ -802,7 +802,7 @@ class Sender:
             self._hold_until = self.clock.monotonic() + delay
             self._hold_state = (State.RATE_LIMITED if outcome is Outcome.RATE_LIMITED
                                 else State.BACKING_OFF)
-            self._hold_why = (answer.detail, answer.remedy or REMEDIES[outcome])
+            self._hold_why = (self.redact(answer.detail), answer.remedy or REMEDIES[outcome])
             with self.lock:
                 self.retries += 1
             self._error(answer.detail, self._hold_why[1],
@@ -887,6 +887,17 @@ class Sender:
     def blocked(self) -> bool:
         """Whether delivery is stopped for the whole account (access key, cap)."""
         return self._halt is not None
+
+    def pace_wait(self) -> float:
+        """The wait the request pace alone asks now: at most 1/max_requests_per_second; 0 when
+        there is none, or when something else holds (a backoff, the rate limit, a stop)."""
+        now = self.clock.monotonic()
+        rps = self.settings.max_requests_per_second
+        budget = self.budget
+        if (rps <= 0 or self.blocked() or now < self._hold_until
+                or (budget is not None and budget.remaining <= 0)):
+            return 0.0
+        return max(0.0, self._last_request_at + 1.0 / rps - now)
 
     def holding(self) -> bool:
         """Whether a request now would be too soon: a retry waits its backoff, the rate

@@ -36,7 +36,6 @@ from ._events import (
     check_key,
     coerce_epoch,
     coerce_value,
-    default_prefix,
     iter_items,
 )
 from ._sender import Bucket, Clock, Marker, Sender, bounded
@@ -255,8 +254,9 @@ class Streamer:
         """Log the items of a list, tuple, dict, dataclass, namedtuple, numpy array or pandas
         Series (or an object's properties) as ``<prefix>_<index or name>``, all at one epoch.
 
-        The default prefix is the type's name (``list``, ``dict``...), a pandas Series' name
-        when it is text; ``""`` means none. A tuple key (a MultiIndex label) is joined with
+        The default prefix is the type's name (``list``, ``dict``, ``Series``...), as
+        ISStreamer's (a Series' name may be a row's index label: another on every row);
+        ``""`` means none. A tuple key (a MultiIndex label) is joined with
         ``_``, as a 2-d array's indices are (``row_col``). What
         has no items to log (one value, ``None``, a set, an iterator, a DataFrame) is refused
         as log() refuses a value: counted and warned about, raised at ``debug_level >= 2``; so
@@ -264,7 +264,7 @@ class Streamer:
         items are logged (at ``debug_level >= 2`` before the first refusal is raised).
         """
         if key_prefix is None:
-            prefix = f"{default_prefix(obj)}_"
+            prefix = f"{type(obj).__name__}_"
         else:
             prefix = f"{key_prefix}_" if key_prefix else ""
         try:
@@ -376,12 +376,14 @@ class Streamer:
             shown += said
         marker = Marker()
         self._sender.queue_mark(marker)
-        next_try = None
+        next_try, spent = None, 0.0
         if self.use_async:
             self._sender.wake.set()
             marker.done.wait(bounded(timeout))
         else:
-            next_try = self._pump(self._clock.monotonic() + timeout, marker)
+            started = self._clock.monotonic()
+            next_try = self._pump(started + timeout, marker)
+            spent = self._clock.monotonic() - started
         error = marker.error
         if error is None and not marker.done.is_set():
             state = self.stats()
@@ -389,8 +391,11 @@ class Streamer:
             why = waiting_words(state, self._clock.wall())
             if next_try is not None:  # (it returned before its bound: said so, not "after")
                 within = "the wait at exit" if closing == "at exit" else f"this {verb}"
-                said = (f"not sent within {within}: {why} (past its {round(timeout, 2):g} s "
-                        f"bound)")
+                bound = f"its {round(timeout, 2):g} s bound"
+                if spent >= 0.05:  # (it tried a while first: what was left of it)
+                    bound = f"the {round(timeout - spent, 2):g} s left of {bound}"
+                why = why or f"next try in {next_try:.1f} s"
+                said = f"not sent within {within}: {why} (past {bound})"
             else:
                 said = f"still waiting after {round(timeout, 2):g} s" + (f" ({why})" if why
                                                                           else "")
@@ -441,9 +446,10 @@ class Streamer:
     def _send_full_batch(self) -> None:
         """use_async=False, log()'s part (ISStreamer's synchronous mode): once a batch is
         full, send it here in one try: one request for it (for a new bucket, its creation
-        first), each bounded by `timeout`, and never a sleep. While a retry waits its
-        backoff, the rate limit or the pace says wait, or delivery is stopped, it only
-        stores what is queued (in the spool, if there is one); a later log() or flush()
+        first), each bounded by `timeout`. The pace alone may make it wait first, at most
+        1/max_requests_per_second (ISStreamer's sends took as long), so that a loop of log()
+        calls keeps up; a retry's backoff, the rate limit or a stop never: then it only
+        stores what is queued (in the spool, if there is one), and a later log() or flush()
         sends it."""
         sender = self._sender
         size = sender.settings.batch_size
@@ -451,8 +457,12 @@ class Streamer:
         if queued + sender._pending < size or (queued < size and sender.holding()):
             return
         for _ in range(2):  # (a new bucket's creation, then the batch)
+            pace = sender.pace_wait()
+            if pace > 0:
+                self._clock.sleep(pace)
             created = len(sender._created)
-            if sender.step() > 0 or len(sender._created) == created:
+            sender.step()  # (holding for a backoff, the rate limit or a stop: it only stores)
+            if len(sender._created) == created:  # (the batch went, or could not: done)
                 return
 
     def _pump(self, deadline: float, marker: Marker) -> float | None:

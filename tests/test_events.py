@@ -447,15 +447,18 @@ class Series:
         return iter(self.data.items())
 
 
-def test_log_object_of_a_named_series_takes_its_name_as_the_prefix():
+def test_log_object_of_a_series_keeps_isstreamers_prefix_whatever_its_name():
+    """A Series' name made the prefix for a while: a row of a frame indexed by text
+    (df.loc["2026-11-28 10:00"], iterrows()) then made new signals on every row. The type's
+    name stays the default, as in ISStreamer; a column's name is given as key_prefix."""
     s, transport = object_streamer()
-    s.log_object(Series({0: 1, 1: 2}, name="temps"))  # a column, df["temps"]
-    s.log_object(Series({"a": 3}, name=7))  # a row, df.iloc[7]: its label is no name
-    s.log_object(Series({"b": 4}))
-    s.log_object(Series({"c": 5}, name="temps"), key_prefix="t")
+    s.log_object(Series({"temp": 1}, name="2026-11-28 10:00"))  # a row of a text-indexed frame
+    s.log_object(Series({"temp": 2}, name="2026-11-28 10:01"))
+    column = Series({0: 3}, name="temps")
+    s.log_object(column, key_prefix=column.name)
     s.log_object(Series({"d": 6}, name="temps"), key_prefix="")
-    assert sent(s, transport) == [("temps_0", 1), ("temps_1", 2), ("Series_a", 3),
-                                  ("Series_b", 4), ("t_c", 5), ("d", 6)]
+    assert sent(s, transport) == [("Series_temp", 1), ("Series_temp", 2), ("temps_0", 3),
+                                  ("d", 6)]
     s.close()
 
 

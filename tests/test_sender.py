@@ -33,6 +33,7 @@ from isstreamer_jupyter import (
 )
 from isstreamer_jupyter._errors import counted
 from isstreamer_jupyter._sender import BACKOFF_CAP, CAP_PROBE_INTERVAL, RESET_WAIT_CAP, Clock
+from isstreamer_jupyter._stats import status_text
 from isstreamer_jupyter.testing import (
     Answer,
     FakeClock,
@@ -400,11 +401,19 @@ def test_flush_is_bounded_and_typed():
     s.log("a", 1)
     start = clock.now
     # (it tries until the next try is due past its bound, and says so)
-    with pytest.raises(FlushTimeout, match=r"1 event not sent within this flush: backing off after "
-                                           r"the service answered 503, next try in [0-9.]+ s "
-                                           r"\(past its 2 s bound\)"):
+    with pytest.raises(FlushTimeout) as raised:
         s.flush(timeout=2)
-    assert clock.now - start <= 2 + 1e-6
+    spent = clock.now - start
+    assert 0.05 <= spent <= 2 + 1e-6
+    # (what was left of the bound, not the whole bound: 'next try in 1.1 s (past its 3 s
+    # bound)' after 2 s of trying read as a contradiction)
+    found = re.fullmatch(r"flush: 1 event not sent within this flush: backing off after the "
+                         r"service answered 503, next try in ([0-9.]+) s \(past the ([0-9.]+) s "
+                         r"left of its 2 s bound\); they stay queued and will be sent",
+                         str(raised.value))
+    assert found, str(raised.value)
+    next_try, left = map(float, found.groups())
+    assert abs(left - (2 - spent)) < 0.01 and next_try > left
 
 
 @pytest.mark.parametrize("use_async", [False, True])
@@ -724,13 +733,54 @@ def test_use_async_false_log_tries_once_when_a_batch_fills_and_never_sleeps():
     assert s.flush(timeout=30)
     assert [e["value"] for e in t.events()] == list(range(21))
 
-    s, t, clock = make(batch_size=5, max_requests_per_second=3)
-    for i in range(5):
-        s.log("p", i)  # the bucket's creation; the batch waits for the pace, not log()
-    assert (len(t.requests("bucket")), len(t.requests()), clock.waits) == (1, 0, [])
-    clock.advance(0.4)
-    s.log("p", 5)  # a later log() sends it
-    assert [len(c[2]) for c in t.requests()] == [5]
+
+
+def test_use_async_false_log_keeps_up_with_the_pace_alone():
+    """At the default pace (3 requests/s) a loop of log() calls fell behind for good: the
+    bucket's creation took the pace's slot, and each later full batch found the pace saying
+    wait, so log() only queued (100 logged, 0 delivered; in bursts of 25 every 0.5 s the
+    backlog grew by 15 a burst). The pace alone is waited out in log(), as ISStreamer's
+    synchronous sends took as long: at most 1/max_requests_per_second, never a backoff."""
+    s, t, clock = make(batch_size=10, max_requests_per_second=3)
+    for i in range(100):
+        s.log("p", i)
+    assert len(t.requests("bucket")) == 1
+    assert [e["value"] for e in t.events()] == list(range(100))  # no flush() needed
+    assert clock.waits and max(clock.waits) <= 1 / 3 + 1e-9
+
+    s, t, clock = make([204, answer(503, retry_after=14)] + [204] * 20, batch_size=5,
+                       max_requests_per_second=3)
+    for i in range(10):
+        s.log("p", i)  # the first batch's try failed: a backoff of 14 s
+    waited = list(clock.waits)
+    for i in range(10, 20):
+        s.log("p", i)  # during the backoff log() only queues: no sleep at all
+    assert clock.waits == waited and max(waited) <= 1 / 3 + 1e-9
+    assert (len(t.requests()), s.stats().queued) == (1, 20)
+    clock.advance(14)
+    s.log("p", 20)  # the backoff is over: one batch goes
+    assert [e["value"] for e in t.events()] == list(range(5))
+
+
+def test_the_reason_events_wait_never_holds_the_access_key(capsys):
+    """A retry's detail became stats().reason (and so the flush warning, the status text and
+    the at-exit line) without the redaction last_error gets: a transport error quoting the
+    key showed it there."""
+    s, t, _ = make([204], batch_size=1)
+
+    def fails(*args, **kwargs):
+        raise RuntimeError(f"state: headers={{'X-IS-AccessKey': {KEY}}}")
+
+    t.post_events = fails
+    s.log("a", 1)
+    st = s.stats()
+    assert st.state is State.BACKING_OFF and "internal error" in st.reason
+    with pytest.warns(UserWarning) as said:
+        assert not s.flush(timeout=0)
+    shown = [st.reason, st.last_error, status_text(s.stats()), *(str(w.message) for w in said)]
+    assert all(KEY not in text for text in shown) and "********" in st.reason
+    s.close(timeout=0)
+    assert KEY not in "".join(capsys.readouterr())
 
 
 @pytest.mark.parametrize("debug_level", [0, 1, 2, 3])
