@@ -369,9 +369,9 @@ class Streamer:
             if left:
                 return FlushTimeout(f"flush: the streamer is closed; "
                                     f"{counted(left, 'event', 'wait')}", pending=left)
-            return self._lost_since_last_flush()
+            return self._lost_since_last_flush(closing)
         timeout = _wait_of("flush", timeout, self.settings.flush_timeout)
-        said = self._show_notices()
+        said = self._show_notices(but=self._loss_to_report())  # (its report says that one)
         if shown is not None:
             shown += said
         marker = Marker()
@@ -411,17 +411,23 @@ class Streamer:
         behind = self._sender.left_behind() if error is None else 0
         if behind:
             error = FlushTimeout(f"flush: {self._left_behind_text(behind)}", pending=behind)
-        return error or self._lost_since_last_flush()
+        return error or self._lost_since_last_flush(closing)
 
     def _left_behind_text(self, count: int) -> str:
         path = self._sender._left.path if self._sender._left is not None else ""
         return (f"{counted(count, 'event', 'wait')} in the spool {path}, left when it failed; "
                 f"the next Streamer with the same access key and API base sends them")
 
-    def _lost_since_last_flush(self) -> EventsLost | None:
+    def _loss_to_report(self) -> str:
+        """What the next lost-events report will say of the last loss (its words are that
+        report's to say: a flush shows the other notices, not this one), or ""."""
+        with self._sender.lock:
+            return self._sender._losses[-1] if self._sender._losses else ""
+
+    def _lost_since_last_flush(self, closing: str = "") -> EventsLost | None:
         """Events dropped or refused since a flush last said so, with what the sender said
         of them (each loss is said once, whichever thread flushes: the user's, the panel's;
-        its notice, if not yet shown, is not shown after)."""
+        its notice, if not yet shown, is not shown after). At exit it says "at exit:"."""
         sender = self._sender
         with self._lost_lock:
             with sender.lock:
@@ -438,8 +444,9 @@ class Streamer:
         if len(said) > 1:
             why += f" (and {len(said) - 1} more: see streamer.messages())"
         lost = dropped + refused
+        verb = "at exit" if closing == "at exit" else "flush"
         return EventsLost(
-            f"flush: {counted(lost, 'event', 'were')} lost since the last "
+            f"{verb}: {counted(lost, 'event', 'were')} lost since the last "
             f"flush ({dropped} dropped, {refused} refused; everything else was delivered): "
             f"{why}", dropped=dropped, refused=refused)
 
@@ -723,13 +730,17 @@ class Streamer:
             self._notices.append(message)
         self._slow = True
 
-    def _show_notices(self) -> list[str]:
-        """Show the notices waiting; returns them."""
+    def _show_notices(self, but: str = "") -> list[str]:
+        """Show the notices waiting, but `but` (left waiting); returns those shown."""
         shown = []
+        kept = [but] if but and but in self._notices else []
         while self._notices:
             message = self._notices.popleft()
+            if message in kept:
+                continue
             _warn(message)
             shown.append(message)
+        self._notices.extend(kept)
         self._update_slow()
         return shown
 
@@ -760,8 +771,14 @@ class Streamer:
     def _at_exit(self, deadline: float) -> None:
         """Close within the shared deadline, and say what is left once, as plain lines on
         stderr: a warning here would point into this package, and no cell follows."""
-        told = list(self._notices)  # (not shown yet: no log() or flush() follows)
+        # (not shown yet: no log() or flush() follows; the last loss is left for the flush's
+        # report to say, or, if it does not come to it, said after it as a notice)
+        loss = self._loss_to_report()
+        told = [message for message in self._notices if message != loss]
+        held = loss in self._notices
         self._notices.clear()
+        if held:
+            self._notices.append(loss)
         with contextlib.suppress(Exception):
             self._close(timeout=max(0.0, min(self.settings.exit_timeout,
                                              deadline - time.monotonic())), told=told)

@@ -253,6 +253,62 @@ def test_one_bad_event_is_dropped_the_rest_go_out():
         assert s.flush()
 
 
+def _poison(kind, bucket_key, events):
+    """The service refuses any request with the value "poison" in it."""
+    bad = any(e.get("value") == "poison" for e in events)
+    return answer(400, body=b'{"message":{"error":{"type":"INVALID_EVENT","message":'
+                            b'"bad value"}}}') if bad else 204
+
+
+def _said_refusal(said):
+    return [str(w.message) for w in said if "INVALID_EVENT" in str(w.message)]
+
+
+def test_a_refusal_before_the_flush_is_warned_once_by_that_flush():
+    """The refusal (made as log() sent the batch) was warned twice by one flush(): as the
+    notice it shows first, then again in its 'events were lost' warning."""
+    s, _, _ = make([204] + [_poison] * 20, batch_size=1)
+    s.log("n", "poison")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert not s.flush()
+    refused = _said_refusal(said)
+    assert len(refused) == 1, refused
+    assert refused[0].startswith("flush: 1 event was lost since the last flush"), refused
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (said once: not again as a notice)
+        s.log("n", 1)
+        assert s.flush()
+
+
+def test_a_refusal_in_the_background_is_warned_once_by_the_next_flush():
+    s, _, _ = make([204] + [_poison] * 20, batch_size=1, use_async=True, clock=Clock())
+    s.log("n", "poison")
+    deadline = time.monotonic() + 5
+    while not s._notices and time.monotonic() < deadline:  # refused, not yet said
+        time.sleep(0.01)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert not s.flush(5)
+    refused = _said_refusal(said)
+    assert len(refused) == 1, refused
+    s.close(5)
+
+
+def test_a_refusal_is_one_line_at_exit_saying_at_exit(capsys):
+    """At exit the refusal was two lines: its notice, then the report, which began 'flush:'."""
+    s, _, _ = make([204] + [_poison] * 20, batch_size=1)
+    s.log("n", "poison")  # (refused as it is sent; no flush follows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s._at_exit(time.monotonic() + 1)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("isstreamer_jupyter: at exit: 1 event was lost since the last "
+                               "flush (0 dropped, 1 refused"), lines
+    assert "INVALID_EVENT: bad value" in lines[0], lines
+
+
 def test_access_denied_stops_keeps_events_and_never_storms():
     s, t, clock = make([204, 401], debug_level=2)
     s.log("a", 1)
