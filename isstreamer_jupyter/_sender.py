@@ -199,6 +199,9 @@ class Sender:
         #: (done in that request's shadow: see _send), and the store it came from
         self._unacked: tuple[Batch, Store] | None = None
         self._split_left = 0
+        #: whether the service accepted any event since the split began (of a batch it
+        #: refused: only then is "the others go out" what happened)
+        self._split_took = False
         self._last_request_at = -1e9
         self._first_pending_at: float | None = None
         self._pending = store.pending()
@@ -683,6 +686,7 @@ class Sender:
                     self._pending -= len(batch)
                 self._rate_samples.append((self.clock.monotonic(), self.sent))
             if self._split_limit is not None:
+                self._split_took = True
                 self._split_left -= len(batch)
                 if self._split_left <= 0:
                     self._split_limit = None
@@ -818,6 +822,8 @@ class Sender:
             assert batch is not None
             if len(batch) > 1:  # split: find the part the service takes
                 store.release(batch)
+                if self._split_limit is None:
+                    self._split_took = False
                 self._split_limit = max(1, len(batch) // 2)
                 self._split_left = len(batch)
                 return 0.0
@@ -833,8 +839,13 @@ class Sender:
                            f"{answer.detail}", REFUSED_HERE)
             else:
                 words = f": {answer.words}" if answer.words else ""
+                remedy = REMEDIES[outcome]  # (not the event's fault, as far as the words say)
+                if answer.remedy:  # (the service blames the event)
+                    took = self._split_limit is not None and self._split_took
+                    remedy = (f"{answer.remedy}; this one is dropped, "
+                              + ("the others go out" if took else "the others are tried alone"))
                 self._lost(f"the service refused an event (key {key}, {answer.status}){words}",
-                           answer.remedy or REMEDIES[outcome])
+                           remedy)
             self._check_markers()
             return 0.0
         # say so first: whoever sees the stopped state finds the notice waiting

@@ -175,21 +175,27 @@ def _service_words(body: bytes) -> str:
             said = said[name]
     if isinstance(said, dict) and isinstance(said.get("message"), str):
         said = f"{said['type']}: {said['message']}" if "type" in said else said["message"]
+    elif isinstance(said, dict) and isinstance(said.get("type"), str):
+        said = said["type"]
     return " ".join(str(said).split())[:200]
 
 
 def _refusal_remedy(words: str) -> str:
-    """The fix of an event the service refused (400), after the service's own words."""
-    low = words.lower()
+    """The fix of a refused event (400), after the service's own words; "" unless the
+    service's error type says the event is at fault (INVALID_EVENT): a 400 without a type, or
+    of the bucket, its key or anything else, is no fault of the event (the sender then says to
+    check api_base and the bucket key). The sender adds what becomes of the event."""
+    said = re.match(r"([A-Z][A-Z0-9_]+)(?::|$)", words)
+    if said is None or said[1] != "INVALID_EVENT":
+        return ""
+    low = words[said.end():].lower()
     if re.search(r"\bkey\b", low):
-        fix = "change the key as the service says (a shorter one, if it is too long)"
-    elif re.search(r"\bvalue\b", low):
-        fix = "change the value as the service says"
-    elif re.search(r"\b(epoch|iso8601|time)", low):
-        fix = "change the event's time as the service says"
-    else:
-        fix = "change the event as the service says"
-    return f"{fix}; this one is dropped, the others go out"
+        return "change the key as the service says (a shorter one, if it is too long)"
+    if re.search(r"\bvalue\b", low):
+        return "change the value as the service says"
+    if re.search(r"\b(epoch|iso8601|time)", low):
+        return "change the event's time as the service says"
+    return "change the event as the service says"
 
 
 def _budget(headers: dict[str, str]) -> RateBudget | None:

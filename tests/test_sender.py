@@ -233,16 +233,13 @@ def test_413_splits_the_batch():
 
 
 def test_one_bad_event_is_dropped_the_rest_go_out():
-    def picky(kind, bucket_key, events):
-        bad = any(e.get("value") == "poison" for e in events)
-        return answer(400, body=b'{"message":"bad value"}') if bad else 204
-
-    s, t, _ = make([204] + [picky] * 20, batch_size=8)
+    s, t, _ = make([204] + [_poison] * 20, batch_size=8)
     for i in range(8):
         s.log("n", "poison" if i == 3 else i)
     with pytest.warns(IsStreamerWarning, match=r"1 event was lost .* 1 refused; everything "
                       r"else was delivered\): the service refused an event \(key 'n', 400\): "
-                      r"bad value\. Fix: change the value as the service says"):
+                      r"INVALID_EVENT: bad value\. Fix: change the value as the service says; "
+                      r"this one is dropped, the others go out$"):
         assert not s.flush()  # the rest went out; the one refused is reported, once
     assert [e["value"] for e in t.events()] == [0, 1, 2, 4, 5, 6, 7]
     stats = s.stats()
@@ -307,6 +304,41 @@ def test_a_refusal_is_one_line_at_exit_saying_at_exit(capsys):
     assert lines[0].startswith("isstreamer_jupyter: at exit: 1 event was lost since the last "
                                "flush (0 dropped, 1 refused"), lines
     assert "INVALID_EVENT: bad value" in lines[0], lines
+
+
+def _all_refused(refusal, values):
+    """Log `values` (one batch) to a service that refuses each request with `refusal`; what
+    was said of them."""
+    s, t, _ = make([204] + [refusal] * 40, batch_size=len(values))
+    for value in values:
+        s.log("n", value)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        assert not s.flush()
+    assert s.stats().refused == len(values) and t.events() == []
+    return "\n".join(s.messages())
+
+
+@pytest.mark.parametrize("body", [
+    b"Bad Request",
+    b'{"message":{"error":"INVALID_BUCKET_KEY: bucket key is not valid"}}',
+    b'{"message":{"error":{"type":"INVALID_BUCKET","message":"the key is wrong"}}}',
+])
+def test_a_400_for_every_event_not_of_the_event_says_to_check_api_base(body):
+    """A service that answers every events request with 400: 'Bad Request' got the fix
+    'change the event as the service says; this one is dropped, the others go out' (none
+    went out), an INVALID_BUCKET_KEY 'change the key as the service says (a shorter one...)'."""
+    text = _all_refused(answer(400, body=body), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    assert text.count("Fix: check api_base (IS_API_BASE) and the bucket key; if they are "
+                      "right, please report this with the message") == 10, text
+    assert "change the" not in text and "others go out" not in text, text
+
+
+def test_every_event_of_a_batch_refused_never_says_the_others_go_out():
+    text = _all_refused(_poison, ["poison"] * 4)
+    assert text.count("Fix: change the value as the service says; this one is dropped, "
+                      "the others are tried alone") == 4, text
+    assert "others go out" not in text, text
 
 
 def test_access_denied_stops_keeps_events_and_never_storms():
