@@ -447,7 +447,7 @@ class Streamer:
         verb = "at exit" if closing == "at exit" else "flush"
         return EventsLost(
             f"{verb}: {counted(lost, 'event', 'were')} lost since the last "
-            f"flush ({dropped} dropped, {refused} refused; everything else was delivered): "
+            f"flush ({dropped} dropped, {refused} refused; no other event was lost): "
             f"{why}", dropped=dropped, refused=refused)
 
     def _send_full_batch(self) -> None:

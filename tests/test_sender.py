@@ -312,10 +312,13 @@ def _all_refused(refusal, values):
     s, t, _ = make([204] + [refusal] * 40, batch_size=len(values))
     for value in values:
         s.log("n", value)
-    with warnings.catch_warnings(record=True):
+    with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
         assert not s.flush()
     assert s.stats().refused == len(values) and t.events() == []
+    # (none was delivered: the report said 'everything else was delivered')
+    assert [str(w.message) for w in said if "lost since the last flush" in str(w.message)]
+    assert not [w for w in said if "delivered" in str(w.message)], [str(w.message) for w in said]
     return "\n".join(s.messages())
 
 
