@@ -734,8 +734,11 @@ class Streamer:
         """Show the notices waiting, but `but` (left waiting); returns those shown."""
         shown = []
         kept = [but] if but and but in self._notices else []
-        while self._notices:
-            message = self._notices.popleft()
+        while True:
+            try:  # (another thread, the panel's flush, may take the last one meanwhile)
+                message = self._notices.popleft()
+            except IndexError:
+                break
             if message in kept:
                 continue
             _warn(message)
