@@ -236,8 +236,8 @@ def test_one_bad_event_is_dropped_the_rest_go_out():
     s, t, _ = make([204] + [_poison] * 20, batch_size=8)
     for i in range(8):
         s.log("n", "poison" if i == 3 else i)
-    with pytest.warns(IsStreamerWarning, match=r"1 event was lost .* 1 refused; everything "
-                      r"else was delivered\): the service refused an event \(key 'n', 400\): "
+    with pytest.warns(IsStreamerWarning, match=r"1 event was lost .* 1 refused; no other "
+                      r"event was lost\): the service refused an event \(key 'n', 400\): "
                       r"INVALID_EVENT: bad value\. Fix: change the value as the service says; "
                       r"this one is dropped, the others go out$"):
         assert not s.flush()  # the rest went out; the one refused is reported, once
