@@ -104,12 +104,22 @@ def upload(args: argparse.Namespace) -> int:
                          timeout=args.timeout,
                          given_as={"batch_size": "--batch-size", "timeout": "--timeout"},
                          **settings)
-    print(summary.report(stopped=False))
+    try:
+        print(summary.report(stopped=False), flush=True)
+    except BrokenPipeError:  # (`upload ... | true`: the report's reader went away; the verdict
+        # on stderr and the exit code still say how the upload went)
+        stdout_to_devnull()
     if not summary.ok:
         fix = UPLOAD_FIXES.get(summary.stopped_by, AGAIN) if summary.stopped_by else AGAIN
         print(f"upload stopped: {summary.error.rstrip('.')}. Fix: {fix}.", file=sys.stderr)
         return 1
     return 3 if summary.not_sent else 0
+
+
+def stdout_to_devnull() -> None:
+    """After a BrokenPipeError on stdout (its reader went away: `... | head`): no second error
+    when Python flushes stdout on the way out (Python's docs, signal)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def run_noting_warnings(command: Callable[[], int]) -> int:
@@ -134,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["serve"]:  # the receiver parses its own options
         from .receiver import serve_main
 
-        return serve_main(argv[1:])
+        try:
+            return serve_main(argv[1:])
+        except BrokenPipeError:  # (`serve | head -1`, or started with stdout closed)
+            stdout_to_devnull()
+            return 141
     parser = argparse.ArgumentParser(
         prog="python -m isstreamer_jupyter",
         description="isstreamer_jupyter on the command line: a demo that needs no account, a "
@@ -188,9 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         again = f": {AGAIN}" if args.command == "upload" else ""
         print(f"{args.command}: interrupted{again}", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # (stdout's reader went away: `... | head`) as a shell's SIGPIPE,
-        # and no second error when Python flushes stdout on the way out (Python's docs, signal)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except BrokenPipeError:  # (stdout's reader went away: `... | head`) as a shell's SIGPIPE
+        stdout_to_devnull()
         return 141
 
 

@@ -872,6 +872,13 @@ def serve_main(argv: list[str] | None = None) -> int:
                              "%(default)s)")
     faults.add_argument("--seed", type=int, help="seed for the fault draws (repeatable runs)")
     args = parser.parse_args(argv)
+    for flag, value, least, most in (("--port", args.port, 0, 65535),
+                                     ("--max-body", args.max_body, 1, None),
+                                     ("--max-key-length", args.max_key_length, 1, None),
+                                     ("--monthly-cap", args.monthly_cap, 0, None)):
+        if value is not None and not (least <= value and (most is None or value <= most)):
+            within = f"from {least} to {most}" if most is not None else f"at least {least}"
+            parser.error(f"argument {flag}: must be {within}, got {value}")
     try:
         faults = Faults(
             p_5xx=args.p_5xx,
@@ -908,8 +915,8 @@ def serve_main(argv: list[str] | None = None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     rx.start()
-    print(f"receiver listening on {rx.api_base} (Ctrl-C to stop)", flush=True)
-    try:
+    try:  # (the first line too: with stdout closed it raises, and the receiver still stops)
+        print(f"receiver listening on {rx.api_base} (Ctrl-C to stop)", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

@@ -31,17 +31,22 @@ def test_demo_is_the_main_job_and_needs_no_account(tmp_path):
     assert len(rows) == 16
 
 
-def test_demo_into_a_closed_pipe_records_all_and_exits_as_a_shell_would(tmp_path):
-    """`demo | head -1`: the reader went away before the first line. The recording is still
-    whole, and the command ends as a shell's SIGPIPE would (141), with no traceback."""
+def run_into_a_closed_pipe(cwd, *command: str, env: dict[str, str] = CLEAN_ENV):
+    """The command with its stdout a pipe whose reader already went away (`... | head -1`)."""
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
-        done = subprocess.run([sys.executable, "-m", "isstreamer_jupyter", "demo", "--points",
-                               "5"], stdout=write_end, stderr=subprocess.PIPE, text=True,
-                              timeout=60, cwd=tmp_path, env=CLEAN_ENV)
+        return subprocess.run([sys.executable, "-m", "isstreamer_jupyter", *command],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60,
+                              cwd=cwd, env=env)
     finally:
         os.close(write_end)
+
+
+def test_demo_into_a_closed_pipe_records_all_and_exits_as_a_shell_would(tmp_path):
+    """`demo | head -1`: the reader went away before the first line. The recording is still
+    whole, and the command ends as a shell's SIGPIPE would (141), with no traceback."""
+    done = run_into_a_closed_pipe(tmp_path, "demo", "--points", "5")
     assert done.returncode == 141
     assert done.stderr == ""  # (no traceback, nor an at-exit close waiting on nothing)
     rows = [r for r in (tmp_path / "build/demo_recording.csv").read_text().splitlines()
@@ -161,6 +166,57 @@ def test_upload_with_a_refused_key_says_so_in_one_line_with_the_fix(tmp_path, ma
     assert "uploaded 0 events" in done.stdout and "stopped" not in done.stdout
     fixed = run_upload(rx.api_base, recording, key="the-right-key")
     assert fixed.returncode == 0 and [e["value"] for e in rx.events()] == [1]
+
+
+def test_upload_into_a_closed_pipe_still_says_its_verdict_and_exit_code(tmp_path,
+                                                                         make_receiver):
+    """`upload ... | true`: the report's reader went away. The verdict on stderr and the exit
+    code are still the upload's (1: a refused key), not a shell's 141 with nothing said."""
+    rx = make_receiver(access_keys=["the-right-key"])
+    recording = tmp_path / "r.csv"
+    recording.write_text("1795000000,a,1\n")
+    env = dict(CLEAN_ENV, IS_ACCESS_KEY="wrong", IS_API_BASE=rx.api_base, IS_MAX_RPS="0",
+               HOME=str(tmp_path))
+    done = run_into_a_closed_pipe(tmp_path, "upload", str(recording), "--bucket-name", "CLI",
+                                  "--quiet", env=env)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("upload stopped: the service refused the access key (401). "
+                                  "Fix: set IS_ACCESS_KEY")
+
+
+def test_serve_with_stdout_closed_exits_as_a_shell_would(tmp_path):
+    done = run_into_a_closed_pipe(tmp_path, "serve", "--port", "0")
+    assert (done.returncode, done.stderr) == (141, "")
+
+
+def test_serve_whose_reader_went_away_exits_as_a_shell_would_on_ctrl_c(tmp_path):
+    """`serve | head -1`, then Ctrl-C: the closing summary meets a closed pipe."""
+    server = subprocess.Popen([sys.executable, "-m", "isstreamer_jupyter", "serve", "--port",
+                               "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=CLEAN_ENV, cwd=tmp_path)
+    try:
+        assert server.stdout.readline().startswith("receiver listening on")
+        server.stdout.close()  # (head -1 is done)
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, stderr = server.communicate(timeout=10)
+    assert (server.returncode, stderr) == (141, "")
+
+
+@pytest.mark.parametrize("flag,value,says", [
+    ("--port", "99999", "argument --port: must be from 0 to 65535, got 99999"),
+    ("--port", "-1", "argument --port: must be from 0 to 65535, got -1"),
+    ("--max-body", "0", "argument --max-body: must be at least 1, got 0"),
+    ("--monthly-cap", "-1", "argument --monthly-cap: must be at least 0, got -1"),
+])
+def test_serve_refuses_an_option_out_of_range_as_argparse_would(tmp_path, flag, value, says):
+    done = subprocess.run([sys.executable, "-m", "isstreamer_jupyter", "serve", flag, value],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env=CLEAN_ENV)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1] == f"python -m isstreamer_jupyter serve: error: {says}"
 
 
 def help_text(*command: str) -> str:
