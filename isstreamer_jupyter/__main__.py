@@ -34,7 +34,15 @@ def demo(args: argparse.Namespace) -> int:
     from . import Streamer
 
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # (a file where a folder should be, a folder that cannot be made)
+        why = "a file of that name is there" if isinstance(exc, FileExistsError) else (
+            exc.strerror or str(exc))
+        print(f"demo: --output {args.output}: cannot make its folder {str(out.parent)!r} "
+              f"({why}). Fix: give --output a file in a folder that exists or "
+              "can be made", file=sys.stderr)
+        return 2
     started = time.time() - args.points  # one reading a second, ending now
     given_as = {"offline": "--online" if args.online else "demo without --online",
                 "offline_file": "--output"}

@@ -54,6 +54,21 @@ def test_demo_into_a_closed_pipe_records_all_and_exits_as_a_shell_would(tmp_path
     assert len(rows) == 16
 
 
+@pytest.mark.parametrize("output,why", [("afile/x.csv", "a file of that name is there"),
+                                         ("afile/sub/x.csv", "Not a directory"),
+                                         ("/proc/nope/x.csv", "No such file or directory")])
+def test_demo_output_in_a_folder_that_cannot_be_made_is_one_line(tmp_path, output, why):
+    (tmp_path / "afile").write_text("a regular file\n")
+    done = subprocess.run([sys.executable, "-m", "isstreamer_jupyter", "demo", "--points", "5",
+                           "--output", output], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path, env=CLEAN_ENV)
+    assert done.returncode == 2
+    folder = str(Path(output).parent)
+    assert done.stderr.splitlines() == [
+        f"demo: --output {output}: cannot make its folder {folder!r} ({why}). Fix: give "
+        "--output a file in a folder that exists or can be made"]
+
+
 def test_serve_runs_the_receiver_until_interrupted(tmp_path):
     server = subprocess.Popen([sys.executable, "-m", "isstreamer_jupyter", "serve", "--port", "0",
                                "--rate-limit", "5"], stdout=subprocess.PIPE, text=True,
