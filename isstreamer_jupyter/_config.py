@@ -430,10 +430,13 @@ def resolve(
         reason = f"offline mode is on ({sources['offline']})"
     elif not values["access_key"]:  # (ISStreamer sent with no key, and every request got 401)
         said = given_as.get("offline") if given_as and "offline" in given else None
+        # (a %config already run cannot be left out: setting it to None undoes it)
+        undo = f"set {said} = None" if said and said.startswith("%config") else (
+            f"leave {said or 'offline'} out")
         raise ConfigError(
             f"offline = False ({sources['offline']}) but there is no access key, so nothing "
             f"could be sent. Fix: set IS_ACCESS_KEY (or access_key under [{CLIENT}] in "
-            f"isstreamer.ini), or leave {said or 'offline'} out to record locally")
+            f"isstreamer.ini), or {undo} to record locally")
     values["offline"] = offline
     return Settings(**values, offline_reason=reason, sources=sources)
 

@@ -552,8 +552,8 @@ def test_config_offline_is_named_as_the_source(session: Session,
     assert session.usage_error("%isstream temp 1") == (
         "offline = False (%config IsStreamMagics.offline) but there is no access key, so "
         "nothing could be sent. Fix: set IS_ACCESS_KEY (or access_key under "
-        "[isstreamer.client_config] in isstreamer.ini), or leave %config "
-        "IsStreamMagics.offline out to record locally")
+        "[isstreamer.client_config] in isstreamer.ini), or set %config "
+        "IsStreamMagics.offline = None to record locally")
     session.ok("%config IsStreamMagics.offline = True")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the core's one notice: "recording locally to ..."
@@ -562,6 +562,19 @@ def test_config_offline_is_named_as_the_source(session: Session,
     sources = session.magics.streamer.settings.sources
     assert sources["offline"] == "%config IsStreamMagics.offline"
     assert sources["flush_interval"] == "environment variable IS_FLUSH_INTERVAL"
+
+
+def test_the_fix_said_for_a_config_offline_false_without_a_key_works(
+        session: Session, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("IS_ACCESS_KEY")
+    session.ok("%config IsStreamMagics.offline = False")
+    assert "set %config IsStreamMagics.offline = None" in session.usage_error("%isstream t 1")
+    session.ok("%config IsStreamMagics.offline = None")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the core's one notice: "recording locally to ..."
+        session.ok("%isstream t 1")
+        status = session.ok("%isstream --status").text
+    assert "recording offline\n  why:     no access key\n" in status
 
 
 def test_options_that_set_a_setting_are_its_source(session: Session) -> None:
