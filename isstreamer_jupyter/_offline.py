@@ -323,14 +323,21 @@ def _load_state(state_path: Path, destination: str, target: str, size: int,
 
 
 def _save_state(state_path: Path, destination: str, target: str, line: int, refused: int,
-                size: int, head: str) -> None:
+                size: int, head: str, *, check: bool = False) -> None:
+    """Write the progress; `check`: only see that it can be written (through its .tmp file,
+    removed again), leaving the progress file as it is."""
     destinations, _ = _read_state(state_path)  # (what could not be used is dropped)
     destinations.setdefault(destination, {})[target] = {
         "line": line, "refused": refused, "size": size, "head": head}
     tmp = state_path.with_name(state_path.name + ".tmp")
     try:
         tmp.write_text(json.dumps({"format": STATE_FORMAT, "destinations": destinations}))
-        os.replace(tmp, state_path)
+        if not check:
+            os.replace(tmp, state_path)
+        elif state_path.is_dir():  # (os.replace would fail on it)
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        else:
+            tmp.unlink()
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -451,10 +458,12 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
         done_line, refused_earlier, legacy = _load_state(state_path, destination, target, size,
                                                          source)
         if total:  # (the progress is written before sending: one that cannot be written
-            # stops the upload now, not after a batch whose delivery it could not record)
+            # stops the upload now, not after a batch whose delivery it could not record; a
+            # progress file it could not use is only checked, not replaced: if this run sends
+            # nothing, the next must still say that rows may go twice)
             try:
                 _save_state(state_path, destination, target, done_line, refused_earlier, size,
-                            head)
+                            head, check=legacy)
             except ConfigError as exc:
                 raise ConfigError(f"{exc}; nothing was sent") from None
         summary = UploadSummary(str(source), refused_earlier=refused_earlier)

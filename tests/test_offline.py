@@ -405,6 +405,27 @@ def test_a_damaged_progress_file_is_said_and_its_rows_sent_again(env, make_recei
     assert (again.sent, again.already_sent, again.note) == (0, 2, "")  # (written whole again)
 
 
+def test_an_upload_that_sends_nothing_leaves_a_damaged_progress_file_to_be_said_again(
+        env, make_receiver):
+    """The progress is checked before sending (it can be written); an upload stopped before
+    its first batch (a wrong key) must not replace a damaged file with a clean start, or the
+    rerun would send all the rows again without saying they may now be there twice."""
+    rx = make_receiver(access_keys=[KEY])
+    recording = write(env / "rec.csv", "1795000000,n,1\n1795000001,n,2\n")
+    progress = env / "rec.csv.upload.json"
+    progress.write_text('{"line": 40}')
+    opts = {"api_base": rx.api_base, "bucket_name": "Dest", "max_requests_per_second": 0,
+            "progress": False}
+    refused = upload(recording, access_key="wrong-key", **opts)
+    assert not refused.ok and refused.sent == 0 and "damaged" in refused.note
+    assert progress.read_text() == '{"line": 40}'  # (as it was: only checked)
+    assert not (env / "rec.csv.upload.json.tmp").exists()
+    rerun = upload(recording, access_key=KEY, **opts)
+    assert rerun.ok and rerun.sent == 2 and "damaged" in rerun.note
+    assert "some may now be there twice" in str(rerun)
+    assert [e["value"] for e in rx.events()] == [1, 2]
+
+
 def test_a_last_line_without_its_end_waits_for_the_next_run(env, make_receiver):
     """A recording being written may end mid-row ('...,temp,2' of '...,temp,21.5'): that row
     is not sent, nor marked as done; the next run sends it whole."""
