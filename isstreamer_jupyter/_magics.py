@@ -291,13 +291,23 @@ class IsStreamMagics(Magics, _SettingTraits):
         #: with %config (or the IPython config), and are named so
         self._set_by: dict[str, str] = {}
         # (an access key in the shell's config: from an IPython config file, or merged there
-        # by a %config refused before this load; dropped, said, never used)
+        # by a %config refused before this load; dropped, never used, and said with the first
+        # %isstream's output: a kernel that loads the extension at its start shows what is
+        # printed now nowhere)
+        self._config_note = ""
         for config in (getattr(shell, "config", None), kwargs.get("config")):
             if config is not None and self._drop_access_key(config):
-                print(f"{NOTE} {ACCESS_KEY_REFUSED.replace('from that cell', 'from there')}")
+                said = ACCESS_KEY_REFUSED.replace("from that cell", "from there")
+                self._config_note = f"{NOTE} {said}"
         super().__init__(shell=shell, **kwargs)  # Magics: parent=shell, joins configurables
 
     # ------------------------------------------------------------------ the access key
+    def _say_config_note(self) -> None:
+        """Say, once, that an access key in the IPython config was dropped."""
+        if self._config_note:
+            print(self._config_note)
+            self._config_note = ""
+
     def update_config(self, config: Any) -> None:
         """``%config``: an access key is refused (a TraitError, which %config shows as an error
         line) and dropped, from the configs of the configurables %config updated before this
@@ -501,6 +511,7 @@ class IsStreamMagics(Magics, _SettingTraits):
         widgets cannot show). Options combine: ``--bucket`` applies before the values are
         logged, ``--flush``/``--close`` and ``--status`` after.
         """
+        self._say_config_note()
         if "$" in line or "{" in line or "}" in line:
             line = _expand(line, self.shell.user_ns, local_ns)
         words = split_line(line)
@@ -655,6 +666,7 @@ class IsStreamMagics(Magics, _SettingTraits):
         UsageError after the good ones are logged.
         """
         __tracebackhide__ = True  # IPython shows the cell's frames, not ours
+        self._say_config_note()
         args = _parse(self.isstream_cell.parser, split_line(line), "%%isstream")
         prefix = _unquote(args.prefix)
         for name in args.names:
