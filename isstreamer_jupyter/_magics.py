@@ -31,7 +31,7 @@ import sys
 import time
 import types
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -431,13 +431,14 @@ class IsStreamMagics(Magics, _SettingTraits):
             print(f"{NOTE} closed the session streamer{left}")
 
     # ------------------------------------------------------------------ logging
-    def _read(self, pairs: Iterable[tuple[str, str]], prefix: str = "",
+    def _read(self, words: list[str], prefix: str = "",
               local_ns: dict[str, Any] | None = None) -> list[tuple[str, Any]]:
-        """Checked (key, value) events from (key, value text) pairs; refusals are UsageErrors
-        with the core's message."""
+        """Checked (key, value) events from the words of ``KEY VALUE`` or ``KEY=VALUE ...``;
+        refusals are UsageErrors with the core's message."""
         namespace = self.shell.user_ns
         events = []
-        pairs = list(pairs)
+        pairs = _pairs(words)
+        spaced = bool(words) and _PAIR.match(words[0]) is None  # (KEY VALUE, not KEY=VALUE)
         for key, text in pairs:
             value = parse_value(text, namespace, local_ns)
             try:
@@ -446,7 +447,7 @@ class IsStreamMagics(Magics, _SettingTraits):
                 what = _code_named(text, value)
                 if not what:
                     raise
-                quoted = f'{key} "{text}"' if len(pairs) == 1 else f'{key}="{text}"'
+                quoted = f'{key} "{text}"' if spaced else f'{key}="{text}"'
                 raise UsageError(f"value for key {prefix + key!r}: {text} is {what}, not text: "
                                  f"to log the word, quote it: {quoted}") from None
         return events
@@ -519,7 +520,7 @@ class IsStreamMagics(Magics, _SettingTraits):
             self._show_panel()
             return
         if all(word[0] != "-" for word in words):  # the common case: values, no options
-            events = self._read(_pairs(words), "", local_ns)
+            events = self._read(words, "", local_ns)
             self._log(events, time.time() if len(events) > 1 else None)  # one line, one time
             return
         args = _parse(self.isstream.parser, words, "%isstream")
@@ -530,7 +531,7 @@ class IsStreamMagics(Magics, _SettingTraits):
             raise UsageError("--timeout goes with --flush or --close")
         if args.timeout is not None and not args.timeout >= 0:
             raise UsageError(f"--timeout {args.timeout:g}: give seconds, 0 or more")
-        events = self._read(_pairs(args.items), "", local_ns)
+        events = self._read(args.items, "", local_ns)
         epoch = time.time() if len(events) > 1 else None  # one line, one time
         if args.epoch is not None:
             if not events:
@@ -766,15 +767,16 @@ class IsStreamMagics(Magics, _SettingTraits):
             if not text or text.startswith("#"):
                 continue
             try:
-                events += self._read(_pairs(split_line(text)), prefix)
+                events += self._read(split_line(text), prefix)
             except UsageError as exc:
                 bad.append(f"line {number}: {exc}")
         if events:
             self._log(events, time.time())
         if bad:
-            good = f"the other {len(events)} events were logged" if events else "none logged"
-            raise UsageError(f"--lines: {len(bad)} bad line{'s' if len(bad) > 1 else ''} "
-                             f"({good}): " + "; ".join(bad))
+            good = f"the other {counted(len(events), 'event', 'were')} logged" if events \
+                else "none logged"
+            raise UsageError(f"--lines: {counted(len(bad), 'bad line')} ({good}): "
+                             + "; ".join(bad))
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -860,8 +862,9 @@ def _close(streamer: Streamer, timeout: float) -> str:
     if delivered:
         return ""
     stats = streamer.stats()
-    where = f" in the spool {stats.spool_path} (the next streamer sends them)" \
-        if stats.spool_path else f" (they are lost: {streamer._in_memory_why()})"
+    them, they_are = ("it", "it is") if stats.pending == 1 else ("them", "they are")
+    where = f" in the spool {stats.spool_path} (the next streamer sends {them})" \
+        if stats.spool_path else f" ({they_are} lost: {streamer._in_memory_why()})"
     if stats.pending:
         return f"; {counted(stats.pending, 'event', 'wait')} undelivered{where}"
     # nothing waits, yet not all delivered: events were lost earlier (dropped or refused)

@@ -287,6 +287,31 @@ def test_close_says_what_was_lost(session: Session, make_receiver: Any,
     assert [e["value"] for e in picky.events()] == [2]
 
 
+def test_close_says_one_event_left_in_the_singular(session: Session, make_receiver: Any,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """It said "1 event waits undelivered (they are lost: ...)"."""
+    from isstreamer_jupyter.receiver import Faults
+
+    down = make_receiver(faults=Faults(p_5xx=1.0))  # (every request: 503)
+    monkeypatch.setenv("IS_API_BASE", down.api_base)
+    session.ok("%config IsStreamMagics.spool = False")
+    session.ok("%isstream temp 1")
+    out = session.ok("%isstream --close --timeout 0.3").text
+    assert "; 1 event waits undelivered (it is lost: spool = False from %config " in out, out
+
+
+def test_lines_says_one_good_event_in_the_singular(session: Session) -> None:
+    message = session.usage_error("%%isstream --lines\ntemp 3\nbad\n")
+    assert message.startswith("--lines: 1 bad line (the other 1 event was logged): line 2:")
+
+
+def test_a_key_value_line_is_told_to_quote_in_its_own_form(session: Session) -> None:
+    """`door=open` alone on a --lines line (or %isstream) was told `door "open"`."""
+    assert 'quote it: door="open"' in session.usage_error("%%isstream --lines\ndoor=open\n")
+    assert 'quote it: door="open"' in session.usage_error("%isstream door=open")
+    assert 'quote it: door "open"' in session.usage_error("%isstream door open")
+
+
 def test_close_then_a_new_streamer(session: Session) -> None:
     session.ok("%isstream temp 1")
     first = session.magics.streamer
