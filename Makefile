@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null 2>&1; then sudo=sudo; \
-	  else echo "the browser test needs Debian's chromium: as root, run apt-get install chromium fonts-dejavu-core (or give this user sudo rights)" >&2; exit 1; fi; \
+	  else echo "the browser test needs Debian's chromium: as root, run apt-get update && apt-get install chromium fonts-dejavu-core (or give this user sudo rights)" >&2; exit 1; fi; \
 	  echo "installing Debian's chromium for the browser test$${sudo:+ (with sudo)}"; \
 	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null; }
 
@@ -43,10 +43,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 # JupyterLab at the repository's root, so notebooks/ and build/ (what `make run` wrote) are both
-# in its file browser; NOTEBOOK=path also opens that notebook.
+# in its file browser; NOTEBOOK=path also opens that notebook, and the URLs it prints (where no
+# browser opens) lead to it (LabApp's default_url: LabApp sets ServerApp's own).
 NOTEBOOK ?=
 lab: $(STAMP)
-	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) --ServerApp.root_dir=. $(NOTEBOOK)
+	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) --ServerApp.root_dir=. $(if $(NOTEBOOK),--LabApp.default_url=/lab/tree/$(NOTEBOOK)) $(NOTEBOOK)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,33 @@ def test_the_command_make_run_prints_opens_the_notebook_it_wrote():
     assert "jupyter lab" in lab
     assert "--ServerApp.root_dir=." in lab.split()  # (build/ and notebooks/ are both reachable)
     assert lab.split()[-1] == wrote  # (and it opens it)
+    assert f"--LabApp.default_url=/lab/tree/{wrote}" in lab.split()  # (its URLs too: below)
+
+
+def test_the_urls_make_lab_prints_lead_to_the_notebook(tmp_path):
+    """Where no browser opens, `make lab NOTEBOOK=...` printed URLs to /lab, not to the
+    notebook. Its command, run as it is (with no browser, on any free port): the URL it
+    prints opens the notebook."""
+    wrote = "build/quickstart.ipynb"
+    command = dry_run("lab", f"NOTEBOOK={wrote}").splitlines()[-1].split()
+    (tmp_path / "build").mkdir()
+    shutil.copy(ROOT / "notebooks/quickstart.ipynb", tmp_path / wrote)
+    command[0] = str(ROOT / command[0])
+    lab = subprocess.Popen([*command, "--no-browser", "--ServerApp.port=0", "--allow-root"],
+                           cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")})
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = lab.stderr.readline()
+            url = re.search(r"http://127\.0\.0\.1:\d+(/\S*)", line)
+            if url or not line:
+                break
+    finally:
+        lab.terminate()
+        lab.wait(timeout=30)
+    assert url, "no URL printed"
+    assert url.group(1).startswith(f"/lab/tree/{wrote}?token=")
 
 
 def fake_tools(tmp_path: Path, uid: int, sudo: bool) -> tuple[dict[str, str], Path]:
@@ -73,5 +101,5 @@ def test_chromium_without_root_or_sudo_says_what_to_do(tmp_path):
     done = subprocess.run([MAKE, "-C", str(ROOT), "chromium"], env=env, capture_output=True,
                           text=True)
     assert done.returncode != 0
-    assert "apt-get install chromium fonts-dejavu-core" in done.stderr
+    assert "apt-get update && apt-get install chromium fonts-dejavu-core" in done.stderr
     assert not log.exists()  # (it did not try apt-get as a user, to fail on its lock)
