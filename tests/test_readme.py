@@ -101,6 +101,20 @@ def test_no_fix_puts_the_access_key_in_a_cell():
     assert 'streamer.AccessKey = os.environ["IS_ACCESS_KEY"]' in README
 
 
+def test_a_notebook_that_sets_a_key_in_a_cell_says_it_is_a_demo_key():
+    """panel.ipynb said the key is "never typed into a cell" while its setup cell sets
+    IS_ACCESS_KEY (a made-up key for the loopback receiver): its text says what that key is."""
+    import json
+
+    for path in sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        code = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        text = " ".join(" ".join("".join(c["source"]) for c in cells
+                                 if c["cell_type"] == "markdown").split())
+        if 'os.environ["IS_ACCESS_KEY"] =' in code and "never typed into a cell" in code + text:
+            assert "demo key" in text, path.name
+
+
 def _section(title: str) -> str:
     start = README.index(f"\n## {title}")
     return README[start:README.index("\n## ", start + 1)]
