@@ -796,8 +796,8 @@ def _wait_of(call: str, timeout: Any, default: float) -> float:
     no bound. NaN, a negative number or what is no number is refused, saying what to give."""
     if timeout is None:
         return default
-    try:
-        seconds = float(timeout)
+    try:  # (text, "3", or a bool, True, is no number of seconds, though float() takes it)
+        seconds = math.nan if isinstance(timeout, str | bytes | bool) else float(timeout)
     except (TypeError, ValueError):
         seconds = math.nan
     if not seconds >= 0:  # (NaN too)

@@ -517,7 +517,7 @@ def test_an_infinite_wait_has_no_bound_and_nan_or_negative_is_refused(use_async)
     s, t, _ = make(**options)
     s.log("a", 1)
     assert s.flush(timeout=math.inf)
-    for bad in (-1, math.nan, "soon"):
+    for bad in (-1, math.nan, "soon", "3", True):  # (text or a bool is no number of seconds)
         for call in (s.flush, s.close):
             with pytest.raises(ConfigError, match=rf"{call.__name__}\(timeout={bad!r}\): "
                                                   r"expected a number of seconds, 0 or more\. "
