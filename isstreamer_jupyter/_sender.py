@@ -899,6 +899,27 @@ class Sender:
         """Whether delivery is stopped for the whole account (access key, cap)."""
         return self._halt is not None
 
+    def send_when_full(self) -> None:
+        """use_async=False, log()'s part (ISStreamer's synchronous mode), in the caller: once a
+        batch is full, send it in one try: one request for it (for a new bucket, its creation
+        first), each bounded by `timeout`. The pace alone may make it wait first, at most
+        1/max_requests_per_second (ISStreamer's sends took as long), so that a loop of log()
+        calls keeps up; a retry's backoff, the rate limit or a stop never: then it only
+        stores what is queued (in the spool, if there is one), and a later log() or flush()
+        sends it."""
+        size = self.settings.batch_size
+        queued = len(self.queue)
+        if queued + self._pending < size or (queued < size and self.holding()):
+            return
+        for _ in range(2):  # (a new bucket's creation, then the batch)
+            pace = self.pace_wait()
+            if pace > 0:
+                self.clock.sleep(pace)
+            created = len(self._created)
+            self.step()  # (holding for a backoff, the rate limit or a stop: it only stores)
+            if len(self._created) == created:  # (the batch went, or could not: done)
+                return
+
     def pace_wait(self) -> float:
         """The wait the request pace alone asks now: at most 1/max_requests_per_second; 0 when
         there is none, or when something else holds (a backoff, the rate limit, a stop)."""

@@ -248,7 +248,7 @@ class Streamer:
         if len(self._queue) >= self._spill_at:
             self._overflow()
         if not self.use_async:
-            self._send_full_batch()
+            self._sender.send_when_full()
 
     def log_object(self, obj: Any, key_prefix: str | None = None, epoch: Any = None) -> None:
         """Log the items of a list, tuple, dict, dataclass, namedtuple, numpy array or pandas
@@ -449,28 +449,6 @@ class Streamer:
             f"{verb}: {counted(lost, 'event', 'were')} lost since the last "
             f"flush ({dropped} dropped, {refused} refused; no other event was lost): "
             f"{why}", dropped=dropped, refused=refused)
-
-    def _send_full_batch(self) -> None:
-        """use_async=False, log()'s part (ISStreamer's synchronous mode): once a batch is
-        full, send it here in one try: one request for it (for a new bucket, its creation
-        first), each bounded by `timeout`. The pace alone may make it wait first, at most
-        1/max_requests_per_second (ISStreamer's sends took as long), so that a loop of log()
-        calls keeps up; a retry's backoff, the rate limit or a stop never: then it only
-        stores what is queued (in the spool, if there is one), and a later log() or flush()
-        sends it."""
-        sender = self._sender
-        size = sender.settings.batch_size
-        queued = len(self._queue)
-        if queued + sender._pending < size or (queued < size and sender.holding()):
-            return
-        for _ in range(2):  # (a new bucket's creation, then the batch)
-            pace = sender.pace_wait()
-            if pace > 0:
-                self._clock.sleep(pace)
-            created = len(sender._created)
-            sender.step()  # (holding for a backoff, the rate limit or a stop: it only stores)
-            if len(sender._created) == created:  # (the batch went, or could not: done)
-                return
 
     def _pump(self, deadline: float, marker: Marker) -> float | None:
         """use_async=False, flush() and close(): do the sender's work in the caller until
