@@ -41,11 +41,19 @@ from ._events import (
 from ._sender import Bucket, Clock, Marker, Sender, bounded
 from ._spool import SEGMENT_EVENTS, MemoryStore, SqliteSpool, Store
 from ._stats import State, Stats, waiting_words
-from ._transport import CsvTransport, HttpTransport, Transport
+from ._transport import (
+    CsvTransport,
+    HttpTransport,
+    Transport,
+    offline_path,
+    offline_path_problem,
+)
 
 if TYPE_CHECKING:
     from ._offline import UploadSummary
 
+#: how long flush() waits past its bound for the sender to reach its marker when nothing waits
+MARKER_GRACE = 0.1
 logger = logging.getLogger("isstreamer_jupyter")
 logger.addHandler(logging.NullHandler())  # a library shows nothing unless the app asks
 _time = time.time
@@ -135,6 +143,11 @@ class Streamer:
         self._clock = clock or Clock()
         self._custom_transport = transport is not None
         if settings.offline:
+            if transport is None and (problem := offline_path_problem(
+                    offline_path(settings.offline_file))):
+                raise ConfigError(f"offline_file = {settings.offline_file!r} "
+                                  f"({settings.sources.get('offline_file', 'default')}): "
+                                  f"{problem}")
             settings = settings.replace(spool=False, max_requests_per_second=0.0)
         self.settings = settings
         self._spill_at = settings.max_queue
@@ -379,7 +392,10 @@ class Streamer:
         next_try, spent = None, 0.0
         if self.use_async:
             self._sender.wake.set()
-            marker.done.wait(bounded(timeout))
+            if not marker.done.wait(bounded(timeout)) and self.stats().pending == 0:
+                # nothing waits: the sender has only to reach the marker (a 0 s bound: the
+                # wait at exit spent by another streamer), not "0 events still waiting"
+                marker.done.wait(MARKER_GRACE)
         else:
             started = self._clock.monotonic()
             next_try = self._pump(started + timeout, marker)
@@ -400,7 +416,8 @@ class Streamer:
                 said = f"still waiting after {round(timeout, 2):g} s" + (f" ({why})" if why
                                                                           else "")
             if not closing:
-                fate = "they stay queued and will be sent"
+                fate = "they stay queued and will be " + (
+                    "written" if self.settings.offline else "sent")
             elif self._sender.store.path:
                 fate = (f"they stay in the spool {self._sender.store.path} for the next Streamer "
                         f"with the same access key and API base")
@@ -585,7 +602,8 @@ class Streamer:
             common["offline_file"] = ""
         if self._closed:
             common["state"], common["reason"], common["stop"] = State.STOPPED, "closed", "closed"
-        elif self.settings.offline:
+        elif self.settings.offline and self._sender.state()[0] is not State.BACKING_OFF:
+            # (backing off, the file cannot be written: that state says why, and the fix)
             common["state"], common["reason"] = State.OFFLINE, self.settings.offline_reason
             common["remedy"], common["stop"] = OFFLINE_REMEDY, ""
         return self._sender.fill(**common)

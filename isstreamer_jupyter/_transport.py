@@ -384,6 +384,29 @@ class _Rows(list[str]):
     write = list.append
 
 
+OFFLINE_FILE_REMEDY = ("make room on the disk or make the file writable, or give offline_file "
+                       "(IS_OFFLINE_FILE) a file in a writable folder; the events are kept and "
+                       "written once it can be")
+
+
+def offline_path(name: str | os.PathLike[str]) -> Path:
+    """Where offline recording to `name` appends: `name`, with ``.csv`` added unless it ends
+    so (as ISStreamer did)."""
+    path = Path(name)
+    return path if path.suffix.lower() == ".csv" else path.with_name(path.name + ".csv")
+
+
+def offline_path_problem(path: Path) -> str:
+    """Why offline recording cannot append to `path` at all, with the fix; "" if it may."""
+    if path.is_dir():
+        return f"{path} is a folder: give a file name, such as {path / 'isstreamer_out.csv'}"
+    folder = path.parent
+    if not folder.is_dir():
+        return (f"the folder {folder} does not exist: create it, or give a file in a folder "
+                f"that does")
+    return ""
+
+
 class CsvTransport:
     """Offline recording: appends ISStreamer's ``epoch,key,value`` rows to a CSV file.
 
@@ -393,10 +416,7 @@ class CsvTransport:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        path = Path(path)
-        if path.suffix.lower() != ".csv":
-            path = path.with_name(path.name + ".csv")
-        self.path = path
+        self.path = offline_path(path)
         self._names: dict[str, str] = {}
         self._lock = threading.Lock()
 
@@ -419,11 +439,17 @@ class CsvTransport:
         csv.writer(rows).writerows((repr(e), k, v) for k, v, e in events)
         text = "".join(row[:-2] + "\n" for row in rows)
         text.encode("utf-8")
-        with self._lock, self.path.open("a", newline="", encoding="utf-8") as fh:
-            # every batch names its bucket: another streamer may append to the same file
-            name = " ".join(self._names.get(bucket_key, bucket_key).splitlines())  # one line
-            fh.write(f"# bucket: {bucket_key} {name}\n")
-            fh.write(text)
+        try:
+            with self._lock, self.path.open("a", newline="", encoding="utf-8") as fh:
+                # every batch names its bucket: another streamer may append to the same file
+                name = " ".join(self._names.get(bucket_key, bucket_key).splitlines())  # one line
+                fh.write(f"# bucket: {bucket_key} {name}\n")
+                fh.write(text)
+        except OSError as exc:  # (a full disk, a folder removed, permissions): kept, retried
+            return Answer(Outcome.RETRY, None,
+                          detail=f"cannot write the offline file {self.path}: "
+                                 f"{exc.strerror or exc}",
+                          remedy=OFFLINE_FILE_REMEDY)
         if meanwhile is not None:
             meanwhile()
         return Answer(Outcome.ACCEPTED, None)

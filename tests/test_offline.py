@@ -76,6 +76,39 @@ def test_offline_buffer_size_reads_what_was_asked_and_rows_go_out_in_big_appends
         assert sum(appends) == 1200 and max(appends) >= 500, appends
 
 
+def test_an_offline_file_that_cannot_be_written_is_refused_at_once_naming_the_fix(
+        env, monkeypatch):
+    for name, words in (("nodir/rec.csv", "the folder nodir does not exist: create it"),
+                        ("adir.csv", "adir.csv is a folder: give a file name")):
+        (env / "adir.csv").mkdir(exist_ok=True)
+        with pytest.raises(ConfigError, match=f"offline_file = '{name}' \\(keyword argument\\): "
+                                              f"{words}"):
+            Streamer(bucket_name="B", offline=True, offline_file=name)
+    monkeypatch.setenv("IS_OFFLINE_FILE", "nodir/rec")  # (its source is named)
+    with pytest.raises(ConfigError, match=r"'nodir/rec' \(environment variable IS_OFFLINE_FILE\): "
+                                         r"the folder nodir"):
+        Streamer(bucket_name="B", offline=True)
+    assert not (env / "nodir").exists()
+
+
+def test_an_offline_file_that_stops_being_writable_keeps_the_events_and_says_why(env):
+    (env / "out").mkdir()
+    s = Streamer(bucket_name="B", offline=True, offline_file="out/rec.csv", flush_timeout=1)
+    (env / "out").rmdir()  # the folder goes away: nothing can be written now
+    s.log("t", 1)
+    with pytest.warns(UserWarning, match="cannot write the offline file out/rec.csv") as said:
+        assert not s.flush()
+    assert "they stay queued and will be written" in str(said[0].message)
+    stats = s.stats()
+    assert stats.state is State.BACKING_OFF and stats.queued == 1 and stats.sent == 0
+    assert "No such file or directory" in stats.reason and "internal error" not in stats.reason
+    assert "give offline_file (IS_OFFLINE_FILE) a file in a writable folder" in stats.remedy
+    (env / "out").mkdir()
+    assert s.close(timeout=30)  # written once it can be: nothing lost
+    assert (env / "out" / "rec.csv").read_text().splitlines()[1].endswith(",t,1")
+    assert s.stats().sent == 1
+
+
 def write(path, text):
     path.write_text(text)
     return path

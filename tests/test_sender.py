@@ -568,6 +568,17 @@ def test_at_exit_each_fact_is_one_plain_line(capsys):
         "keeps events in memory only)"], lines
 
 
+def test_at_exit_with_the_shared_wait_spent_a_streamer_with_nothing_waiting_says_nothing(
+        capsys, tmp_path):
+    """Another streamer spent the wait at exit: this one, with nothing to send, said '0 events
+    still waiting after 0 s', as its flush had not been reached in no time at all."""
+    for _ in range(5):
+        s = Streamer(bucket_name="B", offline=True, offline_file=str(tmp_path / "rec.csv"))
+        capsys.readouterr()
+        s._at_exit(time.monotonic() - 1)
+        assert capsys.readouterr().err == ""
+
+
 def test_log_after_close_is_an_error():
     s, _, _ = make()
     s.log("a", 1)
