@@ -133,13 +133,16 @@ class UploadSummary:
         return "\n".join(lines)
 
 
-_INT_TEXT = re.compile(r"[-+]?[0-9]+", re.ASCII)
-_FLOAT_TEXT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?", re.ASCII)
+# (no leading zero but the units' own: no number is written so, and text such as a zip
+# code, 02134, or an id, 007, keeps its zeros)
+_INT_TEXT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)", re.ASCII)
+_FLOAT_TEXT = re.compile(r"[-+]?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?",
+                         re.ASCII)
 
 
 def parse_value(text: str) -> str | int | float | bool:
     """CSV has no types: whole numbers, then (finite) numbers, then True/False, else the
-    text ("nan" stays the text it was logged as)."""
+    text ("nan" stays the text it was logged as; so does a number with a leading zero)."""
     for kind, shape in ((int, _INT_TEXT), (float, _FLOAT_TEXT)):
         if not shape.fullmatch(text):  # what repr() writes; not '1_000', ' 7 ', '١٢'
             continue

@@ -351,14 +351,17 @@ def test_a_field_over_the_csv_limit_is_a_bad_row_not_a_traceback(env):
         "not a CSV row: field larger than field limit (131072)"]
 
 
-@pytest.mark.parametrize("text", ["2024_06", "1_000", " 7 ", "\u0661\u0662", "1e5_0"])
+@pytest.mark.parametrize("text", ["2024_06", "1_000", " 7 ", "\u0661\u0662", "1e5_0", "02134",
+                                  "007", "-01", "00.5", "01e3"])
 def test_text_that_python_would_read_as_a_number_stays_text(text):
     """The recorder writes numbers as repr() does: other spellings Python's int()/float()
-    accept were logged as text, and are uploaded as text."""
+    accept were logged as text, and are uploaded as text (a zip code keeps its zero)."""
     from isstreamer_jupyter._offline import parse_value
 
     assert parse_value(text) == text
     assert parse_value("-12") == -12 and parse_value("1e-05") == 1e-05
+    assert [parse_value(t) for t in ("0", "-0", "0.5", ".5", "10", "1e5", "0.0")] == [
+        0, 0, 0.5, 0.5, 10, 1e5, 0.0]
 
 
 def test_progress_is_kept_per_destination_and_never_holds_the_key(env, make_receiver):
