@@ -814,7 +814,10 @@ class Sender:
             return delay
         if batch is None and outcome in (Outcome.TOO_LARGE, Outcome.INVALID):
             self._stop_said[bucket_key] = self._error(
-                f"creating bucket {bucket_key} failed: {answer.detail}", REMEDIES[Outcome.INVALID])
+                f"creating bucket {bucket_key} failed: " + (
+                    f"the service answered {answer.status}: {answer.words}"  # (no events in it)
+                    if answer.outcome is Outcome.INVALID and answer.words else answer.detail),
+                REMEDIES[Outcome.INVALID])
             self._stopped_buckets[bucket_key] = answer
             self._check_markers()
             return 0.0
@@ -898,6 +901,11 @@ class Sender:
     def blocked(self) -> bool:
         """Whether delivery is stopped for the whole account (access key, cap)."""
         return self._halt is not None
+
+    def key_refused(self) -> bool:
+        """Whether delivery is stopped because the service refused the access key (the
+        spool then hands what waits to the next key used with this API base)."""
+        return self._halt is not None and self._halt.outcome is Outcome.ACCESS_DENIED
 
     def send_when_full(self) -> None:
         """use_async=False, log()'s part (ISStreamer's synchronous mode), in the caller: once a

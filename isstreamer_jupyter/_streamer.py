@@ -419,8 +419,8 @@ class Streamer:
                 fate = "they stay queued and will be " + (
                     "written" if self.settings.offline else "sent")
             elif self._sender.store.path:
-                fate = (f"they stay in the spool {self._sender.store.path} for the next Streamer "
-                        f"with the same access key and API base")
+                fate = (f"they stay in the spool {self._sender.store.path} for "
+                        f"{self._spool_heir()}")
             else:
                 fate = f"they are lost as it closes ({self._in_memory_why()})"
             error = FlushTimeout(f"{verb}: {counted(state.pending, 'event')} {said}; {fate}",
@@ -433,7 +433,13 @@ class Streamer:
     def _left_behind_text(self, count: int) -> str:
         path = self._sender._left.path if self._sender._left is not None else ""
         return (f"{counted(count, 'event', 'wait')} in the spool {path}, left when it failed; "
-                f"the next Streamer with the same access key and API base sends them")
+                f"{self._spool_heir()} sends them")
+
+    def _spool_heir(self) -> str:
+        """Who sends what this streamer leaves in the spool."""
+        if self._sender.key_refused():  # (the refused key's events go to the next key)
+            return "the next Streamer with the same API base and the right access key"
+        return "the next Streamer with the same access key and API base"
 
     def _loss_to_report(self) -> str:
         """What the next lost-events report will say of the last loss (its words are that
@@ -521,8 +527,7 @@ class Streamer:
         if left and not isinstance(said, FlushTimeout):  # (a timeout said what becomes of them)
             if self._sender.store.path:
                 notes.append(f"{counted(left, 'event', 'wait')} in the spool "
-                             f"{self._sender.store.path}; the next Streamer with the same "
-                             f"access key and API base sends them")
+                             f"{self._sender.store.path}; {self._spool_heir()} sends them")
             else:
                 notes.append(f"{counted(left, 'event', 'were')} not delivered "
                              f"({self._in_memory_why()})")
@@ -533,6 +538,9 @@ class Streamer:
             self._say(logging.WARNING, note)
         if told is not None:
             told += notes
+        else:  # (what becomes of them: the flush said only why they were not delivered)
+            for note in notes:
+                _warn(note)
         if self._sender.thread is None:  # (a thread closes them itself as it ends)
             self._sender.close_resources()
         self._closed_ok = delivered

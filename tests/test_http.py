@@ -463,11 +463,32 @@ def test_401_held_events_go_out_with_a_new_streamer_and_fixed_key(make_receiver,
         wrong.log("n", i)
     with pytest.warns(UserWarning):
         assert not wrong.flush(timeout=5)
-    wrong.close(timeout=1)
+    with pytest.warns(UserWarning) as said:  # (what becomes of them, and who sends them)
+        wrong.close(timeout=1)
+    assert any(re.fullmatch(r"5 events wait in the spool \S+; the next Streamer with the same API "
+                            r"base and the right access key sends them", str(w.message))
+               for w in said), [str(w.message) for w in said]
     fixed = stream(rx, access_key="ist_the_right_key")
     assert fixed.recovered == 5
     assert fixed.flush(timeout=10)
     assert values(rx.events(fixed.BucketKey)) == list(range(5))
+
+
+def test_a_wrong_api_base_stops_at_the_bucket_and_close_says_what_becomes_of_the_events(
+        make_receiver, stream):
+    """The bucket's 404 was 'the service refused the events (404)' (none were in it), and
+    close() said nothing of the events it could not deliver (a log record only)."""
+    rx = make_receiver()
+    s = stream(rx, api_base=rx.api_base.replace("/api", "/wrong"), spool=False)
+    s.log("n", 1)
+    with pytest.warns(UserWarning, match=r"creating bucket HTTP_\w+ failed: the service answered "
+                                         r"404: NOT_FOUND: no such endpoint: /wrong/buckets\. "
+                                         r"Fix: check api_base"):
+        assert not s.flush(timeout=5)
+    with pytest.warns(UserWarning) as said:
+        assert not s.close(timeout=1)
+    assert "1 event was not delivered (spool = False from keyword argument keeps events in " \
+           "memory only)" in [str(w.message) for w in said]
 
 
 def test_cap_reached_stops_and_says_so(make_receiver, stream):
