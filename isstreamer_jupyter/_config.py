@@ -35,6 +35,12 @@ KEYWORD = "keyword argument"
 #: what is shown in place of the access key
 MASK = "********"
 
+def redacted(text: str, secret: str) -> str:
+    """`text` with `secret` masked wherever it is (not a toy secret of under 6 characters,
+    such as "k": masking that would mangle every word)."""
+    return text.replace(secret, MASK) if len(secret) >= 6 and secret in text else text
+
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 

@@ -17,7 +17,15 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import _config
-from ._config import BY_NAME, MASK, Settings, check_bucket, derive_bucket_key, hidden
+from ._config import (
+    BY_NAME,
+    MASK,
+    Settings,
+    check_bucket,
+    derive_bucket_key,
+    hidden,
+    redacted,
+)
 from ._errors import (
     ConfigError,
     DeliveryError,
@@ -723,10 +731,7 @@ class Streamer:
 
     def _redact(self, message: str) -> str:
         settings = getattr(self, "settings", None)
-        key = settings.access_key if settings else ""
-        if len(key) >= 6 and key in message:  # (a toy key like "k" would mangle every word)
-            return message.replace(key, MASK)
-        return message
+        return redacted(message, settings.access_key if settings else "")
 
     def _notice(self, message: str) -> None:
         """Shown to the user in their own thread, at the next log()/flush() call."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ._config import hidden
+from ._config import hidden, redacted
 from ._version import __version__
 
 #: the service answers 413 past this body size
@@ -324,7 +324,12 @@ class HttpTransport:
             return _tls_failed(exc)
         except (u3.HTTPError, OSError) as exc:
             return Answer(Outcome.RETRY, None, detail=f"network error: {_reason(exc)}")
-        return classify(response.status, response.data, response.headers)
+        body = response.data
+        key = self._session.headers["X-IS-AccessKey"]
+        if key and key.encode("utf-8", "replace") in body:  # (a service or proxy echoing it:
+            # masked before anything reads or cuts the body, which would leave a prefix)
+            body = redacted(body.decode("utf-8", "replace"), key).encode()
+        return classify(response.status, body, response.headers)
 
     def close(self) -> None:
         # urllib3 2 no longer closes a pool its manager lets go of (the connections close

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import socket
@@ -566,3 +567,59 @@ def test_proxy_from_the_environment_is_used(make_receiver, stream, monkeypatch):
     assert s.flush(timeout=10)
     assert values(rx.events(s.BucketKey)) == [1]
 
+
+
+@pytest.mark.parametrize("refuse_bucket", [True, False])
+def test_a_service_echoing_the_key_in_its_error_never_shows_it_anywhere(
+        stream, caplog, capsys, refuse_bucket):
+    """A proxy or service that repeats the request's headers in its 400 body: the key was in
+    stats().reason (so the panel and %isstream --status) in full, and a prefix of it in the
+    warnings, as the body was cut short before the key was masked."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Echo(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            if self.path.endswith("/buckets") and not refuse_bucket:
+                self.send_response(201)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            key = self.headers["X-IS-AccessKey"]
+            copies = " ".join([key] * 20)  # (the words are cut short inside a copy)
+            body = json.dumps({"error": "BAD_THING",
+                               "message": f"key {key} is not allowed here: {copies}"}).encode()
+            self.send_response(400)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    caplog.set_level(logging.DEBUG, logger="isstreamer_jupyter")
+    try:
+        class Rx:
+            api_base = f"http://127.0.0.1:{server.server_address[1]}/api"
+
+        s = stream(Rx, debug_level=3)
+        s.log("a", 1)
+        raised = []
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            for call in (lambda: s.flush(timeout=5), lambda: s.close(timeout=1)):
+                try:
+                    call()
+                except Exception as exc:  # (debug_level 3 raises what it would warn)
+                    raised.append(f"{exc!r} {exc}")
+        stats = s.stats()
+        shown = "\n".join([str(w.message) for w in said] + raised + s.messages() + [
+            repr(stats), str(stats.last_error), capsys.readouterr().out, caplog.text])
+        assert raised
+        assert "is not allowed here" in shown and MASK in shown, shown  # (the words are kept)
+        assert KEY[:4] not in shown, shown  # (not even a prefix: ist_)
+    finally:
+        server.shutdown()
+        server.server_close()
