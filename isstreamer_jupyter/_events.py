@@ -27,6 +27,9 @@ KEY_WARN = 100
 VALUE_MAX = 2000
 #: the service replaces timestamps this old with its own time
 EPOCH_MIN_AGE = 10 * 365.25 * 86400
+#: seconds since 1970 below this (the year 5138); at or past it an epoch is read as ms, then
+#: µs, then ns, and refused if it is past it even so
+EPOCH_MAX = 1e11
 #: An int goes out as a JSON number. The API reference gives a value as a string, bool or
 #: number and no range; JSON readers (JavaScript's among them) read a number as a 64-bit float,
 #: and one past the largest float (about 1.8e308, 309 digits) becomes Infinity or an error
@@ -219,9 +222,14 @@ def coerce_epoch(key: str, epoch: Any, now: float | None = None) -> float:
         raise RefusedValue(f"epoch for key {_shorten(key)!r} is not a finite number (within "
                            f"±1.8e308); give seconds since 1970")
     for scale in (1e3, 1e3, 1e3):  # ms, then µs, then ns
-        if seconds < 1e11:
+        if seconds < EPOCH_MAX:
             break
         seconds /= scale
+    if seconds >= EPOCH_MAX:  # (no date, nor a datetime for debug_level 1's echo)
+        raise RefusedValue(
+            f"epoch {_shorten(str(epoch))} for key {_shorten(key)!r} is past {EPOCH_MAX:.0e} "
+            f"seconds since 1970 (the year 5138), the limit, even read as milli-, micro- or "
+            f"nanoseconds: check the unit (seconds since 1970)")
     now = time.time() if now is None else now
     if seconds < now - EPOCH_MIN_AGE:
         when = _dt.datetime.fromtimestamp(max(seconds, 0), _dt.timezone.utc).date()

@@ -205,6 +205,9 @@ def test_epochs_in_any_unit_become_seconds(epoch, expected):
         (12345, "more than 10 years ago"), ("soon", "neither a number nor an ISO 8601"),
         (True, "is a bool"), (float("nan"), "not a finite number"), ([1], "give seconds"),
         (10**400, "finite number .within ±1.8e308.; give seconds"), (-(10**400), "not a finite"),
+        (1e30, r"past 1e\+11 seconds since 1970 \(the year 5138\), the limit, even read as "
+               r"milli-, micro- or nanoseconds: check the unit"),
+        (1795874361 * 10**12, "the year 5138"), ("1e30", "the year 5138"),
     ],
 )
 def test_bad_epochs_are_refused_not_replaced(epoch, words):

@@ -217,6 +217,10 @@ def test_epoch(session: Session) -> None:
     assert events[0]["epoch"] == pytest.approx(when)
     assert events[1]["epoch"] == pytest.approx(1767323045.0)
     assert "more than 10 years ago" in session.usage_error("%isstream temp 1 --epoch 1000")
+    session.ok("%isstream --debug 1")  # (its echo of each event made a date of it, and crashed)
+    for far in ("1e30", "1795874361000000000000"):
+        assert "the year 5138" in session.usage_error(f"%isstream --epoch {far} temp 30")
+    session.ok("%isstream --debug 0")
     assert "goes with values" in session.usage_error("%isstream --epoch 1")
 
 
