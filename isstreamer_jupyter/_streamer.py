@@ -563,8 +563,14 @@ class Streamer:
     def __enter__(self) -> Streamer:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:  # (the block's own exception goes on: a delivery error is warned, not raised)
+            self.close()
+        except DeliveryError as exc:
+            _warn(str(exc))
 
     def upload(self, path: str | os.PathLike[str], bucket_name: str = "", bucket_key: str = "",
                progress: bool = True, timeout: float = 600.0) -> UploadSummary:

@@ -1394,3 +1394,17 @@ def test_log_leaving_the_spool_while_a_request_is_out(tmp_path):
     assert again.flush(timeout=60)
     assert [e["value"] for e in t2.events()] == list(range(5, 20))
     again.close(timeout=1)
+
+
+def test_a_with_block_s_own_exception_is_not_replaced_by_a_delivery_error(tmp_path):
+    """At debug_level 2 the close() of a `with` block raised FlushTimeout in place of the
+    block's ValueError (left only as its __context__): `except ValueError` missed it."""
+    options = {"bucket_name": "B", "access_key": KEY, "api_base": "http://127.0.0.1:9/api",
+               "spool": False, "debug_level": 2, "flush_timeout": 0.2}
+    with (pytest.raises(ValueError, match="the user's own"), pytest.warns(UserWarning) as said,
+          Streamer(**options) as s):
+        s.log("a", 1)
+        raise ValueError("the user's own")
+    assert any("1 event still waiting" in str(w.message) for w in said)
+    with pytest.raises(FlushTimeout), Streamer(**options) as s:  # (it ends well: close raises)
+        s.log("a", 1)
