@@ -193,6 +193,8 @@ def _access_key(raw: str) -> Secret:
 
 
 _POS_INT = _parse_number(int, 1, strict=False)
+#: the least spool_max_bytes: a few segments' worth (one is some 40 kB), or every event drops
+SPOOL_MIN_BYTES = 1_000_000
 #: the longest finite wait a duration setting takes (~31 years; the system's waits end at
 #: about 9.2e9 s)
 LONGEST = 1e9
@@ -251,7 +253,8 @@ SETTINGS: tuple[Setting, ...] = (
                 finite_because="events would never reach the spool"), 0.2,
             ("IS_SPOOL_INTERVAL",),
             ((CLIENT, "spool_interval"),), "seconds before accepted events are on disk, at most"),
-    Setting("spool_max_bytes", _POS_INT, 256 * 1024 * 1024, ("IS_SPOOL_MAX_BYTES",),
+    Setting("spool_max_bytes", _parse_number(int, SPOOL_MIN_BYTES, strict=False),
+            256 * 1024 * 1024, ("IS_SPOOL_MAX_BYTES",),
             ((CLIENT, "spool_max_bytes"),),
             "bound on one access key's waiting events in the spool; past it, its oldest drop",
             shown="256 MiB"),

@@ -199,17 +199,17 @@ def test_queue_overflow_spills_to_the_spool_not_dropped(make_receiver, env):
 def test_full_spool_drops_oldest_and_reports(make_receiver, env):
     rx = make_receiver()
     rx.outage(3600)
-    s = Streamer(**settings(rx, env / "spool", spool_max_bytes=64 * 1024))
-    for i in range(5000):
-        s.log("padding", "x" * 20 + str(i))
-        if i % 250 == 249:
+    s = Streamer(**settings(rx, env / "spool", spool_max_bytes=1_000_000))  # (the least)
+    for i in range(10_000):  # (some 2.4 MB as stored)
+        s.log("padding", "x" * 200 + str(i))
+        if i % 500 == 499:
             time.sleep(0.08)  # let the sender write a segment
     time.sleep(0.3)
     stats = s.stats()
     assert stats.dropped > 0
-    assert 0 < stats.dropped < 5000  # the oldest only
+    assert 0 < stats.dropped < 10_000  # the oldest only
     assert any("spool is full" in line for line in s.messages())
-    assert os.path.getsize(stats.spool_path) < 512 * 1024
+    assert os.path.getsize(stats.spool_path) < 8 * 1024 * 1024
     quiet_close(s)
 
 
