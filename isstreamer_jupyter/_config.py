@@ -256,7 +256,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("spool_max_bytes", _parse_number(int, SPOOL_MIN_BYTES, strict=False),
             256 * 1024 * 1024, ("IS_SPOOL_MAX_BYTES",),
             ((CLIENT, "spool_max_bytes"),),
-            "bound on one access key's waiting events in the spool; past it, its oldest drop",
+            "bound on one access key's waiting events in the spool (at least 1,000,000 "
+            "bytes); past it, its oldest drop",
             shown="256 MiB"),
 )
 BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
