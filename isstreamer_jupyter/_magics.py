@@ -221,12 +221,14 @@ def _pairs(words: list[str]) -> list[tuple[str, str]]:
 def assigned_names(tree: ast.Module) -> list[str]:
     """Names bound by the cell's top-level assignment statements, in order: ``x = ...``,
     ``a, (b, *c) = ...``, ``x: int = ...``, ``x += ...``. Loops, ``with``, imports, function
-    and class definitions, attributes and subscripts are not assignments of a result."""
+    and class definitions, attributes and subscripts are not assignments of a result; a
+    ``_private`` name is no result either (as log_object leaves them out)."""
     names: dict[str, None] = {}
 
     def add(target: ast.expr) -> None:
         if isinstance(target, ast.Name):
-            names.setdefault(target.id)
+            if not target.id.startswith("_"):
+                names.setdefault(target.id)
         elif isinstance(target, ast.Tuple | ast.List):
             for element in target.elts:
                 add(element)
@@ -640,8 +642,9 @@ class IsStreamMagics(Magics, _SettingTraits):
     # ------------------------------------------------------------------ %%isstream
     @magic_arguments("%isstream")
     @argument("names", nargs="*", metavar="NAME",
-              help="variables to log after the cell ran; none: every name the cell's top-level "
-                   "assignments bound whose value is a number, bool or short string")
+              help="variables to log after the cell ran; none: every name (but _private "
+                   "ones) the cell's top-level assignments bound whose value is a number, bool "
+                   "or short string")
     @argument("--prefix", default="", metavar="P", help="put P before every key")
     @argument("--bucket", metavar="NAME", help="switch the session to bucket NAME first")
     @argument("--bucket-key", metavar="KEY", help="the key of the --bucket bucket")
@@ -658,9 +661,10 @@ class IsStreamMagics(Magics, _SettingTraits):
         The cell runs in your namespace; its last expression is displayed; an exception
         propagates and nothing is logged. Then the named variables are logged, each as
         ``<prefix><name>`` (a missing or refused one is a UsageError, after the others are
-        logged); with no names, every name the cell's top-level assignments bound whose value
-        is a number (numpy scalars too), a bool or a string up to 2000 characters, and one
-        note line lists the names skipped. All events of one cell share one time.
+        logged); with no names, every name (but ``_private`` ones) the cell's top-level
+        assignments bound whose value is a number (numpy scalars too), a bool or a string up
+        to 2000 characters, and one note line lists the names skipped. All events of one
+        cell share one time.
 
         ``--lines`` does not run the body: each line is ``KEY VALUE`` (or ``KEY=VALUE ...``),
         values read as ``%isstream`` reads them; bad lines are reported by number in one

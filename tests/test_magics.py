@@ -903,8 +903,9 @@ def test_assigned_names_are_top_level_assignments_only() -> None:
     import ast
 
     tree = ast.parse("a = 1\nb, [c, *d] = x\ne: int\nf: int = 1\ng += 1\nh.i = 1\nj[0] = 1\n"
-                     "for k in x: l = 1\nwith x as m: pass\n(n := 1)\nimport o\na = 2\n")
-    assert assigned_names(tree) == ["a", "b", "c", "d", "f", "g"]
+                     "for k in x: l = 1\nwith x as m: pass\n(n := 1)\nimport o\na = 2\n"
+                     "_p = 1\nq, _r = x\n")
+    assert assigned_names(tree) == ["a", "b", "c", "d", "f", "g", "q"]  # (not _private ones)
 
 
 def test_the_panel_is_imported_only_when_shown() -> None:
