@@ -315,12 +315,33 @@ class IsStreamMagics(Magics, _SettingTraits):
         line) and dropped, from the configs of the configurables %config updated before this
         one too (they merged it into theirs); whatever else `config` sets applies."""
         if not self._drop_access_key(config):
-            super().update_config(config)
+            self._update_config(config)
             return
         for configurable in getattr(self.shell, "configurables", ()):
             self._drop_access_key(configurable.config)
-        super().update_config(config)
+        self._update_config(config)
         raise TraitError(ACCESS_KEY_REFUSED)
+
+    def _update_config(self, config: Any) -> None:
+        """Apply `config`; a value of the wrong type is told in the core's words, with the fix
+        (traitlets' own says "expected a float, not the str 'abc'")."""
+        try:
+            super().update_config(config)
+        except TraitError as exc:
+            for section in self.section_names():
+                for name, value in dict(config.get(section, {})).items():
+                    if name in SETTING_TRAITS and isinstance(value, str) and not isinstance(
+                            self.traits()[name], Unicode):
+                        try:
+                            parsed = _config.BY_NAME[name].parse(value)
+                        except ValueError as words:
+                            raise TraitError(f"IsStreamMagics.{name} = {value!r}: {words}"
+                                             ) from None
+                        raise TraitError(
+                            f"IsStreamMagics.{name} = {value!r}: expected {parsed!r}, not text: "
+                            f"write it without quotes, %config IsStreamMagics.{name} = "
+                            f"{parsed!r}") from None
+            raise exc
 
     @classmethod
     def _drop_access_key(cls, config: Any) -> bool:

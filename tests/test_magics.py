@@ -547,7 +547,12 @@ def test_config_refuses_bad_values(session: Session, caplog: Any) -> None:
                         ("debug_level = 9", "expected a whole number from 0 to 3"),
                         ("max_queue = 0", "at least 1"), ("timeout = 0", "above 0"),
                         ("api_base = 'ftp://x'", "http"), ("bucket_key = 'a:b'", "cannot be"),
-                        ("flush_interval = 0", "above 0")):
+                        ("flush_interval = 0", "above 0"),
+                        # (text for a number or bool: traitlets' own words had no fix)
+                        ("flush_interval = 'abc'", "= 'abc': expected a number"),
+                        ("batch_size = '5'", "expected 5, not text: write it without quotes, "
+                                             "%config IsStreamMagics.batch_size = 5"),
+                        ("offline = 'yes'", "expected True, not text")):
         caplog.clear()
         session.run(f"%config IsStreamMagics.{line}")  # %config logs the error, then goes on
         assert f"IsStreamMagics.{line.split(' = ')[0]} = " in caplog.text, caplog.text
