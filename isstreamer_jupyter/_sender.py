@@ -634,7 +634,8 @@ class Sender:
         return max(0.0, delay)
 
     def _create(self, bucket: Bucket, now: float) -> float:
-        answer = self._request(lambda: self.transport.create_bucket(bucket.key, bucket.name), now)
+        answer = self._request(lambda: self.transport.create_bucket(bucket.key, bucket.name), now,
+                               f"create bucket {bucket.key}")
         if answer.outcome is Outcome.ACCEPTED:
             self._created.add(bucket.key)
             self.notify(20, f"bucket {bucket.name!r} ({bucket.key}) ready")
@@ -654,7 +655,8 @@ class Sender:
             meanwhile = lambda: self._meanwhile(batch, store, take_next)  # noqa: E731
         try:
             answer = self._request(lambda: self.transport.post_events(
-                batch.bucket_key, batch.events, meanwhile), now)
+                batch.bucket_key, batch.events, meanwhile), now,
+                f"{counted(len(batch), 'event')} to bucket {batch.bucket_key}")
         except BaseException:  # interrupted (Ctrl-C in a use_async=False caller): keep all
             with contextlib.suppress(SpoolError):
                 self._drop_next()
@@ -744,10 +746,12 @@ class Sender:
             if nxt is not None:
                 self._next_store.release(nxt)
 
-    def _request(self, call: Callable[[], Answer], now: float) -> Answer:
+    def _request(self, call: Callable[[], Answer], now: float, what: str) -> Answer:
+        """Make the request `call` makes (`what`, in words for debug_level 3), counted; an
+        exception in it is an Answer too."""
         self._last_request_at = now
         self._asked_generation = self._key_generation
-        self._request_started = time.monotonic()
+        self._request_started = started = time.monotonic()
         if self._keeper_idle:
             self._request_begun.set()
         try:
@@ -770,7 +774,13 @@ class Sender:
                 self.notify(20, "delivery resumed")
             self._hold_until = 0.0
         if self.settings.debug_level >= 3:
-            self.notify(10, f"HTTP {answer.status or '-'} {answer.outcome.value} {answer.detail}")
+            took = (time.monotonic() - started) * 1000
+            outcome = answer.outcome.value
+            answered = (f"HTTP {answer.status} ({outcome})" if answer.status
+                        else "done" if answer.outcome is Outcome.ACCEPTED  # (offline)
+                        else f"no HTTP answer ({outcome})")
+            detail = f": {answer.detail}" if answer.detail else ""
+            self.notify(10, f"{what}: {answered} after {took:.1f} ms{detail}")
         return answer
 
     def _failed(self, answer: Answer, bucket_key: str, batch: Batch | None, now: float,

@@ -457,7 +457,7 @@ class CsvTransport:
                           remedy=OFFLINE_FILE_REMEDY)
         if meanwhile is not None:
             meanwhile()
-        return Answer(Outcome.ACCEPTED, None)
+        return Answer(Outcome.ACCEPTED, None, detail=f"appended to {self.path}")
 
     def close(self) -> None:
         pass

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -107,6 +109,16 @@ def test_an_offline_file_that_stops_being_writable_keeps_the_events_and_says_why
     assert s.close(timeout=30)  # written once it can be: nothing lost
     assert (env / "out" / "rec.csv").read_text().splitlines()[1].endswith(",t,1")
     assert s.stats().sent == 1
+
+
+def test_debug_level_3_says_what_was_written_where_not_http(env):
+    """Offline, debug_level 3 said 'HTTP - accepted' of each append."""
+    with Streamer(bucket_name="B", offline=True, offline_file="rec.csv", debug_level=3) as s:
+        s.log("t", 1)
+    said = [m for m in s.messages(logging.DEBUG) if "to bucket" in m]
+    assert len(said) == 1 and re.fullmatch(r"\S+ DEBUG 1 event to bucket B_\w+: done after "
+                                           r"[0-9.]+ ms: appended to rec\.csv", said[0]), said
+    assert not any("HTTP" in m for m in s.messages(logging.DEBUG))
 
 
 def write(path, text):

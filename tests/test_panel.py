@@ -422,7 +422,8 @@ def test_debug_level_selector(receiver: Receiver, make_streamer) -> None:
     panel.log_section.selected_index = 0
     streamer.log("z", 1)
     assert streamer.flush(10)
-    wait_for(panel, lambda: "HTTP 204" in field(panel, "log"), what="HTTP in the log")
+    wait_for(panel, lambda: re.search(r"1 event to bucket \S+: HTTP 204 \(accepted\) after "
+                                      r"[0-9.]+ ms", field(panel, "log")), what="HTTP in the log")
     streamer.DebugLevel = 1  # changed elsewhere: the selector follows
     panel.refresh()
     assert panel.debug_level.value == 1
