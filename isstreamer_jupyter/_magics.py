@@ -871,6 +871,14 @@ def _expand(line: str, user_ns: dict[str, Any], local_ns: dict[str, Any] | None)
         namespace.update(local_ns)
     try:
         return _DOLLAR.vformat(line, args=[], kwargs=namespace)
+    except (NameError, KeyError) as exc:  # an undefined name: said, where IPython would log
+        # "$name" as text
+        name = getattr(exc, "name", None) or (str(exc.args[0]) if exc.args else "")
+        if name.isidentifier() and re.search(rf"(?<!\$)\${re.escape(name)}\b", line):
+            raise UsageError(f"${name}: {name!r} is not defined, so it cannot be replaced by "
+                             f"its value; define it, or write $${name} to log the text "
+                             f"${name}") from None
+        return line  # (braces of text, as '{"a": 1}': as IPython, left as they are)
     except Exception:  # as IPython: a line that does not format stays as it is
         return line
 

@@ -202,6 +202,16 @@ def test_ipython_expansion(session: Session) -> None:
     assert typed(session.flushed(2)) == [("k5", 5, int), ("volts_x", 10, int)]
 
 
+def test_an_undefined_dollar_name_is_said_not_logged_as_text(session: Session) -> None:
+    """IPython leaves a line with an undefined $name as it is: the text '$nope' was logged."""
+    assert session.usage_error("%isstream k=$nope") == (
+        "$nope: 'nope' is not defined, so it cannot be replaced by its value; define it, or "
+        "write $$nope to log the text $nope")
+    session.ok("%isstream a $$nope")
+    session.ok("%isstream cfg '{\"a\": 1}'")  # (braces of text stay, as IPython leaves them)
+    assert typed(session.flushed(2)) == [("a", "$nope", str), ("cfg", '{"a": 1}', str)]
+
+
 def test_a_function_s_locals_are_seen(session: Session) -> None:
     session.ok("def f():\n    x = 41\n"
                "    get_ipython().run_line_magic('isstream', 'a x+1')\n"
