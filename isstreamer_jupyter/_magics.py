@@ -533,7 +533,8 @@ class IsStreamMagics(Magics, _SettingTraits):
         characters...) are a UsageError that says what to do, and nothing on that line is
         logged. With no arguments, shows the session streamer's panel (a text status where
         widgets cannot show). Options combine: ``--bucket`` applies before the values are
-        logged, ``--flush``/``--close`` and ``--status`` after.
+        logged, ``--flush``/``--close`` and ``--status`` after. ``--help`` (or ``-h`` alone)
+        prints this help and does nothing else.
         """
         self._say_config_note()
         if "$" in line or "{" in line or "}" in line:
@@ -545,6 +546,9 @@ class IsStreamMagics(Magics, _SettingTraits):
         if all(word[0] != "-" for word in words):  # the common case: values, no options
             events = self._read(words, "", local_ns)
             self._log(events, time.time() if len(events) > 1 else None)  # one line, one time
+            return
+        if _asks_help(words):
+            _print_help(self.isstream.parser)
             return
         args = _parse(self.isstream.parser, words, "%isstream")
         if args.bucket_key is not None and args.bucket is None:
@@ -690,10 +694,17 @@ class IsStreamMagics(Magics, _SettingTraits):
         ``--lines`` does not run the body: each line is ``KEY VALUE`` (or ``KEY=VALUE ...``),
         values read as ``%isstream`` reads them; bad lines are reported by number in one
         UsageError after the good ones are logged.
+
+        ``--help`` (or ``-h`` alone) prints this help and does nothing else: the body is not
+        run.
         """
         __tracebackhide__ = True  # IPython shows the cell's frames, not ours
         self._say_config_note()
-        args = _parse(self.isstream_cell.parser, split_line(line), "%%isstream")
+        words = split_line(line)
+        if _asks_help(words):  # (the body is not run, as no option then applies)
+            _print_help(self.isstream_cell.parser)
+            return None
+        args = _parse(self.isstream_cell.parser, words, "%%isstream")
         prefix = _unquote(args.prefix)
         for name in args.names:
             if not name.isidentifier():
@@ -832,6 +843,17 @@ def _code_named(text: str, value: Any) -> str:
         return ""
     builtin = inspect.unwrap(value) is getattr(builtins, text, None)  # (IPython's open wraps it)
     return f"Python's builtin {what}" if builtin else f"a {what}"
+
+
+def _asks_help(words: list[str]) -> bool:
+    """``--help`` anywhere, or ``-h`` alone (``-h`` among other words is data, as any word
+    with one leading ``-``): the magic then prints its help and does nothing else."""
+    return "--help" in words or words == ["-h"]
+
+
+def _print_help(parser: Any) -> None:
+    """The magic's help: the text ``%isstream?`` shows (its usage, then its docstring)."""
+    print(parser.format_help().rstrip("\n"))
 
 
 def _parse(parser: Any, words: list[str], magic: str) -> argparse.Namespace:

@@ -513,6 +513,29 @@ def test_cell_mistakes(session: Session) -> None:
     assert "a" not in session.shell.user_ns and "x" not in session.shell.user_ns  # not run
 
 
+@pytest.mark.parametrize("line", ["--help", "-h", "temp 32 --help", "--flush --help"])
+def test_help_prints_what_the_question_mark_shows_and_logs_nothing(session: Session,
+                                                                     line: str) -> None:
+    ran = session.ok(f"%isstream {line}")
+    assert ran.text.rstrip() == IsStreamMagics.isstream.__doc__.rstrip()
+    assert "[KEY VALUE | KEY=VALUE ... ...]" in ran.text and "--help" in ran.text
+    assert session.magics._streamer is None  # nothing logged, no streamer made
+
+
+@pytest.mark.parametrize("line", ["--help", "-h", "--time --help"])
+def test_cell_help_prints_its_help_and_does_not_run_the_body(session: Session,
+                                                             line: str) -> None:
+    ran = session.ok(f"%%isstream {line}\nx = 1\n")
+    assert ran.text.rstrip() == IsStreamMagics.isstream_cell.__doc__.rstrip()
+    assert "the body is not run" in " ".join(ran.text.split())
+    assert "x" not in session.shell.user_ns and session.magics._streamer is None
+
+
+def test_h_among_other_words_is_data(session: Session) -> None:
+    session.ok("%isstream note -h")
+    assert typed(session.flushed(1)) == [("note", "-h", str)]
+
+
 # ------------------------------------------------------------------------------ %config
 def test_config_before_first_use(session: Session) -> None:
     for line in ("bucket_name = 'From config'", "batch_size = 3", "debug_level = 0",
