@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                                         "configured API instead.")
     p.add_argument("--points", type=int, default=120, help="readings to stream (default 120)")
     p.add_argument("--output", default="build/demo_recording.csv",
-                   help="the offline recording (default build/demo_recording.csv)")
+                   help="the offline recording (default build/demo_recording.csv); .csv is "
+                        "added to a name that does not end in .csv")
     p.add_argument("--online", action="store_true",
                    help="send to the configured API instead (needs an access key)")
     p.set_defaults(run=demo)

@@ -396,7 +396,7 @@ OFFLINE_FILE_REMEDY = ("make room on the disk or make the file writable, or give
 
 def offline_path(name: str | os.PathLike[str]) -> Path:
     """Where offline recording to `name` appends: `name`, with ``.csv`` added unless it ends
-    so (as ISStreamer did)."""
+    so (ISStreamer added it always: ``isstreamer_out.csv.csv``)."""
     path = Path(name)
     return path if path.suffix.lower() == ".csv" else path.with_name(path.name + ".csv")
 

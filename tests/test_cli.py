@@ -252,6 +252,7 @@ def test_demo_help_says_what_it_does_and_where_it_writes():
     demo = " ".join(help_text("demo").split())
     assert "simulated" in demo and "no account" in demo
     assert "build/demo_recording.csv, in the current folder" in demo
+    assert ".csv is added to a name that does not end in .csv" in demo  # (not "as named")
     assert "upload" in demo and "--online" in demo
 
 

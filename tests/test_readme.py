@@ -221,3 +221,17 @@ def test_migration_s_other_refusals_are_refused(tmp_path, monkeypatch):
         for attr, value in (("DebugLevel", 4), ("BufferSize", 0)):
             with pytest.raises(ConfigError):
                 setattr(streamer, attr, value)
+
+
+def test_readme_says_which_file_offline_recording_appends_to():
+    """It said offline recording appends to `offline_file` "as named"; `.csv` is added to a
+    name that does not end in `.csv` (rec.txt writes rec.txt.csv), in the settings table too."""
+    from isstreamer_jupyter._config import BY_NAME
+    from isstreamer_jupyter._transport import offline_path
+
+    assert "as named" not in README
+    examples = re.findall(r"`(?:IS_OFFLINE_FILE=)?([\w.]+)` writes `([\w.]+)`", README)
+    assert len(examples) >= 2, examples
+    for given, written in examples:
+        assert str(offline_path(given)) == written
+    assert ".csv is added" in BY_NAME["offline_file"].meaning
