@@ -44,10 +44,12 @@ bench: $(STAMP)
 
 # JupyterLab at the repository's root, so notebooks/ and build/ (what `make run` wrote) are both
 # in its file browser; NOTEBOOK=path also opens that notebook, and the URLs it prints (where no
-# browser opens) lead to it (LabApp's default_url: LabApp sets ServerApp's own).
+# browser opens) lead to it (LabApp's default_url: LabApp sets ServerApp's own). --allow-root
+# when Jupyter would refuse to run: its own check, os.geteuid() == 0 (`id -u` may be a shim
+# that says otherwise).
 NOTEBOOK ?=
 lab: $(STAMP)
-	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) --ServerApp.root_dir=. $(if $(NOTEBOOK),--LabApp.default_url=/lab/tree/$(NOTEBOOK)) $(NOTEBOOK)
+	$(BIN)/jupyter lab $(if $(filter 0,$(shell $(PYTHON) -c 'import os; print(os.geteuid())')),--allow-root) --ServerApp.root_dir=. $(if $(NOTEBOOK),--LabApp.default_url=/lab/tree/$(NOTEBOOK)) $(NOTEBOOK)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

@@ -61,6 +61,21 @@ def test_the_urls_make_lab_prints_lead_to_the_notebook(tmp_path):
     assert url.group(1).startswith(f"/lab/tree/{wrote}?token=")
 
 
+def test_make_lab_allows_root_exactly_when_jupyter_would_refuse(tmp_path):
+    """`make lab` asked `id -u`, which some sandboxes answer with a shim (1000 while the
+    effective uid is 0): Jupyter, which checks os.geteuid(), then refused to run as root.
+    With an `id` that says the opposite of the truth, --allow-root follows os.geteuid()."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "id").write_text(f"#!/bin/sh\necho {1000 if os.geteuid() == 0 else 0}\n")
+    (bin_dir / "id").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    lab = subprocess.run([MAKE, "-n", "--no-print-directory", "-C", str(ROOT), "lab"], env=env,
+                         capture_output=True, text=True, check=True).stdout.splitlines()[-1]
+    assert "jupyter lab" in lab
+    assert ("--allow-root" in lab.split()) is (os.geteuid() == 0), lab
+
+
 def fake_tools(tmp_path: Path, uid: int, sudo: bool) -> tuple[dict[str, str], Path]:
     """A PATH with no chromium, an `id -u` saying `uid`, an apt-get that logs what it was
     asked (and as whom), and sudo if `sudo`."""
