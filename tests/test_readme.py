@@ -235,3 +235,18 @@ def test_readme_says_which_file_offline_recording_appends_to():
     for given, written in examples:
         assert str(offline_path(given)) == written
     assert ".csv is added" in BY_NAME["offline_file"].meaning
+
+
+def test_the_notebook_table_claims_no_interruption_a_notebook_does_not_show():
+    """It said offline-and-upload.ipynb shows "resuming an interrupted upload"; the notebook
+    runs a finished upload again. A row that speaks of an interruption needs a notebook whose
+    code interrupts something."""
+    import json
+
+    rows = re.findall(r"^\| \[([\w.-]+\.ipynb)\]\(([^)]+)\) \| (.*) \|$", README, re.M)
+    assert len(rows) >= 5, rows
+    for name, path, shows in rows:
+        cells = json.loads((Path(__file__).parent.parent / path).read_text())["cells"]
+        code = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        if "interrupt" in shows.lower():
+            assert "interrupt" in code.lower(), f"{name}: {shows}"
