@@ -657,7 +657,10 @@ class IsStreamMagics(Magics, _SettingTraits):
         default = streamer.settings.flush_timeout
         left = self._close_session_streamer(default if timeout is None else timeout)
         print(f"{NOTE} closed {adopted or 'the session streamer'}"
-              f"{left or '; everything was delivered'}")
+              f"{left or '; everything was delivered'}"
+              + (f". The next %isstream makes a streamer of its own (its bucket: --bucket, "
+                 f"%config, else {_config.DEFAULT_BUCKET_NAME!r}); %isstream --use NAME takes "
+                 f"one of yours" if adopted else ""))
 
     def _show_panel(self) -> None:
         from ._panel import show

@@ -355,8 +355,13 @@ def test_use_my_streamer(session: Session, receiver: Any, env: Path) -> None:
         "%config IsStreamMagics.flush_interval = 0.5").text
     session.ok("%unload_ext isstreamer_jupyter")
     assert not mine.IsClosed  # the user's streamer stays theirs
-    mine.close()
     session.ok("%load_ext isstreamer_jupyter")
+    session.ok("%isstream --use mine")
+    out = session.ok("%isstream --close").text  # (what the next %isstream does: said)
+    assert mine.IsClosed and re.search(
+        r"closed mine; everything was delivered\. The next %isstream makes a streamer of its own "
+        r"\(its bucket: --bucket, %config, else 'isstreamer_jupyter'\); %isstream --use NAME "
+        r"takes one of yours", out), out
 
 
 def test_use_mistakes(session: Session) -> None:
