@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from ._errors import ConfigError, warn
 
@@ -129,10 +130,28 @@ def hidden(value: _T) -> _T:
 
 
 def normalize_api_base(raw: str) -> str:
-    """``https://host`` (ISStreamer's form) and ``https://host/api`` both mean ``.../api``."""
+    """``https://host`` (ISStreamer's form) and ``https://host/api`` both mean ``.../api``.
+    A URL no request could be made to (a space in it, no host, a broken [IPv6] address, a
+    port past 65535) is refused here: it would otherwise be retried forever, or raise from
+    inside requests."""
     base = raw.strip().rstrip("/")
     if not re.match(r"^https?://[^/\s]+", base):
         raise ValueError("expected a URL starting with http:// or https://")
+    if any(c.isspace() or not c.isprintable() for c in base):
+        raise ValueError("expected a URL without spaces or control characters")
+    try:
+        parts = urlsplit(base)
+    except ValueError:  # (an [IPv6] address unclosed, or not one)
+        raise ValueError("expected a valid host: a name, an IPv4 address, or an IPv6 address "
+                         "in brackets, such as http://[::1]:8080/api") from None
+    if not parts.hostname:
+        raise ValueError("expected a host after http:// or https://")
+    try:
+        port = parts.port  # (past 65535, or not a number, raises)
+    except ValueError:
+        port = 0
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError("expected a port from 1 to 65535 after the host's ':'")
     if base.count("/") == 2:  # no path: ISStreamer's stream_api_base names the host only
         base += "/api"
     return base

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -115,6 +116,7 @@ def test_bad_values_name_setting_and_source(folders, monkeypatch, env, raw, word
     monkeypatch.setenv(env, raw)
     with pytest.raises(ConfigError, match=re.escape(words)):
         resolve({})
+
 
 
 def test_an_infinite_flush_timeout_means_until_delivered(folders, monkeypatch):
@@ -391,6 +393,47 @@ def test_out_of_range_ini_value_names_the_file_and_the_fix(folders):
            "from 0 to 3. Fix: change that line, or remove it for the default" in message
     assert SECRET not in message
 
+
+@pytest.mark.parametrize(("url", "reason"), [
+    ("http://[::1:bad/api", "expected a valid host: a name, an IPv4 address, or an IPv6 "
+                            "address in brackets"),
+    ("http://[zz]/api", "expected a valid host"),
+    ("http://127.0.0.1:99999/api", "expected a port from 1 to 65535"),
+    ("http://127.0.0.1:0/api", "expected a port from 1 to 65535"),
+    ("http://h:port/api", "expected a port from 1 to 65535"),
+    ("http://exa mple.com/api", "expected a URL without spaces or control characters"),
+    ("http://exa\tmple.com/api", "expected a URL without spaces or control characters"),
+    ("http://:8080/api", "expected a host after http:// or https://"),
+])
+def test_an_api_base_no_request_could_go_to_is_refused_from_each_source(with_key, monkeypatch,
+                                                                         url, reason):
+    """A broken [IPv6] address raised requests' ValueError from inside Streamer(); a port past
+    65535 or a space was taken, then retried forever as 'network error: Failed to parse'."""
+    with pytest.raises(ConfigError) as info:
+        streamer_with(api_base=url)
+    assert str(info.value).startswith(f"api_base = {url!r} from keyword argument: {reason}")
+    assert "Fix: change it, or leave it out for the default (https://groker.init.st/api)" in \
+        str(info.value)
+    monkeypatch.setenv("IS_API_BASE", url)
+    with pytest.raises(ConfigError) as info:
+        streamer_with()
+    assert f"from environment variable IS_API_BASE: {reason}" in str(info.value)
+    assert "Fix: change IS_API_BASE, or unset it" in str(info.value)
+    monkeypatch.delenv("IS_API_BASE")
+    write_ini(Path.cwd(), api=f"stream_api_base = {url}\n")
+    with pytest.raises(ConfigError) as info:
+        streamer_with()
+    assert (f"isstreamer.ini [isstreamer.api_config] stream_api_base: {reason}"
+            in str(info.value))
+    assert "Fix: change that line, or remove it" in str(info.value)
+    assert SECRET not in str(info.value)
+
+
+def test_api_base_forms_that_work_are_kept(folders):
+    for url, kept in (("http://[::1]:8080/api", "http://[::1]:8080/api"),
+                      ("http://127.0.0.1:1", "http://127.0.0.1:1/api"),
+                      ("https://h:65535/api/", "https://h:65535/api")):
+        assert resolve({"api_base": url}).api_base == kept
 
 def test_zero_batch_size_and_buffer_size_are_refused_not_replaced(with_key):
     """ISStreamer 2.0.0 with buffer_size=0 posted an empty batch at every log() and sent the
