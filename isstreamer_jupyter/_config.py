@@ -450,6 +450,11 @@ def resolve(
         if by_caller:
             given.add(setting.name)
 
+    for name in ("bucket_name", "bucket_key"):  # (as set_bucket's, but naming the source)
+        problem = _bucket_problem(name, values[name])
+        if problem:
+            raise _refused(BY_NAME[name], values[name], sources[name], problem, name in given)
+
     offline = values["offline"]
     reason = ""
     if offline is None:
@@ -541,6 +546,17 @@ def _refused(setting: Setting, raw: Any, source: str, reason: str,
 
 
 _BUCKET_KEY_OK = re.compile(r"[!#-&(-9;-~]+")  # printable ASCII but space : " '  (a header)
+
+
+def _bucket_problem(name: str, value: str) -> str:
+    """Why the service would refuse `value` as the setting `name` (bucket_name or
+    bucket_key), as a setting's bad value is said; "" if it would not."""
+    if len(value) > 250:
+        return f"expected at most 250 characters (the service's limit), not {len(value)}"
+    if name == "bucket_key" and value and not _BUCKET_KEY_OK.fullmatch(value):
+        return ("expected printable ASCII without spaces, :, \" or ' (letters, digits and "
+                "underscores are safe)")
+    return ""
 
 
 def check_bucket(name: str, key: str) -> None:

@@ -356,6 +356,39 @@ def test_a_blank_bucket_name_is_refused_not_replaced(with_key, monkeypatch):
         s.close(timeout=5)
 
 
+
+KEY_RULE = ("expected printable ASCII without spaces, :, \" or ' (letters, digits and "
+            "underscores are safe)")
+
+
+def test_a_bad_bucket_key_or_name_from_a_setting_names_its_source_and_the_fix(with_key,
+                                                                                monkeypatch):
+    """'bucket key 'a b' cannot be used' did not say where it came from (IS_BUCKET_KEY, an
+    ini line), as a blank bucket name does."""
+    monkeypatch.setenv("IS_BUCKET_KEY", "a b")
+    with pytest.raises(ConfigError) as info:
+        streamer_with()
+    assert str(info.value) == (f"bucket_key = 'a b' from environment variable IS_BUCKET_KEY: "
+                               f"{KEY_RULE}. Fix: change IS_BUCKET_KEY, or unset it for the "
+                               f"default (derived from the name)")
+    monkeypatch.delenv("IS_BUCKET_KEY")
+    monkeypatch.setenv("IS_BUCKET_NAME", "n" * 251)
+    with pytest.raises(ConfigError, match=re.escape(
+            "from environment variable IS_BUCKET_NAME: expected at most 250 characters (the "
+            "service's limit), not 251. Fix: change IS_BUCKET_NAME")):
+        streamer_with()
+    monkeypatch.delenv("IS_BUCKET_NAME")
+    write_ini(Path.cwd(), "bucket_key = a:b\n")
+    with pytest.raises(ConfigError) as info:
+        streamer_with()
+    assert (f"bucket_key = 'a:b' from {Path.cwd() / 'isstreamer.ini'} [isstreamer.client_config] "
+            f"bucket_key: {KEY_RULE}. Fix: change that line, or remove it" in str(info.value))
+    with pytest.raises(ConfigError) as info:
+        streamer_with(bucket_key="k" * 251)
+    assert "from keyword argument: expected at most 250 characters (the service's limit), not " \
+           "251. Fix: change it, or leave it out" in str(info.value)
+    assert SECRET not in str(info.value)
+
 def test_a_front_end_names_its_own_options_as_the_source(folders, monkeypatch):
     """A front end (the command line, the magics) gives settings as keywords: the source
     said is what its user typed; a label for a setting it did not give changes nothing."""
