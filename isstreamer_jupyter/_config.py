@@ -354,8 +354,21 @@ def ini_paths(ini_file_location: str | os.PathLike[str] | None) -> list[Path]:
     return seen
 
 
-def _ini_problem(exc: configparser.Error) -> str:
-    """What is wrong, by line number: never the line's text (it may be the access key's)."""
+def _ini_problem(exc: configparser.Error, text: str) -> str:
+    """What is wrong, by line number: never the line's text (it may be the access key's).
+    `text` (the file's) is only looked at: a [section] line lacking its ']' is not read as
+    one, and configparser says it comes before any section, or is not 'name = value'."""
+    lines = text.split("\n")  # (as configparser counts them)
+    if isinstance(exc, configparser.MissingSectionHeaderError):
+        unclosed = _unclosed_headers(lines, [exc.lineno])
+    elif isinstance(exc, configparser.ParsingError):
+        unclosed = _unclosed_headers(lines, [number for number, _ in exc.errors])
+    else:
+        unclosed = []
+    if unclosed:
+        numbers = ", ".join(str(number) for number in unclosed)
+        return (f"line {numbers} is a [section] line without its closing ']': end "
+                f"{'it' if len(unclosed) == 1 else 'them'} with ], as in [{CLIENT}]")
     if isinstance(exc, configparser.MissingSectionHeaderError):
         return (f"line {exc.lineno} comes before any [section] line: put "
                 f"[{CLIENT}] above it")
@@ -370,6 +383,12 @@ def _ini_problem(exc: configparser.Error) -> str:
     return type(exc).__name__
 
 
+def _unclosed_headers(lines: list[str], numbers: list[int]) -> list[int]:
+    """Which of the lines `numbers` (from 1) open a [section] and never close it."""
+    return [number for number in numbers if 0 < number <= len(lines)
+            and lines[number - 1].strip().startswith("[") and "]" not in lines[number - 1]]
+
+
 def _read_ini(paths: list[Path]) -> list[tuple[Path, configparser.ConfigParser]]:
     parsed = []
     for path in paths:
@@ -381,9 +400,10 @@ def _read_ini(paths: list[Path]) -> list[tuple[Path, configparser.ConfigParser]]
             raise ConfigError(f"{path} cannot be read ({exc.strerror or exc}): make it "
                               f"readable, or remove it") from None
         try:
-            parser.read_string(data.decode("utf-8"), source=str(path))
+            text = data.decode("utf-8")
+            parser.read_string(text, source=str(path))
         except configparser.Error as exc:
-            problem = f"is not a valid ini file: {_ini_problem(exc)}"
+            problem = f"is not a valid ini file: {_ini_problem(exc, text)}"
         except UnicodeDecodeError as exc:
             line = data[:exc.start].count(b"\n") + 1
             problem = f"is not UTF-8 text (line {line} has a byte that is not): save it as UTF-8"

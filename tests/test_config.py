@@ -521,6 +521,13 @@ def test_our_own_sections_and_others_are_not_warned_about(folders):
 @pytest.mark.parametrize(("text", "said"), [
     (f"access_key = {SECRET}\n",
      "line 1 comes before any [section] line: put [isstreamer.client_config] above it"),
+    (f"[isstreamer.client_config\naccess_key = {SECRET}\n",
+     "line 1 is a [section] line without its closing ']': end it with ], as in "
+     "[isstreamer.client_config]"),
+    (f"[isstreamer.client_config]\naccess_key = {SECRET}\n[isstreamer.api_config\r\n"
+     "stream_api_base = http://h:1\n",
+     "line 3 is a [section] line without its closing ']': end it with ], as in "
+     "[isstreamer.client_config]"),
     (f"[isstreamer.client_config]\naccess_key {SECRET}\ndebug_level 2\n",
      "line 2, 3 is not 'name = value' (is the '=' missing?): fix or remove them"),
     (f"[isstreamer.client_config]\naccess_key = {SECRET}\naccess_key = {SECRET}x\n",
