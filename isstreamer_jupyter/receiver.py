@@ -879,6 +879,10 @@ def serve_main(argv: list[str] | None = None) -> int:
         if value is not None and not (least <= value and (most is None or value <= most)):
             within = f"from {least} to {most}" if most is not None else f"at least {least}"
             parser.error(f"argument {flag}: must be {within}, got {value}")
+    for key in args.access_keys or ():  # (a client sends none such: every request got 401)
+        if not key.strip():
+            parser.error(f"argument --access-key: must not be empty or blank space (no client "
+                         f"sends such a key), got {key!r}")
     try:
         faults = Faults(
             p_5xx=args.p_5xx,

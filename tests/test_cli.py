@@ -224,6 +224,10 @@ def test_serve_whose_reader_went_away_exits_as_a_shell_would_on_ctrl_c(tmp_path)
     ("--port", "-1", "argument --port: must be from 0 to 65535, got -1"),
     ("--max-body", "0", "argument --max-body: must be at least 1, got 0"),
     ("--monthly-cap", "-1", "argument --monthly-cap: must be at least 0, got -1"),
+    ("--access-key", "", "argument --access-key: must not be empty or blank space (no client "
+                         "sends such a key), got ''"),
+    ("--access-key", " ", "argument --access-key: must not be empty or blank space (no client "
+                          "sends such a key), got ' '"),
 ])
 def test_serve_refuses_an_option_out_of_range_as_argparse_would(tmp_path, flag, value, says):
     done = subprocess.run([sys.executable, "-m", "isstreamer_jupyter", "serve", flag, value],
