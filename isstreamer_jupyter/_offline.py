@@ -111,7 +111,8 @@ class UploadSummary:
         with its own fix)."""
         lines = [f"uploaded {err.counted(self.sent, 'event')} from {self.path} in "
                  f"{self.seconds:.1f} s"
-                 + (f" ({self.already_sent} were sent by an earlier run)"
+                 + (f" ({err.counted(self.already_sent, 'event', 'were')} sent by an earlier "
+                    f"run)"
                     if self.already_sent else "")]
         for key, name in self.buckets.items():
             lines.append(f"  bucket {name!r} ({key})")

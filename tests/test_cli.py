@@ -114,7 +114,7 @@ def test_upload_exits_0_only_when_every_row_is_delivered(tmp_path, make_receiver
     done = run_upload(rx.api_base, good)
     assert done.returncode == 0, done.stdout + done.stderr
     again = run_upload(rx.api_base, good)  # delivered by an earlier run: still everything
-    assert again.returncode == 0 and "2 were sent by an earlier run" in again.stdout
+    assert again.returncode == 0 and "(2 events were sent by an earlier run)" in again.stdout
     assert [e["value"] for e in rx.events()] == [1, 2]
 
 
@@ -142,7 +142,7 @@ def test_upload_with_rows_the_service_refuses_exits_3(tmp_path, make_receiver):
     assert [e["value"] for e in rx.events()] == [2]
     again = run_upload(rx.api_base, recording)  # the refused row is still not delivered
     assert again.returncode == 3, again.stdout + again.stderr
-    assert "(1 were sent by an earlier run)" in again.stdout
+    assert "(1 event was sent by an earlier run)" in again.stdout
     assert "1 refused by the service in an earlier run" in again.stdout
     assert [e["value"] for e in rx.events()] == [2]  # nothing twice
     assert KEY not in (tmp_path / "refused.csv.upload.json").read_text()
