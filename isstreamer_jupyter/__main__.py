@@ -26,6 +26,7 @@ from ._errors import (
     FlushTimeout,
     IsStreamerError,
     IsStreamerWarning,
+    counted,
 )
 from ._offline import ProgressNotSaved
 
@@ -55,15 +56,24 @@ def demo(args: argparse.Namespace) -> int:
                                  "fan_on": i % 20 < 10}, key_prefix="", epoch=epoch)
         streamer.log("status", "done")
     stats = streamer.stats()
-    print(f"logged {stats.logged} events to bucket {stats.bucket_name!r} ({stats.bucket_key})")
+    print(f"logged {counted(stats.logged, 'event')} to bucket {stats.bucket_name!r} "
+          f"({stats.bucket_key})")
     if stats.offline_file:
         why = streamer.settings.offline_reason if args.online else "the demo needs no account"
         print(f"{why}: recorded locally to {stats.offline_file} (--online sends to the "
               f"configured API instead)")
         print(f"upload it later with: python -m isstreamer_jupyter upload {stats.offline_file}")
     else:
-        print(f"sent {stats.sent} events to {streamer.settings.api_base}")
+        print(f"sent {counted(stats.sent, 'event')} to {streamer.settings.api_base}")
     print(f"refused {stats.refused}, dropped {stats.dropped}")
+    if not stats.offline_file and stats.pending:  # (close() said why, as a note)
+        where = (f"they wait in the spool {stats.spool_path}, and the next demo --online (or "
+                 f"Streamer) with the same API base and access key sends them first"
+                 if stats.spool_path else "they are lost, as there is no spool to keep them")
+        print(f"demo: {counted(stats.pending, 'event', 'were')} not delivered: {where}. Fix: "
+              f"check that the service at {streamer.settings.api_base} (IS_API_BASE) answers, "
+              f"then run it again", file=sys.stderr)
+        return 1
     return 0 if stats.refused == 0 and stats.dropped == 0 else 1
 
 
@@ -173,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
                                         "if missing; a recording there is appended to), and says "
                                         "how to upload it. With --online it sends to the "
                                         "configured API instead.")
-    p.add_argument("--points", type=int, default=120, help="readings to stream (default 120)")
+    demo_parser = p
+    p.add_argument("--points", type=int, default=120, help="readings to stream, at least 1 "
+                                                           "(default 120)")
     p.add_argument("--output", default="build/demo_recording.csv",
                    help="the offline recording (default build/demo_recording.csv); .csv is "
                         "added to a name that does not end in .csv")
@@ -202,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("serve", help="run a loopback Initial State-compatible receiver "
                                       "(serve --help for its options)")
     args = parser.parse_args(argv)
+    if args.command == "demo" and args.points < 1:  # (as serve's ranges are said)
+        demo_parser.error(f"argument --points: must be at least 1, got {args.points}")
     try:
         return run_noting_warnings(lambda: int(args.run(args)))
     except IsStreamerError as exc:  # (it could not start: a setting, the file, ...)

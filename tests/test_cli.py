@@ -539,6 +539,45 @@ def test_demo_online_without_an_access_key_names_the_option_in_one_line(tmp_path
         "isstreamer.ini), or leave --online out to record locally"]
 
 
+
+@pytest.mark.parametrize("points", ["0", "-1"])
+def test_demo_refuses_fewer_than_one_point_in_one_line(tmp_path, points):
+    """--points 0 and -1 were taken, and said 'logged 1 events' (the status alone)."""
+    done = subprocess.run([sys.executable, "-m", "isstreamer_jupyter", "demo", "--points",
+                           points], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env=dict(CLEAN_ENV, HOME=str(tmp_path)))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.splitlines()[-1] == (f"python -m isstreamer_jupyter demo: error: argument "
+                                            f"--points: must be at least 1, got {points}")
+    assert not (tmp_path / "build").exists()
+
+
+@pytest.mark.parametrize("spool", [True, False])
+def test_demo_online_that_delivers_nothing_says_so_and_exits_1(tmp_path, spool):
+    """Against a service that is down it printed 'sent 0 events' and exited 0."""
+    import socket
+
+    with socket.socket() as free:  # (a port no one listens on)
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    api_base = f"http://127.0.0.1:{port}/api"
+    env = dict(CLEAN_ENV, HOME=str(tmp_path), IS_ACCESS_KEY=KEY, IS_API_BASE=api_base,
+               IS_SPOOL_DIR=str(tmp_path / "spool"), IS_SPOOL=str(spool), IS_FLUSH_TIMEOUT="1")
+    done = subprocess.run([sys.executable, "-m", "isstreamer_jupyter", "demo", "--points", "1",
+                           "--online"], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path, env=env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "sent 0 events to" in done.stdout
+    where = (f"they wait in the spool {tmp_path / 'spool' / 'spool.sqlite3'}, and the next "
+             f"demo --online (or Streamer) with the same API base and access key sends them "
+             f"first" if spool else "they are lost, as there is no spool to keep them")
+    assert done.stderr.splitlines()[-1] == (
+        f"demo: 4 events were not delivered: {where}. Fix: check that the service at "
+        f"{api_base} (IS_API_BASE) answers, then run it again")
+    assert KEY not in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_timeout_is_the_uploads_bound_even_when_the_service_never_answers(tmp_path,
                                                                           make_receiver):
     """--timeout 3 against a service that takes 30 s ran for 13 s and more: the request that
