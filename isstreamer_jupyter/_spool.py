@@ -42,8 +42,10 @@ PUT_WAIT = 0.002
 #: a transaction that waited this long to begin waits for another connection, not for a
 #: moment of this process's (another thread's, or the GIL's)
 HELD_ELSEWHERE = 0.05
-#: tries to open a spool another process is setting up (0.05 s more between each: 2.25 s)
-OPEN_TRIES = 10
+#: how long opening the spool waits in all for another connection: a process setting up a
+#: new spool holds it a moment; one that holds its write lock longer (an SQLite client, a
+#: transaction left open) makes the Streamer go on without the spool rather than wait for it
+OPEN_WAIT = 2.0
 
 Event = tuple[str, Any, float]  # key, value, epoch
 
@@ -347,32 +349,51 @@ class SqliteSpool:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             self._db = self._connect()
-            for attempt in range(OPEN_TRIES):
-                try:
-                    self._open(adopt_bucket)
-                    break
-                except (sqlite3.OperationalError, SpoolBusy) as exc:
-                    # (processes opening a new spool at once: SQLite may answer "locked" at
-                    # once, its busy wait aside, while another one sets it up)
-                    locked = isinstance(exc, SpoolBusy) or "locked" in str(exc)
-                    if not locked or attempt == OPEN_TRIES - 1:
-                        raise
-                    with contextlib.suppress(sqlite3.Error):
-                        if self._db.in_transaction:
-                            self._db.execute("ROLLBACK")
-                    time.sleep(0.05 * (attempt + 1))
+            self._open_within(adopt_bucket, time.monotonic() + OPEN_WAIT)
         except sqlite3.DatabaseError as exc:
             raise SpoolError(f"the spool {self.path} cannot be used: {exc}") from None
         except OSError as exc:
             why = ("it is a file, not a folder" if folder.exists() and not folder.is_dir()
                    else exc.strerror)
             raise SpoolError(f"the spool folder {folder} cannot be used: {why}") from None
-        #: events of this namespace found at start (left by an earlier process)
-        self.recovered = self.pending()
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None,
                                check_same_thread=False)
+
+    def _open_within(self, adopt_bucket: str, deadline: float) -> None:
+        """Set the spool up and count what it holds for us, waiting for other connections
+        until `deadline` at most; past it, SpoolBusy saying who holds it and what to do."""
+        db = self._db
+        attempt = 0
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                db.execute(f"PRAGMA busy_timeout={max(0, int(left * 1000))}")
+                self._open(adopt_bucket)
+                #: events of this namespace found at start (left by an earlier process)
+                self.recovered = self.pending()
+                break
+            except (sqlite3.OperationalError, SpoolBusy) as exc:
+                # (processes opening a new spool at once: SQLite may answer "locked" at
+                # once, its busy wait aside, while another one sets it up)
+                locked = isinstance(exc, SpoolBusy) or "locked" in str(exc)
+                if not locked:
+                    raise
+                with contextlib.suppress(sqlite3.Error):
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                attempt += 1
+                pause = min(0.05 * attempt, deadline - time.monotonic())
+                if pause <= 0:
+                    raise SpoolBusy(
+                        f"the spool {self.path} is held by another process (an SQLite client "
+                        f"or a program keeping a transaction open on it has its write lock) "
+                        f"and was not free within {OPEN_WAIT:g} s: end that transaction or "
+                        f"close that program, then start a new Streamer to use the spool; or "
+                        f"set spool_dir to another folder") from None
+                time.sleep(pause)
+        db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
 
     def _open(self, adopt_bucket: str) -> None:
         db = self._db

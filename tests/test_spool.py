@@ -797,3 +797,40 @@ def test_processes_opening_a_new_spool_at_once_all_keep_it(tmp_path):
         for p in procs:
             p.join(30)
         assert not [m for m in messages if "cannot be used" in m], messages
+
+
+@pytest.mark.parametrize("spool_exists", [True, False])
+def test_a_spool_another_process_holds_does_not_block_the_constructor(make_receiver, env,
+                                                                      spool_exists):
+    """Another process (an SQLite client) holds the spool's write lock: Streamer() took 40 s
+    (SQLite's 10 s wait, tried again and again). It waits 2 s at most, then goes on in memory
+    saying the spool is held by another process and what to do; once the lock is let go, a
+    new Streamer uses the spool. (The holder lets go after 8 s, so that the test never lasts
+    as long as the old wait.)"""
+    rx = make_receiver()
+    spool = env / "spool"
+    if spool_exists:
+        quiet_close(Streamer(**settings(rx, spool)))
+    else:
+        spool.mkdir()
+    other = sqlite3.connect(spool / "spool.sqlite3", isolation_level=None,
+                            check_same_thread=False)
+    other.execute("BEGIN EXCLUSIVE")
+    let_go = threading.Timer(8.0, lambda: (other.execute("COMMIT"), other.close()))
+    let_go.start()
+    try:
+        started = time.monotonic()
+        s = Streamer(**settings(rx, spool))
+        assert time.monotonic() - started < 5
+        with pytest.warns(IsStreamerWarning, match="held by another process .* end that "
+                                                   "transaction .* without a spool"):
+            s.log("n", 1)
+        assert s.stats().spool_path == ""
+        assert s.flush(timeout=5)
+        assert values(rx.events("spool_test")) == [1]
+        quiet_close(s)
+    finally:
+        let_go.join()
+    s = Streamer(**settings(rx, spool))
+    assert s.stats().spool_path
+    quiet_close(s)
