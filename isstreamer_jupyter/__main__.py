@@ -85,9 +85,9 @@ exit codes:
   1  the upload stopped before the end of the file (a refused access key, a reached
      monthly cap, no answer in time): fix what it says and run the same command again;
      it goes on where it stopped (after a progress file it could no longer write, it
-     sends the last batch again first); or the last line has no line end and is not a
-     whole row (it may still be being written): run it again once the recording is
-     finished, and it sends that row
+     sends the last batch again first); or the last line has no line end (it may still
+     be being written): run it again once the recording is finished (or, if the file is
+     complete, end that line), and it sends that row
   2  it could not start: a mistake in the command (an ISStreamer recording needs
      --bucket-name), no such file or one it cannot read, no access key, a progress
      file it cannot write
@@ -134,9 +134,9 @@ def upload(args: argparse.Namespace) -> int:
         print(f"upload stopped: {summary.error.rstrip('.')}. Fix: {fix}.", file=sys.stderr)
         return 1
     if summary.unfinished:
-        print(f"upload: line {summary.unfinished}, the last, has no line end and is not a whole "
-              f"row: it may still be being written, so it is not sent yet. Fix: run the same "
-              f"command again once the recording is finished (or end that line).",
+        print(f"upload: line {summary.unfinished}, the last, has no line end: it may still be "
+              f"being written, so it is not sent yet. Fix: run the same command again once the "
+              f"recording is finished (a file that is complete: end that line).",
               file=sys.stderr)
         return 1
     return 3 if summary.not_sent else 0

@@ -54,9 +54,10 @@ except ImportError:  # pragma: no cover - Windows
 
 STATE_SUFFIX = ".upload.json"
 NO_BUCKET = "no bucket: pass --bucket-name (the file names none)"
-#: a last line with no line end that is not a whole row (a recorder may still be writing it)
-UNFINISHED = ("the last line has no line end and is not a whole row: it may still be being "
-              "written; upload again once the recording is finished (or end the line)")
+#: a last line with no line end: a recorder may still be writing it (its value may be cut
+#: short, 2 of 21.5, and still read as one)
+UNFINISHED = ("the last line has no line end: it may still be being written; upload again once "
+              "the recording is finished (a file that is complete: end that line)")
 #: a batch the service has not acknowledged is said after this many seconds, then every
 #: WAIT_NOTE_EVERY seconds, until the upload's timeout
 WAIT_NOTE_AFTER = 10.0
@@ -90,7 +91,8 @@ class UploadSummary:
     bad_rows: list[tuple[int, str]] = field(default_factory=list)
     refused: int = 0  # rows the service refused (each alone): see the streamer's last error
     refused_earlier: int = 0  # rows the service refused to an earlier run (not sent again)
-    unfinished: int = 0  # the last line, not a whole row yet and without its end: a rerun sends it
+    unfinished: int = 0  # the last line, without its line end (maybe still being written): a
+    # rerun sends it once it is ended
     buckets: dict[str, str] = field(default_factory=dict)  # key -> name
     seconds: float = 0.0
     error: str = ""
@@ -208,10 +210,9 @@ def read_rows(path: Path, bucket_name: str = "", bucket_key: str = "",
     An explicit bucket overrides the file's ``# bucket:`` lines; `fallback` (name, key) serves
     rows before any such line. The rows under a line naming a bucket the service would refuse
     are not sent (nor to the bucket before): each is a ``(line, reason)``, as is a row with
-    bytes that are not UTF-8. A last line without its line end is a row like any other if it
-    is a whole one (a file made by hand may lack the last line end); if not (cut inside a
-    character or a quoted value, a column or the value missing, or what it has refused) it is
-    ``(line, UNFINISHED)``: a recorder may still be writing it.
+    bytes that are not UTF-8. A last line without its line end is ``(line, UNFINISHED)``: a
+    recorder may still be writing it, and what it holds may read as a whole row though it is
+    not (``2`` of ``21.5``); a later run sends it once it is ended.
     """
     current = (bucket_name, bucket_key) if bucket_name or bucket_key else fallback
     unusable = ""  # why the bucket of the file's last '# bucket:' line cannot be used
@@ -219,17 +220,15 @@ def read_rows(path: Path, bucket_name: str = "", bucket_key: str = "",
     with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
         at_start = True  # (the next line begins a row, not the inside of a quoted value)
         unended = False  # the file's last line has no line end: it may be half written
-        quotes = 0  # the '"' in the row being read: an odd count, a quoted value still open
 
         def lines() -> Iterator[str]:
             # a '#' line between rows is one cell whatever it holds (a bucket name may hold
             # ," which would open a quoted field swallowing the rest of the file)
-            nonlocal at_start, unended, quotes
+            nonlocal at_start, unended
             for raw in fh:
                 unended = not raw.endswith(("\n", "\r"))
                 if at_start and raw.startswith("#"):
                     raw = '"' + raw.rstrip("\r\n").replace('"', '""') + '"\n'
-                quotes = (0 if at_start else quotes) + raw.count('"')
                 at_start = False
                 yield raw
 
@@ -257,17 +256,15 @@ def read_rows(path: Path, bucket_name: str = "", bucket_key: str = "",
                     unusable = _bucket_problem(*current, number)
                 continue
             text = "".join(cells)
-            # (an unfinished row is not sent, so not marked as done: a later run sends it)
-            cut = _cut_short(text)
-            if unended and (cut != text or quotes % 2 or not cells[-1]) and not _not_utf8(cut):
-                yield number, UNFINISHED
+            if unended and not _not_utf8(_cut_short(text)):  # (bytes that are no UTF-8 will
+                # not become some: said below.) Not sent, so not marked as done: a later run
+                yield number, UNFINISHED  # sends it whole
                 continue
-            if problem := _not_utf8(text):  # (whatever its columns, ended or not)
+            if problem := _not_utf8(text):
                 yield number, problem
                 continue
             if len(cells) != 3:
-                yield number, (UNFINISHED if unended else
-                               f"expected 3 columns epoch,key,value; found {len(cells)}")
+                yield number, f"expected 3 columns epoch,key,value; found {len(cells)}"
                 continue
             if number == 1 and [c.strip().lower() for c in cells] == ["epoch", "key", "value"]:
                 continue  # (a header line, added by hand or by a spreadsheet)
@@ -283,7 +280,7 @@ def read_rows(path: Path, bucket_name: str = "", bucket_key: str = "",
                 value = coerce_value(event_key, parse_value(cells[2]))
                 epoch = coerce_epoch(event_key, cells[0])
             except RefusedValue as exc:
-                yield number, UNFINISHED if unended else str(exc)
+                yield number, str(exc)
                 continue
             name = name or key
             yield Row(number, name, key or derive_bucket_key(name), epoch, event_key, value)

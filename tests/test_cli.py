@@ -159,28 +159,24 @@ def test_a_rerun_still_reports_the_bad_rows_and_exits_3(tmp_path, make_receiver)
     assert [e["value"] for e in rx.events()] == [1]
 
 
-def test_upload_of_a_file_whose_last_line_has_no_end_exits_0_or_1_not_3(tmp_path,
-                                                                        make_receiver):
-    """A last line without its line end exited 3 ('not sent, however often it runs'): a whole
-    row is sent (a file made by hand may lack the last line end), exit 0; one that is not a
-    whole row may still be being written: exit 1, saying to run it again once the recording
-    is finished, which then sends it."""
+def test_upload_of_a_file_whose_last_line_has_no_end_exits_1_not_3(tmp_path, make_receiver):
+    """A last line without its line end exited 3 ('not sent, however often it runs'): it may
+    still be being written (and read as a whole row, 2 of 21.5), so it waits: exit 1, saying to
+    run it again once the recording is finished, or to end the line; then it is sent."""
     rx = make_receiver()
     part = tmp_path / "part.csv"
     part.write_text("# bucket: B2_x B2\n1795874000.0,temp,1\n1795874001.0,temp,2")
     done = run_upload(rx.api_base, part, bucket=None)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert [e["value"] for e in rx.events()] == [1, 2]
-    with part.open("a") as fh:
-        fh.write("\n1795874002.0,temp,")
-    done = run_upload(rx.api_base, part, bucket=None)
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "run the same command again once the recording is finished" in done.stderr
+    assert ("upload: line 3, the last, has no line end: it may still be being written, so it is "
+            "not sent yet. Fix: run the same command again once the recording is finished (a "
+            "file that is complete: end that line).") in done.stderr
+    assert [e["value"] for e in rx.events()] == [1]
     with part.open("a") as fh:
-        fh.write("3\n")
+        fh.write("1.5\n")
     done = run_upload(rx.api_base, part, bucket=None)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert [e["value"] for e in rx.events()] == [1, 2, 3]
+    assert [e["value"] for e in rx.events()] == [1, 21.5]
 
 
 def test_upload_help_states_the_exit_codes():

@@ -475,14 +475,16 @@ def test_an_upload_that_sends_nothing_leaves_a_damaged_progress_file_to_be_said_
 
 
 @pytest.mark.parametrize(("partial", "rest", "whole"), [
+    (b"1795000001,temp,2", b"1.5", 21.5),  # (a whole row, as it reads: it is not, yet)
     (b"1795000001,temp,", b"21.5", 21.5), (b"1795000001,te", b"mp,21.5", 21.5),
     (b'1795000001,note,"tw', b'o\nlines"', "two\nlines"),
     (b"1795000001,n,caf\xc3", b"\xa9", "caf\u00e9")])
-def test_a_last_line_without_its_end_that_is_not_a_whole_row_waits_for_the_next_run(
+def test_a_last_line_without_its_end_waits_for_the_next_run(
         env, make_receiver, partial, rest, whole):
     """A recording being written may end mid-row (its value, a column, a quoted value or a
     character still to come): that row is not sent, nor marked as done, nor counted as a row
-    that will never be sent; the next run sends it whole."""
+    that will never be sent (the upload exited 3, 'not sent, however often it runs'); the next
+    run sends it whole."""
     rx = make_receiver()
     recording = env / "rec.csv"
     recording.write_bytes(b"1795000000,temp,1\n" + partial)
@@ -497,26 +499,6 @@ def test_a_last_line_without_its_end_that_is_not_a_whole_row_waits_for_the_next_
     assert (second.sent, second.already_sent, second.bad_rows, second.unfinished) == (
         2, 1, [], 0)
     assert [e["value"] for e in rx.events()] == [1, whole, 22]
-
-
-def test_a_whole_last_row_without_its_line_end_is_sent_once(env, make_receiver):
-    """A file made by hand may lack its last line end: a last line that is a whole row is
-    sent like any other (it was reported as possibly still being written, and the upload
-    exited 3, 'not sent, however often it runs'); a rerun, with the line ended and a row
-    more, does not send it again."""
-    rx = make_receiver()
-    recording = write(env / "part.csv", "# bucket: B2_x B2\n1795874000.0,temp,1\n"
-                                        "1795874001.0,temp,2")
-    opts = {"access_key": KEY, "api_base": rx.api_base, "max_requests_per_second": 0,
-            "progress": False}
-    first = upload(recording, **opts)
-    assert (first.sent, first.bad_rows, first.not_sent, first.unfinished) == (2, [], 0, 0)
-    with recording.open("a") as fh:
-        fh.write("\n1795874002.0,temp,3\n")
-    second = upload(recording, **opts)
-    assert (second.sent, second.already_sent, second.bad_rows) == (1, 2, [])
-    assert [e["value"] for e in rx.events()] == [1, 2, 3]
-    assert rx.buckets == {"B2_x": "B2"}
 
 
 def test_a_file_without_buckets_remembers_which_fallback_it_went_to(env, make_receiver):
