@@ -451,6 +451,12 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
     try:  # (read it all once before sending anything: a file it cannot read cannot start)
         size = source.stat().st_size
         head = _head(source, size)
+        with source.open("rb") as fh:
+            binary = b"\0" in fh.read(_HEAD)  # (no text holds one: an image, an archive...)
+        if binary:
+            raise ConfigError(f"{source} is not a CSV recording: it holds binary data (a NUL "
+                              f"byte in its first {_HEAD // 1024} KiB). Give the CSV file that "
+                              f"offline recording wrote (offline_file)")
         rows = Counter(type(row) if isinstance(row, Row) else row[1]
                        for row in read_rows(source, bucket_name, bucket_key, fallback))
     except OSError as exc:

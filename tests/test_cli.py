@@ -351,6 +351,17 @@ def test_a_recording_whose_reading_fails_exits_2_in_one_line(tmp_path):
         "file) that you may read"]
 
 
+def test_a_file_that_is_no_text_is_said_so_in_one_line(tmp_path):
+    """An image uploaded by mistake was read as 225 lines, each said to be no CSV row."""
+    picture = tmp_path / "plot.png"
+    picture.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 40)
+    done = run_upload("http://127.0.0.1:9/api", picture)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"upload: {picture} is not a CSV recording: it holds binary data (a NUL byte in its "
+        f"first 64 KiB). Give the CSV file that offline recording wrote (offline_file)"]
+
+
 @pytest.mark.parametrize("size", ["0", "-3"])
 def test_a_batch_size_below_1_is_refused_not_ignored(tmp_path, make_receiver, size):
     rx = make_receiver()
