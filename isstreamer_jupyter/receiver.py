@@ -820,6 +820,17 @@ class Receiver:
 # -- command line ------------------------------------------------------------------------------
 
 
+def _where(rx: Receiver) -> str:
+    """Where clients reach `rx`: its API base, or for a wildcard address (every interface,
+    which no client can connect to by that name) the loopback one and a word on the rest."""
+    if rx.host not in ("0.0.0.0", "::"):
+        return rx.api_base
+    local = "127.0.0.1" if rx.host == "0.0.0.0" else "[::1]"
+    return (f"every interface, port {rx.port}: from this machine use "
+            f"{'https' if rx.tls else 'http'}://{local}:{rx.port}/api, from others this "
+            f"machine's address")
+
+
 def serve_main(argv: list[str] | None = None) -> int:
     """``python -m isstreamer_jupyter serve [options]``: run a receiver until Ctrl-C."""
     host, port = "127.0.0.1", 8080
@@ -920,7 +931,7 @@ def serve_main(argv: list[str] | None = None) -> int:
     old = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     rx.start()
     try:  # (the first line too: with stdout closed it raises, and the receiver still stops)
-        print(f"receiver listening on {rx.api_base} (Ctrl-C to stop)", flush=True)
+        print(f"receiver listening on {_where(rx)} (Ctrl-C to stop)", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

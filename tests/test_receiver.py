@@ -788,6 +788,26 @@ def test_serve_main_runs_until_interrupted() -> None:
     assert secret not in line + out + err
 
 
+def test_serve_on_every_interface_says_which_address_to_use() -> None:
+    """--host 0.0.0.0 printed http://0.0.0.0:PORT/api as the address to use: no client
+    connects to that name."""
+    code = "import sys; from isstreamer_jupyter.receiver import serve_main; sys.exit(serve_main())"
+    proc = subprocess.Popen([sys.executable, "-c", code, "--port", "0", "--host", "0.0.0.0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        m = re.fullmatch(r"receiver listening on every interface, port (\d+): from this machine "
+                         r"use (http://127\.0\.0\.1:\1/api), from others this machine's "
+                         r"address \(Ctrl-C to stop\)\n", line)
+        assert m, line
+        assert requests.post(m.group(2) + "/buckets", json={"bucketKey": "k"},
+                             headers=headers("any"), timeout=TIMEOUT).status_code in (201, 204)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_serve_main_rejects_bad_probabilities(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         serve_main(["--port", "0", "--p-5xx", "1.5"])
