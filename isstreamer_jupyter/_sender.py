@@ -915,7 +915,8 @@ class Sender:
     def key_refused(self) -> bool:
         """Whether delivery is stopped because the service refused the access key (the
         spool then hands what waits to the next key used with this API base)."""
-        return self._halt is not None and self._halt.outcome is Outcome.ACCESS_DENIED
+        halt = self._halt  # (read once: the sender thread may clear it meanwhile)
+        return halt is not None and halt.outcome is Outcome.ACCESS_DENIED
 
     def send_when_full(self) -> None:
         """use_async=False, log()'s part (ISStreamer's synchronous mode), in the caller: once a
@@ -1018,8 +1019,9 @@ class Sender:
         """(state, reason, remedy, until, stop code) as of now."""
         now = self.clock.monotonic()
         halt = self._halt or self._stopped_buckets.get(self.current_bucket().key)
-        if halt is not None:
-            return State.STOPPED, halt.detail, REMEDIES[halt.outcome], None, halt.outcome.value
+        if halt is not None:  # (masked here too: what the stats show, the panel shows)
+            return (State.STOPPED, self.redact(halt.detail), REMEDIES[halt.outcome], None,
+                    halt.outcome.value)
         holding = now < self._hold_until
         if holding or (self._attempt and (self._pending > 0 or self.queue)):
             # (a failed request is retried: so it stays, with its reason, until one is

@@ -128,8 +128,11 @@ def body_of(events: Sequence[Event]) -> bytes:
     return ("[" + ",".join(parts) + "]").encode()
 
 
-def classify(status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> Answer:
-    """Map an HTTP answer to an :class:`Answer` (shared by every transport)."""
+def classify(status: int, body: bytes = b"", headers: dict[str, str] | None = None,
+             secret: str = "") -> Answer:
+    """Map an HTTP answer to an :class:`Answer` (shared by every transport). What the body
+    says is read with `secret` (the access key) masked, should the service or a proxy echo
+    it."""
     headers = headers or {}
     budget = _budget(headers)
     if 200 <= status < 300:
@@ -157,15 +160,17 @@ def classify(status: int, body: bytes = b"", headers: dict[str, str] | None = No
     if status in (408, 409) or status >= 500:
         return Answer(Outcome.RETRY, status, _retry_after(headers), budget,
                       f"the service answered {status}")
-    words = _service_words(body)
+    words = _service_words(body, secret)
     return Answer(Outcome.INVALID, status, budget=budget,
                   detail=f"the service refused the events ({status}): {words}", words=words,
                   remedy=_refusal_remedy(words) if status == 400 else "")
 
 
-def _service_words(body: bytes) -> str:
+def _service_words(body: bytes, secret: str = "") -> str:
     """What the service said it refused: its JSON error's type and message
-    (``{"message": {"error": {"type": .., "message": ..}}}``), else the body's start."""
+    (``{"message": {"error": {"type": .., "message": ..}}}``), else the body's start; with
+    `secret` masked once it is decoded (JSON may escape it: ``\\/``, ``\\u0041``) and before
+    the words are cut short (which would leave a part of it)."""
     try:
         said = json.loads(body)
     except ValueError:
@@ -177,7 +182,7 @@ def _service_words(body: bytes) -> str:
         said = f"{said['type']}: {said['message']}" if "type" in said else said["message"]
     elif isinstance(said, dict) and isinstance(said.get("type"), str):
         said = said["type"]
-    return " ".join(str(said).split())[:200]
+    return " ".join(redacted(str(said), secret).split())[:200]
 
 
 def _refusal_remedy(words: str) -> str:
@@ -324,12 +329,8 @@ class HttpTransport:
             return _tls_failed(exc)
         except (u3.HTTPError, OSError) as exc:
             return Answer(Outcome.RETRY, None, detail=f"network error: {_reason(exc)}")
-        body = response.data
-        key = self._session.headers["X-IS-AccessKey"]
-        if key and key.encode("utf-8", "replace") in body:  # (a service or proxy echoing it:
-            # masked before anything reads or cuts the body, which would leave a prefix)
-            body = redacted(body.decode("utf-8", "replace"), key).encode()
-        return classify(response.status, body, response.headers)
+        return classify(response.status, response.data, response.headers,
+                        secret=self._session.headers["X-IS-AccessKey"])
 
     def close(self) -> None:
         # urllib3 2 no longer closes a pool its manager lets go of (the connections close
