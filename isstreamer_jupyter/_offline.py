@@ -289,6 +289,23 @@ def read_rows(path: Path, bucket_name: str = "", bucket_key: str = "",
 _HEAD = 65536
 
 
+def _not_a_recording(start: bytes) -> str:
+    """Why a file beginning with `start` is no CSV recording at all, with the fix, or "":
+    UTF-16 text, or binary data (NUL bytes in what is not UTF-8: an image, an archive). A NUL
+    in UTF-8 text may be a logged value's: such a file is read row by row."""
+    if start.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "it is UTF-16 text; save it as UTF-8 (CSV UTF-8) and upload that"
+    if b"\0" not in start:
+        return ""
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(start)  # (its end may cut a character)
+    except UnicodeDecodeError:
+        return (f"it holds binary data (NUL bytes, and bytes that are no UTF-8, in its first "
+                f"{_HEAD // 1024} KiB). Give the CSV file that offline recording wrote "
+                f"(offline_file)")
+    return ""
+
+
 def _head(source: Path, size: int) -> str:
     """A fingerprint of the recording's first bytes (a recording only grows: a file put in
     its place has other epochs there)."""
@@ -452,11 +469,8 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
         size = source.stat().st_size
         head = _head(source, size)
         with source.open("rb") as fh:
-            binary = b"\0" in fh.read(_HEAD)  # (no text holds one: an image, an archive...)
-        if binary:
-            raise ConfigError(f"{source} is not a CSV recording: it holds binary data (a NUL "
-                              f"byte in its first {_HEAD // 1024} KiB). Give the CSV file that "
-                              f"offline recording wrote (offline_file)")
+            if problem := _not_a_recording(fh.read(_HEAD)):
+                raise ConfigError(f"{source} is not a CSV recording: {problem}")
         rows = Counter(type(row) if isinstance(row, Row) else row[1]
                        for row in read_rows(source, bucket_name, bucket_key, fallback))
     except OSError as exc:

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from isstreamer_jupyter import Streamer
+
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("IS_")}
 
 
@@ -351,15 +353,27 @@ def test_a_recording_whose_reading_fails_exits_2_in_one_line(tmp_path):
         "file) that you may read"]
 
 
-def test_a_file_that_is_no_text_is_said_so_in_one_line(tmp_path):
-    """An image uploaded by mistake was read as 225 lines, each said to be no CSV row."""
+def test_a_file_that_is_no_text_is_said_so_in_one_line(tmp_path, make_receiver):
+    """An image uploaded by mistake was read as 225 lines, each said to be no CSV row; a CSV
+    saved as UTF-16 too. A NUL in a logged value (UTF-8 text) is no such file: it is sent."""
     picture = tmp_path / "plot.png"
     picture.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 40)
-    done = run_upload("http://127.0.0.1:9/api", picture)
-    assert done.returncode == 2
-    assert done.stderr.splitlines() == [
-        f"upload: {picture} is not a CSV recording: it holds binary data (a NUL byte in its "
-        f"first 64 KiB). Give the CSV file that offline recording wrote (offline_file)"]
+    wide = tmp_path / "excel.csv"
+    wide.write_text("1795000000,a,1\n", encoding="utf-16")
+    for path, why in ((picture, "it holds binary data (NUL bytes, and bytes that are no UTF-8, "
+                                "in its first 64 KiB). Give the CSV file that offline "
+                                "recording wrote (offline_file)"),
+                      (wide, "it is UTF-16 text; save it as UTF-8 (CSV UTF-8) and upload that")):
+        done = run_upload("http://127.0.0.1:9/api", path)
+        assert done.returncode == 2
+        assert done.stderr.splitlines() == [f"upload: {path} is not a CSV recording: {why}"]
+    rx = make_receiver()
+    with Streamer(bucket_name="B", offline=True, offline_file=str(tmp_path / "nul.csv")) as s:
+        s.log("k", "a\x00b")
+        s.log("k", 2)
+    done = run_upload(rx.api_base, tmp_path / "nul.csv", bucket=None)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [e["value"] for e in rx.events()] == ["a\x00b", 2]
 
 
 @pytest.mark.parametrize("size", ["0", "-3"])
