@@ -67,12 +67,17 @@ def demo(args: argparse.Namespace) -> int:
         print(f"sent {counted(stats.sent, 'event')} to {streamer.settings.api_base}")
     print(f"refused {stats.refused}, dropped {stats.dropped}")
     if not stats.offline_file and stats.pending:  # (close() said why, as a note)
-        where = (f"they wait in the spool {stats.spool_path}, and the next demo --online (or "
-                 f"Streamer) with the same API base and access key sends them first"
+        where = (f"they wait in the spool {stats.spool_path} for {streamer._spool_heir()} "
+                 f"(the next demo --online is one), which sends them first"
                  if stats.spool_path else "they are lost, as there is no spool to keep them")
+        if streamer._sender.blocked():  # (a refused key, a reached cap: its own fix)
+            fix = stats.remedy
+        else:
+            source = streamer.settings.sources.get("api_base", "default")
+            fix = (f"check that the service at {streamer.settings.api_base} ({source}) "
+                   f"answers, then run it again")
         print(f"demo: {counted(stats.pending, 'event', 'were')} not delivered: {where}. Fix: "
-              f"check that the service at {streamer.settings.api_base} (IS_API_BASE) answers, "
-              f"then run it again", file=sys.stderr)
+              f"{fix}", file=sys.stderr)
         return 1
     return 0 if stats.refused == 0 and stats.dropped == 0 else 1
 

@@ -446,7 +446,8 @@ class Streamer:
     def _spool_heir(self) -> str:
         """Who sends what this streamer leaves in the spool."""
         if self._sender.key_refused():  # (the refused key's events go to the next key)
-            return "the next Streamer with the same API base and the right access key"
+            return ("the next Streamer on their bucket with the same API base and the right "
+                    "access key")
         return "the next Streamer with the same access key and API base"
 
     def _loss_to_report(self) -> str:

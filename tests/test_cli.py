@@ -613,14 +613,34 @@ def test_demo_online_that_delivers_nothing_says_so_and_exits_1(tmp_path, spool):
                           cwd=tmp_path, env=env)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "sent 0 events to" in done.stdout
-    where = (f"they wait in the spool {tmp_path / 'spool' / 'spool.sqlite3'}, and the next "
-             f"demo --online (or Streamer) with the same API base and access key sends them "
-             f"first" if spool else "they are lost, as there is no spool to keep them")
+    where = (f"they wait in the spool {tmp_path / 'spool' / 'spool.sqlite3'} for the next "
+             f"Streamer with the same access key and API base (the next demo --online is one), "
+             f"which sends them first" if spool else
+             "they are lost, as there is no spool to keep them")
     assert done.stderr.splitlines()[-1] == (
         f"demo: 4 events were not delivered: {where}. Fix: check that the service at "
-        f"{api_base} (IS_API_BASE) answers, then run it again")
+        f"{api_base} (environment variable IS_API_BASE) answers, then run it again")
     assert KEY not in done.stdout + done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_demo_online_with_a_refused_key_says_the_key_s_fix_and_who_sends_them(tmp_path,
+                                                                               make_receiver):
+    """After a refused key its last line said the same key would send them, and blamed the
+    service ('check that the service ... answers'), under the note saying otherwise."""
+    rx = make_receiver(access_keys={"ist_the_right_key_123"})
+    env = dict(CLEAN_ENV, HOME=str(tmp_path), IS_ACCESS_KEY=KEY, IS_API_BASE=rx.api_base,
+               IS_SPOOL_DIR=str(tmp_path / "spool"), IS_FLUSH_TIMEOUT="2", IS_MAX_RPS="0")
+    done = subprocess.run([sys.executable, "-m", "isstreamer_jupyter", "demo", "--points", "1",
+                           "--online"], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path, env=env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith(f"demo: 4 events were not delivered: they wait in the spool "
+                           f"{tmp_path / 'spool' / 'spool.sqlite3'} for the next Streamer on "
+                           f"their bucket with the same API base and the right access key"), last
+    assert "Fix: check the access key (IS_ACCESS_KEY" in last and "service at" not in last, last
+    assert KEY not in done.stdout + done.stderr
 
 
 def test_timeout_is_the_uploads_bound_even_when_the_service_never_answers(tmp_path,

@@ -466,8 +466,9 @@ def test_401_held_events_go_out_with_a_new_streamer_and_fixed_key(make_receiver,
         assert not wrong.flush(timeout=5)
     with pytest.warns(UserWarning) as said:  # (what becomes of them, and who sends them)
         wrong.close(timeout=1)
-    assert any(re.fullmatch(r"5 events wait in the spool \S+; the next Streamer with the same API "
-                            r"base and the right access key sends them", str(w.message))
+    assert any(re.fullmatch(r"5 events wait in the spool \S+; the next Streamer on their bucket "
+                            r"with the same API base and the right access key sends them",
+                            str(w.message))
                for w in said), [str(w.message) for w in said]
     fixed = stream(rx, access_key="ist_the_right_key")
     assert fixed.recovered == 5
