@@ -61,12 +61,14 @@ def _parse_number(kind: type, minimum: float, strict: bool, maximum: float = mat
     (``inf``) is taken if `inf_means` says what it means, else refused, saying
     `finite_because`; NaN never."""
     noun = "a whole number" if kind is int else "a number"
+    low, high = (f"{bound:,}" if kind is int and bound < math.inf else f"{bound:g}"
+                 for bound in (minimum, maximum))  # (1,000,000 bytes, not 1e+06)
     if maximum < math.inf and not strict:
-        allowed = f"{noun} from {minimum:g} to {maximum:g}"
+        allowed = f"{noun} from {low} to {high}"
     else:
-        allowed = f"{noun} {'above' if strict else 'at least'} {minimum:g}"
+        allowed = f"{noun} {'above' if strict else 'at least'} {low}"
         if maximum < math.inf:
-            allowed += f" and at most {maximum:g}"
+            allowed += f" and at most {high}"
     if inf_means:
         allowed += f", or inf ({inf_means})"
 

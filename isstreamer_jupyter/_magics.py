@@ -25,6 +25,7 @@ import argparse
 import ast
 import builtins
 import inspect
+import math
 import numbers
 import re
 import sys
@@ -337,10 +338,12 @@ class IsStreamMagics(Magics, _SettingTraits):
                         except ValueError as words:
                             raise TraitError(f"IsStreamMagics.{name} = {value!r}: {words}"
                                              ) from None
+                        code = (repr(parsed) if parsed == parsed and abs(parsed) != math.inf
+                                else f"float({str(parsed)!r})")  # (inf is no Python name)
                         raise TraitError(
-                            f"IsStreamMagics.{name} = {value!r}: expected {parsed!r}, not text: "
+                            f"IsStreamMagics.{name} = {value!r}: expected {code}, not text: "
                             f"write it without quotes, %config IsStreamMagics.{name} = "
-                            f"{parsed!r}") from None
+                            f"{code}") from None
             raise exc
 
     @classmethod

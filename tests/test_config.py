@@ -109,7 +109,7 @@ def test_offline_forced_on_with_a_key(folders, monkeypatch):
         ("IS_EXIT_TIMEOUT", "inf", "not inf: the interpreter would not exit while the service "
                                    "is down"),
         ("IS_MAX_RPS", "inf", "not inf: for no pacing give 0"),
-        ("IS_SPOOL_MAX_BYTES", "10", "expected a whole number at least 1e+06"),  # (all dropped)
+        ("IS_SPOOL_MAX_BYTES", "10", "expected a whole number at least 1,000,000"),  # (all dropped)
     ],
 )
 def test_bad_values_name_setting_and_source(folders, monkeypatch, env, raw, words):

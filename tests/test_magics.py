@@ -590,7 +590,8 @@ def test_config_refuses_bad_values(session: Session, caplog: Any) -> None:
                         ("flush_interval = 'abc'", "= 'abc': expected a number"),
                         ("batch_size = '5'", "expected 5, not text: write it without quotes, "
                                              "%config IsStreamMagics.batch_size = 5"),
-                        ("offline = 'yes'", "expected True, not text")):
+                        ("offline = 'yes'", "expected True, not text"),
+                        ("flush_timeout = 'inf'", "IsStreamMagics.flush_timeout = float('inf')")):
         caplog.clear()
         session.run(f"%config IsStreamMagics.{line}")  # %config logs the error, then goes on
         assert f"IsStreamMagics.{line.split(' = ')[0]} = " in caplog.text, caplog.text
