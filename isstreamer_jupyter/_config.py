@@ -27,6 +27,8 @@ from ._errors import ConfigError, warn
 
 DEFAULT_API_BASE = "https://groker.init.st/api"
 DEFAULT_BUCKET_NAME = "isstreamer_jupyter"
+#: the file offline recording appends to, unless offline_file names another
+DEFAULT_OFFLINE = "isstreamer_out.csv"
 INI_NAME = "isstreamer.ini"
 CLIENT = "isstreamer.client_config"
 API = "isstreamer.api_config"
@@ -263,7 +265,7 @@ SETTINGS: tuple[Setting, ...] = (
             ((CLIENT, "exit_timeout"),), "wait at interpreter exit; the rest stays in the spool"),
     Setting("offline", parse_bool, None, ("IS_OFFLINE",), ((CLIENT, "offline_mode"),),
             "record locally instead of sending", shown="on when there is no access key"),
-    Setting("offline_file", _str, "isstreamer_out.csv", ("IS_OFFLINE_FILE",),
+    Setting("offline_file", _str, DEFAULT_OFFLINE, ("IS_OFFLINE_FILE",),
             ((CLIENT, "offline_file"),),
             "CSV file offline recording appends to (.csv is added to a name not ending in .csv)"),
     Setting("spool", parse_bool, True, ("IS_SPOOL",), ((CLIENT, "spool"),),
@@ -324,7 +326,7 @@ class Settings:
     flush_timeout: float = 10.0
     exit_timeout: float = 3.0
     offline: bool = False
-    offline_file: str = "isstreamer_out.csv"
+    offline_file: str = DEFAULT_OFFLINE
     spool: bool = True
     spool_dir: str = ""
     spool_interval: float = 0.2
@@ -552,29 +554,63 @@ def _parsed(setting: Setting, raw: Any, source: str, by_caller: bool) -> Any:
         raise _refused(setting, raw, source, str(exc), by_caller) from None
 
 
+def unusable(settings: Settings, name: str, reason: str) -> ConfigError:
+    """The error for a setting found unusable once put to use (the offline file's folder does
+    not exist, say), as a bad value's: its value, where it came from, the fix there."""
+    source = settings.sources.get(name, "default")
+    by_caller = not (source == "default" or source.startswith("environment variable ")
+                     or re.search(r" \[[^]]+\] \w+$", source))  # (an ini line)
+    return _refused(BY_NAME[name], getattr(settings, name), source, reason, by_caller)
+
+
+def offline_path(name: str | os.PathLike[str]) -> Path:
+    """Where offline recording to `name` appends: `name`, with ``.csv`` added unless it ends
+    so (ISStreamer added it always)."""
+    path = Path(name)
+    return path if path.suffix.lower() == ".csv" else path.with_name(path.name + ".csv")
+
+
+def offline_file_problem(name: str) -> str:
+    """Why offline recording cannot append to the file `name` names at all; "" if it may."""
+    for path in dict.fromkeys((Path(name), offline_path(name))):
+        if path.is_dir():
+            return f"{path} is a folder; expected a file name, such as {path / DEFAULT_OFFLINE}"
+    folder = offline_path(name).parent
+    if not folder.is_dir():
+        return f"the folder {folder} does not exist; expected a file in a folder that does"
+    return ""
+
+
 def _refused(setting: Setting, raw: Any, source: str, reason: str,
              by_caller: bool) -> ConfigError:
     """The error for a bad value: the setting, the value (never the access key's), where it
     came from, what is allowed, and how to fix it there."""
     shown = "(hidden)" if setting.secret else repr(raw)
+    if len(shown) > 80:  # (a 300-character bucket name: its start says which)
+        shown = f"{shown[:60]}… ({len(str(raw))} characters)"
     default = f"for the default ({setting.default_text})"
     if by_caller:
         fix = f"change it, or leave it out {default}"
+    elif source == "default":
+        fix = f"give {setting.name} another value ({' or '.join(setting.env)})"
     elif source.startswith("environment variable "):
         fix = f"change {source.rsplit(' ', 1)[-1]}, or unset it {default}"
     else:
         fix = f"change that line, or remove it {default}"
-    return ConfigError(f"{setting.name} = {shown} from {source}: {reason}. Fix: {fix}")
+    where = "(the default)" if source == "default" else f"from {source}"
+    return ConfigError(f"{setting.name} = {shown} {where}: {reason}. Fix: {fix}")
 
 
+#: the service's limit on a bucket name's and a bucket key's length
+BUCKET_MAX = 250
 _BUCKET_KEY_OK = re.compile(r"[!#-&(-9;-~]+")  # printable ASCII but space : " '  (a header)
 
 
 def _bucket_problem(name: str, value: str) -> str:
     """Why the service would refuse `value` as the setting `name` (bucket_name or
     bucket_key), as a setting's bad value is said; "" if it would not."""
-    if len(value) > 250:
-        return f"expected at most 250 characters (the service's limit), not {len(value)}"
+    if len(value) > BUCKET_MAX:
+        return f"expected at most {BUCKET_MAX} characters (the service's limit), not {len(value)}"
     if name == "bucket_key" and value and not _BUCKET_KEY_OK.fullmatch(value):
         return ("expected printable ASCII without spaces, :, \" or ' (letters, digits and "
                 "underscores are safe)")
@@ -589,16 +625,18 @@ def check_bucket(name: str, key: str) -> None:
 
 
 def check_bucket_name(name: str) -> None:
-    if len(name) > 250:
-        raise ConfigError(f"bucket name is {len(name)} characters; the limit is 250: shorten it")
+    if len(name) > BUCKET_MAX:
+        raise ConfigError(f"bucket name is {len(name)} characters; the limit is {BUCKET_MAX}: "
+                          f"shorten it")
     if not name.strip():  # (the default name is for when none is given: this one was)
         raise ConfigError(f"bucket name {name!r} is blank: give the bucket a name, such as "
                           f"'Run 7'")
 
 
 def check_bucket_key(key: str) -> None:
-    if len(key) > 250:
-        raise ConfigError(f"bucket key is {len(key)} characters; the limit is 250: shorten it")
+    if len(key) > BUCKET_MAX:
+        raise ConfigError(f"bucket key is {len(key)} characters; the limit is {BUCKET_MAX}: "
+                          f"shorten it")
     if not _BUCKET_KEY_OK.fullmatch(key):
         raise ConfigError(
             f"bucket key {key!r} cannot be used: it must be printable ASCII without spaces, "

@@ -192,7 +192,7 @@ def _cut_short(text: str) -> str:
     return text
 
 
-def _bucket_problem(name: str, key: str, line: int) -> str:
+def _rows_bucket_problem(name: str, key: str, line: int) -> str:
     """Why the rows under the '# bucket:' line `line` cannot be sent, or ''."""
     problem = _not_utf8(name + key)
     if not problem:
@@ -253,7 +253,7 @@ def read_rows(path: Path, bucket_name: str = "", bucket_key: str = "",
                 parts = line[len("# bucket:"):].strip().split(" ", 1)
                 if line.startswith("# bucket:") and parts[0] and not (bucket_name or bucket_key):
                     current = (parts[1] if len(parts) > 1 else parts[0], parts[0])
-                    unusable = _bucket_problem(*current, number)
+                    unusable = _rows_bucket_problem(*current, number)
                 continue
             text = "".join(cells)
             if unended and not _not_utf8(_cut_short(text)):  # (bytes that are no UTF-8 will

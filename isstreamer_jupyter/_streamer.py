@@ -24,7 +24,9 @@ from ._config import (
     check_bucket,
     derive_bucket_key,
     hidden,
+    offline_file_problem,
     redacted,
+    unusable,
 )
 from ._errors import (
     ConfigError,
@@ -49,19 +51,13 @@ from ._events import (
 from ._sender import Bucket, Clock, Marker, Sender, bounded
 from ._spool import SEGMENT_EVENTS, MemoryStore, SqliteSpool, Store
 from ._stats import State, Stats, waiting_words
-from ._transport import (
-    CsvTransport,
-    HttpTransport,
-    Transport,
-    offline_path,
-    offline_path_problem,
-)
+from ._transport import CsvTransport, HttpTransport, Transport
 
 if TYPE_CHECKING:
     from ._offline import UploadSummary
 
 #: how long flush() waits past its bound for the sender to reach its marker when nothing waits
-MARKER_GRACE = 0.1
+MARKER_GRACE = 0.25
 logger = logging.getLogger("isstreamer_jupyter")
 logger.addHandler(logging.NullHandler())  # a library shows nothing unless the app asks
 _time = time.time
@@ -151,11 +147,8 @@ class Streamer:
         self._clock = clock or Clock()
         self._custom_transport = transport is not None
         if settings.offline:
-            if transport is None and (problem := offline_path_problem(
-                    offline_path(settings.offline_file))):
-                raise ConfigError(f"offline_file = {settings.offline_file!r} "
-                                  f"({settings.sources.get('offline_file', 'default')}): "
-                                  f"{problem}")
+            if transport is None and (problem := offline_file_problem(settings.offline_file)):
+                raise unusable(settings, "offline_file", problem)
             settings = settings.replace(spool=False, max_requests_per_second=0.0)
         self.settings = settings
         self._spill_at = settings.max_queue

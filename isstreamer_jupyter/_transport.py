@@ -18,10 +18,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
-from ._config import hidden, redacted
+from ._config import hidden, offline_path, redacted
 from ._version import __version__
 
 #: the service answers 413 past this body size
@@ -393,24 +392,6 @@ class _Rows(list[str]):
 OFFLINE_FILE_REMEDY = ("make room on the disk or make the file writable, or give offline_file "
                        "(IS_OFFLINE_FILE) a file in a writable folder; the events are kept and "
                        "written once it can be")
-
-
-def offline_path(name: str | os.PathLike[str]) -> Path:
-    """Where offline recording to `name` appends: `name`, with ``.csv`` added unless it ends
-    so (ISStreamer added it always: ``isstreamer_out.csv.csv``)."""
-    path = Path(name)
-    return path if path.suffix.lower() == ".csv" else path.with_name(path.name + ".csv")
-
-
-def offline_path_problem(path: Path) -> str:
-    """Why offline recording cannot append to `path` at all, with the fix; "" if it may."""
-    if path.is_dir():
-        return f"{path} is a folder: give a file name, such as {path / 'isstreamer_out.csv'}"
-    folder = path.parent
-    if not folder.is_dir():
-        return (f"the folder {folder} does not exist: create it, or give a file in a folder "
-                f"that does")
-    return ""
 
 
 class CsvTransport:

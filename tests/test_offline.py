@@ -80,17 +80,23 @@ def test_offline_buffer_size_reads_what_was_asked_and_rows_go_out_in_big_appends
 
 def test_an_offline_file_that_cannot_be_written_is_refused_at_once_naming_the_fix(
         env, monkeypatch):
-    for name, words in (("nodir/rec.csv", "the folder nodir does not exist: create it"),
-                        ("adir.csv", "adir.csv is a folder: give a file name")):
-        (env / "adir.csv").mkdir(exist_ok=True)
-        with pytest.raises(ConfigError, match=f"offline_file = '{name}' \\(keyword argument\\): "
-                                              f"{words}"):
+    (env / "adir").mkdir()
+    (env / "bdir.csv").mkdir()
+    for name, words in (
+            ("nodir/rec.csv", "the folder nodir does not exist; expected a file in a folder "
+                              "that does"),
+            ("adir", "adir is a folder; expected a file name, such as adir/isstreamer_out.csv"),
+            ("bdir", "bdir.csv is a folder; expected a file name")):
+        with pytest.raises(ConfigError, match=re.escape(
+                f"offline_file = '{name}' from keyword argument: {words}") + ".*Fix: change it, "
+                "or leave it out for the default"):
             Streamer(bucket_name="B", offline=True, offline_file=name)
-    monkeypatch.setenv("IS_OFFLINE_FILE", "nodir/rec")  # (its source is named)
-    with pytest.raises(ConfigError, match=r"'nodir/rec' \(environment variable IS_OFFLINE_FILE\): "
-                                         r"the folder nodir"):
+    monkeypatch.setenv("IS_OFFLINE_FILE", "nodir/rec")  # (its source is named, and its fix)
+    with pytest.raises(ConfigError, match=r"'nodir/rec' from environment variable "
+                                          r"IS_OFFLINE_FILE: the folder nodir .*Fix: change "
+                                          r"IS_OFFLINE_FILE, or unset it"):
         Streamer(bucket_name="B", offline=True)
-    assert not (env / "nodir").exists()
+    assert not (env / "nodir").exists() and not (env / "adir.csv").exists()
 
 
 def test_an_offline_file_that_stops_being_writable_keeps_the_events_and_says_why(env):
