@@ -8,6 +8,7 @@ is for unit tests.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import enum
 import json
@@ -394,6 +395,25 @@ OFFLINE_FILE_REMEDY = ("make room on the disk or make the file writable, or give
                        "written once it can be")
 
 
+def _append_whole(path: os.PathLike[str], data: bytes) -> None:
+    """Append `data` to `path`, all of it or none: a write that fails part-way (the disk
+    full) is cut back off, so the batch, kept and written again, is not there twice, nor a
+    row cut short."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        left = memoryview(data)
+        try:
+            while left:
+                left = left[os.write(fd, left):]
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            raise
+    finally:
+        os.close(fd)
+
+
 class CsvTransport:
     """Offline recording: appends ISStreamer's ``epoch,key,value`` rows to a CSV file.
 
@@ -425,13 +445,12 @@ class CsvTransport:
         # ends in LF, as the '# bucket:' lines do: one line end in the file (upload reads both)
         csv.writer(rows).writerows((repr(e), k, v) for k, v, e in events)
         text = "".join(row[:-2] + "\n" for row in rows)
-        text.encode("utf-8")
+        # every batch names its bucket: another streamer may append to the same file
+        name = " ".join(self._names.get(bucket_key, bucket_key).splitlines())  # one line
+        data = f"# bucket: {bucket_key} {name}\n{text}".encode()
         try:
-            with self._lock, self.path.open("a", newline="", encoding="utf-8") as fh:
-                # every batch names its bucket: another streamer may append to the same file
-                name = " ".join(self._names.get(bucket_key, bucket_key).splitlines())  # one line
-                fh.write(f"# bucket: {bucket_key} {name}\n")
-                fh.write(text)
+            with self._lock:
+                _append_whole(self.path, data)
         except OSError as exc:  # (a full disk, a folder removed, permissions): kept, retried
             return Answer(Outcome.RETRY, None,
                           detail=f"cannot write the offline file {self.path}: "

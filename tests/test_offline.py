@@ -117,6 +117,33 @@ def test_an_offline_file_that_stops_being_writable_keeps_the_events_and_says_why
     assert s.stats().sent == 1
 
 
+def test_a_write_that_fails_part_way_leaves_no_part_and_is_written_once_later(env,
+                                                                             monkeypatch):
+    """The disk filled up mid-batch: the part written stayed, and the batch, kept and written
+    again, was there once and a half (a row cut short joined to the next '# bucket:' line)."""
+    import errno
+
+    from isstreamer_jupyter import _transport
+
+    real, failed = os.write, []
+
+    def full_once(fd, data):
+        if not failed:  # (half of it goes down, then the disk is full)
+            failed.append(real(fd, bytes(data[:len(data) // 2])))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
+
+    monkeypatch.setattr(_transport.os, "write", full_once)
+    s = Streamer(bucket_name="B", offline=True, offline_file="rec.csv", flush_timeout=30)
+    for i in range(3):
+        s.log("t", i)
+    assert s.close()
+    assert failed and "No space left on device" in s.stats().last_error
+    lines = (env / "rec.csv").read_text().splitlines()
+    assert [line.split(",")[1:] for line in lines[1:]] == [["t", "0"], ["t", "1"], ["t", "2"]]
+    assert len(lines) == 4 and lines[0].startswith("# bucket: B_")
+
+
 def test_debug_level_3_says_what_was_written_where_not_http(env):
     """Offline, debug_level 3 said 'HTTP - accepted' of each append."""
     with Streamer(bucket_name="B", offline=True, offline_file="rec.csv", debug_level=3) as s:
