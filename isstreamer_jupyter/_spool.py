@@ -349,7 +349,11 @@ class SqliteSpool:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             self._db = self._connect()
-            self._open_within(adopt_bucket, time.monotonic() + OPEN_WAIT)
+            try:
+                self._open_within(adopt_bucket, time.monotonic() + OPEN_WAIT)
+            except BaseException:  # (held, damaged...: the connection is not left open)
+                self._db.close()
+                raise
         except sqlite3.DatabaseError as exc:
             raise SpoolError(f"the spool {self.path} cannot be used: {exc}") from None
         except OSError as exc:
