@@ -58,6 +58,8 @@ if TYPE_CHECKING:
 
 #: how long flush() waits past its bound for the sender to reach its marker when nothing waits
 MARKER_GRACE = 0.25
+#: how often a flush() waiting for its marker looks whether another thread closed the streamer
+CLOSED_CHECK = 0.2
 logger = logging.getLogger("isstreamer_jupyter")
 logger.addHandler(logging.NullHandler())  # a library shows nothing unless the app asks
 _time = time.time
@@ -390,10 +392,11 @@ class Streamer:
             shown += said
         marker = Marker()
         self._sender.queue_mark(marker)
-        next_try, spent = None, 0.0
+        next_try, spent, cut_short = None, 0.0, None
         if self.use_async:
             self._sender.wake.set()
-            if not marker.done.wait(bounded(timeout)) and self.stats().pending == 0:
+            cut_short = self._wait_for(marker, timeout)
+            if not marker.done.is_set() and cut_short is None and self.stats().pending == 0:
                 # nothing waits: the sender has only to reach the marker (a 0 s bound: the
                 # wait at exit spent by another streamer), not "0 events still waiting"
                 marker.done.wait(MARKER_GRACE)
@@ -413,10 +416,12 @@ class Streamer:
                     bound = f"the {round(timeout - spent, 2):g} s left of {bound}"
                 why = why or f"next try in {next_try:.1f} s"
                 said = f"not sent within {within}: {why} (past {bound})"
+            elif cut_short is not None:  # (another thread closed it: nothing sends them now)
+                said = f"not delivered: the streamer was closed after {cut_short:.1f} s"
             else:
                 said = f"still waiting after {round(timeout, 2):g} s" + (f" ({why})" if why
                                                                           else "")
-            if not closing:
+            if not closing and cut_short is None:
                 fate = "they stay queued and will be " + (
                     "written" if self.settings.offline else "sent")
             elif self._sender.store.path:
@@ -430,6 +435,18 @@ class Streamer:
         if behind:
             error = FlushTimeout(f"flush: {self._left_behind_text(behind)}", pending=behind)
         return error or self._lost_since_last_flush(closing)
+
+    def _wait_for(self, marker: Marker, timeout: float) -> float | None:
+        """Wait for `marker`, `timeout` at most; None, or the seconds waited when the wait was
+        cut short by a close() in another thread (its sender gone, nothing completes it)."""
+        started = time.monotonic()
+        end = started + timeout
+        while not marker.done.wait(bounded(min(end - time.monotonic(), CLOSED_CHECK))):
+            if time.monotonic() >= end:
+                return None
+            if self._closed and not self._sender_alive():
+                return None if marker.done.is_set() else time.monotonic() - started
+        return None
 
     def _left_behind_text(self, count: int) -> str:
         path = self._sender._left.path if self._sender._left is not None else ""

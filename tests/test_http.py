@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import re
 import socket
 import sqlite3
@@ -627,3 +628,28 @@ def test_a_service_echoing_the_key_in_its_error_never_shows_it_anywhere(
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("bound", [math.inf, 30.0])
+def test_a_flush_in_another_thread_ends_when_the_streamer_is_closed(make_receiver, stream,
+                                                                    bound):
+    """flush(inf) in a worker thread never returned once the main thread closed the streamer
+    (its sender gone, nothing completes the flush's marker), keeping the interpreter from
+    exiting; a bounded one waited its bound out, then said the events 'will be sent'."""
+    rx = make_receiver(faults=Faults(latency=0.2))
+    s = stream(rx, batch_size=10)
+    for i in range(100):
+        s.log("k", i)
+    returned = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        worker = threading.Thread(target=lambda: returned.append(s.flush(bound)))
+        worker.start()
+        time.sleep(0.3)
+        assert not s.close(0.5)
+        worker.join(10)
+    assert not worker.is_alive() and returned == [False]
+    said = [m for m in s.messages() if m.split(" ", 2)[2].startswith("flush:")]
+    assert any(re.search(r"flush: \d+ events not delivered: the streamer was closed after "
+                         r"[0-9.]+ s; they stay in the spool \S+ for the next Streamer with the "
+                         r"same access key and API base", m) for m in said), s.messages()
