@@ -635,7 +635,7 @@ class Sender:
 
     def _create(self, bucket: Bucket, now: float) -> float:
         answer = self._request(lambda: self.transport.create_bucket(bucket.key, bucket.name), now,
-                               f"create bucket {bucket.key}")
+                               lambda: f"create bucket {bucket.key}")
         if answer.outcome is Outcome.ACCEPTED:
             self._created.add(bucket.key)
             self.notify(20, f"bucket {bucket.name!r} ({bucket.key}) ready")
@@ -656,7 +656,7 @@ class Sender:
         try:
             answer = self._request(lambda: self.transport.post_events(
                 batch.bucket_key, batch.events, meanwhile), now,
-                f"{counted(len(batch), 'event')} to bucket {batch.bucket_key}")
+                lambda: f"{counted(len(batch), 'event')} to bucket {batch.bucket_key}")
         except BaseException:  # interrupted (Ctrl-C in a use_async=False caller): keep all
             with contextlib.suppress(SpoolError):
                 self._drop_next()
@@ -746,9 +746,10 @@ class Sender:
             if nxt is not None:
                 self._next_store.release(nxt)
 
-    def _request(self, call: Callable[[], Answer], now: float, what: str) -> Answer:
-        """Make the request `call` makes (`what`, in words for debug_level 3), counted; an
-        exception in it is an Answer too."""
+    def _request(self, call: Callable[[], Answer], now: float,
+                 what: Callable[[], str]) -> Answer:
+        """Make the request `call` makes (`what` says it in words, for debug_level 3 only),
+        counted; an exception in it is an Answer too."""
         self._last_request_at = now
         self._asked_generation = self._key_generation
         self._request_started = started = time.monotonic()
@@ -780,7 +781,7 @@ class Sender:
                         else "done" if answer.outcome is Outcome.ACCEPTED  # (offline)
                         else f"no HTTP answer ({outcome})")
             detail = f": {answer.detail}" if answer.detail else ""
-            self.notify(10, f"{what}: {answered} after {took:.1f} ms{detail}")
+            self.notify(10, f"{what()}: {answered} after {took:.1f} ms{detail}")
         return answer
 
     def _failed(self, answer: Answer, bucket_key: str, batch: Batch | None, now: float,
