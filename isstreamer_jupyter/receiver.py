@@ -200,7 +200,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> tuple[bytes | None, int]:
         """Return (body, bytes read); body is None when it was over max_body (drained)."""
-        limit = self.server.receiver._max_body
+        limit = self.server.receiver.max_body
         te = self.headers.get("Transfer-Encoding", "")
         if te and te.lower() != "identity":
             return self._read_chunked(limit)
@@ -304,22 +304,22 @@ class _Handler(BaseHTTPRequestHandler):
     def _api(self, method: str, path: str, query: str) -> None:
         rx = self.server.receiver
         body, nbytes = self._read_body()
-        faults, outage, draw, draw_after = rx._begin(nbytes)
+        faults, outage, draw, draw_after = rx.begin_request(nbytes)
         if faults.latency:
             time.sleep(faults.latency)
         if outage:
-            rx._count_reset("outage")
+            rx.count_fault("outage")
             raise _Reset
         if body is None:
             return self._answer(413, _error_body("PAYLOAD_TOO_LARGE", "the body is over the limit"))
         if draw < faults.p_reset_before:
-            rx._count_reset("reset_before")
+            rx.count_fault("reset_before")
             raise _Reset
         if draw < faults.p_reset_before + faults.p_5xx:
-            rx._count_injected("5xx")
+            rx.count_fault("5xx")
             return self._answer(503, _error_body("SERVICE_UNAVAILABLE", "injected fault"))
         if draw < faults.p_reset_before + faults.p_5xx + faults.p_429:
-            rx._count_injected("429")
+            rx.count_fault("429")
             ra = faults.retry_after
             retry = str(int(ra)) if ra == int(ra) else f"{ra:g}"
             return self._answer(
@@ -329,16 +329,12 @@ class _Handler(BaseHTTPRequestHandler):
         pairs = parse_qsl(query, keep_blank_values=True) if query else []
         params = dict(pairs)
         access_key = self.headers.get("X-IS-AccessKey") or params.get("accessKey")
-        if not rx._key_ok(access_key):
+        if not rx.accepts_key(access_key):
             return self._answer(401, _ACCESS_DENIED)
         assert access_key is not None
-        rate_headers: dict[str, str] | None = None
-        if rx._rate_limit is not None:
-            accepted, rate_headers = rx._take_rate(access_key)
-            if not accepted:
-                return self._answer(
-                    429, _error_body("RATE_LIMITED", "too many requests"), rate_headers
-                )
+        accepted, rate_headers = rx.take_rate(access_key)
+        if not accepted:
+            return self._answer(429, _error_body("RATE_LIMITED", "too many requests"), rate_headers)
 
         if path == "/api/buckets":
             status, err = self._create_bucket(rx, body)
@@ -347,14 +343,14 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             status, err = self._get_events(rx, pairs)
         if status < 300 and draw_after < faults.p_reset_after:
-            rx._count_reset("reset_after")
+            rx.count_fault("reset_after")
             raise _Reset
         self._answer(status, err, rate_headers)
 
     def _answer(
         self, status: int, body: bytes = b"", headers: dict[str, str] | None = None
     ) -> None:
-        self.server.receiver._count_status(status)
+        self.server.receiver.count_status(status)
         self._send(status, body, headers)
 
     # -- the three API calls ---------------------------------------------------------------
@@ -376,7 +372,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "INVALID_BUCKET_NAME",
                 f"the bucket name must be a string of at most {MAX_BUCKET_NAME_LENGTH} characters",
             )
-        return rx._create_bucket(key, name)
+        return rx.create_bucket(key, name)
 
     def _post_events(self, rx: Receiver, body: bytes, params: dict[str, str]) -> tuple[int, bytes]:
         bucket_key = self.headers.get("X-IS-BucketKey") or params.get("bucketKey")
@@ -384,7 +380,7 @@ class _Handler(BaseHTTPRequestHandler):
         if problem:
             return 400, _error_body("INVALID_BUCKET_KEY", problem)
         assert bucket_key is not None
-        if bucket_key in rx._removed:
+        if rx.bucket_removed(bucket_key):
             return 400, _BUCKET_REMOVED
         try:
             doc = json.loads(body)
@@ -396,10 +392,10 @@ class _Handler(BaseHTTPRequestHandler):
             events = doc
         else:
             return 400, _error_body("INVALID_EVENT", "the body must be an event or an array")
-        problem = _check_events(events, bucket_key, rx._max_key_length)
+        problem = _check_events(events, bucket_key, rx.max_key_length)
         if problem:
             return 400, _error_body("INVALID_EVENT", problem)
-        return rx._store(bucket_key, events)
+        return rx.store(bucket_key, events)
 
     def _get_events(self, rx: Receiver, pairs: list[tuple[str, str]]) -> tuple[int, bytes]:
         params = dict(pairs)
@@ -414,10 +410,10 @@ class _Handler(BaseHTTPRequestHandler):
             for k, v in pairs
             if k not in ("accessKey", "bucketKey")
         ]
-        problem = _check_events(events, bucket_key, rx._max_key_length)
+        problem = _check_events(events, bucket_key, rx.max_key_length)
         if problem:
             return 400, _error_body("INVALID_EVENT", problem)
-        return rx._store(bucket_key, events)
+        return rx.store(bucket_key, events)
 
 
 _BUCKET_REMOVED = _error_body(
@@ -488,7 +484,7 @@ class _Server(ThreadingHTTPServer):
         )
         with self._conn_lock:
             self._conns[request] = t
-        self.receiver._count_connection()
+        self.receiver.count_connection()
         t.start()
 
     def mark_reset(self, request: socket.socket) -> None:
@@ -734,39 +730,57 @@ class Receiver:
                     )
                 self._cond.wait(left)
 
-    # -- called by the handler -------------------------------------------------------------
+    # -- the request handler's side --------------------------------------------------------
+    # Public because the handler is another class, and no class reads another's private names.
 
-    def _begin(self, nbytes: int) -> tuple[Faults, bool, float, float]:
+    @property
+    def max_body(self) -> int:
+        """The largest request body in bytes; a larger one gets 413."""
+        return self._max_body
+
+    @property
+    def max_key_length(self) -> int:
+        """The longest event key; a longer one gets 400."""
+        return self._max_key_length
+
+    def begin_request(self, nbytes: int) -> tuple[Faults, bool, float, float]:
+        """Count an API request of ``nbytes``; return the faults, whether an outage is on, and
+        the two fault draws (before and after storing)."""
         with self._cond:
             self._requests += 1
             self._bytes += nbytes
             outage = time.monotonic() < self._outage_until
             return self._faults, outage, self._rng.random(), self._rng.random()
 
-    def _count_status(self, status: int) -> None:
+    def count_status(self, status: int) -> None:
+        """Count one answer with HTTP ``status``."""
         with self._cond:
             self._statuses[status] = self._statuses.get(status, 0) + 1
 
-    def _count_reset(self, kind: str) -> None:
+    def count_fault(self, kind: str) -> None:
+        """Count one injected fault or outage reset: a key of ``stats()["injected"]``."""
         with self._cond:
             self._injected[kind] += 1
 
-    _count_injected = _count_reset
-
-    def _count_connection(self) -> None:
+    def count_connection(self) -> None:
+        """Count one accepted connection."""
         with self._cond:
             self._connections += 1
 
-    def _key_ok(self, key: str | None) -> bool:
+    def accepts_key(self, key: str | None) -> bool:
+        """Whether requests with this access key are accepted; others get 401."""
         if not key:
             return False
         return self._access_keys is None or key in self._access_keys
 
-    def _take_rate(self, access_key: str) -> tuple[bool, dict[str, str]]:
+    def take_rate(self, access_key: str) -> tuple[bool, dict[str, str] | None]:
+        """Take one request from the key's rate budget; return whether it is accepted and the
+        rate-limit headers. Without a ``rate_limit``: accepted, no headers."""
         # Fixed windows per access key. Only requests accepted for processing count: a request
         # answered 429 here consumes no budget (like the service), so a client that waits for
         # Retry-After always gets through in the next window. Faults are not counted either.
-        assert self._rate_limit is not None
+        if self._rate_limit is None:
+            return True, None
         now = time.time()
         window = math.floor(now / self._rate_window)
         reset = (window + 1) * self._rate_window
@@ -787,7 +801,13 @@ class Receiver:
             headers["Retry-After"] = str(max(1, math.ceil(reset - now)))
         return accepted, headers
 
-    def _create_bucket(self, key: str, name: str) -> tuple[int, bytes]:
+    def bucket_removed(self, bucket_key: str) -> bool:
+        """Whether ``remove_bucket()`` removed this bucket."""
+        with self._cond:
+            return bucket_key in self._removed
+
+    def create_bucket(self, key: str, name: str) -> tuple[int, bytes]:
+        """Create a bucket from a checked key and name; return the status and error body."""
         with self._cond:
             if key in self._removed:
                 return 400, _BUCKET_REMOVED
@@ -796,7 +816,9 @@ class Receiver:
             self._buckets[key] = name
             return 201, b""
 
-    def _store(self, bucket_key: str, events: list[dict[str, Any]]) -> tuple[int, bytes]:
+    def store(self, bucket_key: str, events: list[dict[str, Any]]) -> tuple[int, bytes]:
+        """Store events already checked and tagged with the bucket key; return the status and
+        error body."""
         with self._cond:
             if bucket_key in self._removed:
                 return 400, _BUCKET_REMOVED
