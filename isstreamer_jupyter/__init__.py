@@ -23,6 +23,7 @@ from ._errors import (
     SpoolError,
     StreamerClosed,
 )
+from ._report import RunEnd
 from ._stats import SignalStat, State, Stats
 from ._streamer import Streamer
 from ._version import __version__
@@ -38,6 +39,7 @@ __all__ = [
     "IsStreamerError",
     "IsStreamerWarning",
     "RefusedValue",
+    "RunEnd",
     "SignalStat",
     "SpoolError",
     "State",

@@ -256,13 +256,18 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds one HTTP request may take"),
     Setting("flush_timeout", _parse_number(float, 0, strict=True, inf_means="until delivered"),
             10.0, ("IS_FLUSH_TIMEOUT",), ((CLIENT, "flush_timeout"),),
-            "default wait of flush() and close(), in seconds (inf: until delivered)"),
+            "flush() and close() stop waiting after this many seconds with no event "
+            "acknowledged (inf: until delivered)"),
     Setting("exit_timeout", _parse_number(
                 float, 0, strict=False, maximum=LONGEST,
                 finite_because=("the interpreter would not exit while the service is down "
                                 "(what is left waits in the spool for the next Streamer)")),
             3.0, ("IS_EXIT_TIMEOUT",),
-            ((CLIENT, "exit_timeout"),), "wait at interpreter exit; the rest stays in the spool"),
+            ((CLIENT, "exit_timeout"),),
+            "the same at interpreter exit; the rest stays in the spool for `spool send`"),
+    Setting("progress", parse_bool, None, ("IS_PROGRESS",), ((CLIENT, "progress"),),
+            "show a progress bar on waits of over a second",
+            shown="on in Jupyter or when stderr is a terminal"),
     Setting("offline", parse_bool, None, ("IS_OFFLINE",), ((CLIENT, "offline_mode"),),
             "record locally instead of sending", shown="on when there is no access key"),
     Setting("offline_file", _str, DEFAULT_OFFLINE, ("IS_OFFLINE_FILE",),
@@ -325,6 +330,7 @@ class Settings:
     timeout: float = 10.0
     flush_timeout: float = 10.0
     exit_timeout: float = 3.0
+    progress: bool | None = None
     offline: bool = False
     offline_file: str = DEFAULT_OFFLINE
     spool: bool = True

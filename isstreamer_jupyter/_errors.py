@@ -21,8 +21,8 @@ No message of any of them contains the access key.
 
 from __future__ import annotations
 
+import inspect
 import os
-import sys
 import warnings
 
 
@@ -52,6 +52,8 @@ class DeliveryError(IsStreamerError):
     def __init__(self, message: str, *, pending: int = 0) -> None:
         super().__init__(message)
         self.pending = pending
+        #: the report of the run's end it says (a ``RunEnd``), when it came from one
+        self.outcome: object = None
 
 
 class FlushTimeout(DeliveryError):
@@ -91,10 +93,12 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 def warn(message: str) -> None:
     """An :class:`IsStreamerWarning` shown at the user's line: the first caller outside this
     package, however deep in it the warning is raised (close() -> flush() -> ...)."""
-    frame, level = sys._getframe(1), 2
-    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+    # From warn()'s own frame, level 1. A Python without frames gives None: warn at our caller.
+    frame, level = inspect.currentframe(), 1
+    while (frame is not None and frame.f_back is not None
+           and frame.f_code.co_filename.startswith(_PACKAGE)):
         frame, level = frame.f_back, level + 1
-    warnings.warn(message, IsStreamerWarning, stacklevel=level)
+    warnings.warn(message, IsStreamerWarning, stacklevel=max(level, 2))
 
 
 _SINGULAR_VERBS = {"were": "was", "are": "is", "have": "has"}

@@ -53,6 +53,7 @@ from traitlets.config import Configurable
 from . import _config
 from ._errors import IsStreamerError, IsStreamerWarning, counted
 from ._events import VALUE_MAX, check_key, coerce_epoch, coerce_value, describe
+from ._report import render
 from ._stats import status_text
 from ._streamer import Streamer
 
@@ -436,11 +437,12 @@ class IsStreamMagics(Magics, _SettingTraits):
         self._streamer, self._adopted = streamer, ""
         return streamer
 
-    def _close_session_streamer(self, timeout: float | None = None) -> str:
+    def _close_session_streamer(self, timeout: float | None = None, *,
+                                progressing: bool = False) -> str:
         """Detach the session streamer and stop its panels; close it if the magics made it
-        (an adopted one is the user's), within `timeout` (default: its exit wait; what is
-        undelivered stays in the spool for the next one). Returns "" or a note on what is left.
-        """
+        (an adopted one is the user's), within `timeout` (default: its exit wait), or, with
+        `progressing`, as close() waits: while delivery progresses. What is undelivered stays
+        in the spool. Returns "" or a note on what is left."""
         streamer, self._streamer = self._streamer, None
         adopted, self._adopted = self._adopted, ""
         if streamer is None:
@@ -448,6 +450,8 @@ class IsStreamMagics(Magics, _SettingTraits):
         _close_panels(streamer)
         if adopted:
             return ""
+        if progressing and timeout is None:
+            return _close(streamer, None)
         return _close(streamer, streamer.settings.exit_timeout if timeout is None else timeout)
 
     def shutdown(self) -> None:
@@ -490,7 +494,7 @@ class IsStreamMagics(Magics, _SettingTraits):
 
     def _scrub(self, text: str) -> str:
         """Belt and braces: no text of ours shows the access key (the streamer's own rule)."""
-        return self._streamer._redact(text) if self._streamer is not None else text
+        return self._streamer.redact(text) if self._streamer is not None else text
 
     # ------------------------------------------------------------------ %isstream
     @magic_arguments()
@@ -508,7 +512,8 @@ class IsStreamMagics(Magics, _SettingTraits):
     @argument("--flush", action="store_true",
               help="wait until everything logged so far is delivered")
     @argument("--timeout", type=float, metavar="S",
-              help="the wait of --flush or --close, in seconds (default: flush_timeout)")
+              help="the wait of --flush or --close, in seconds in all (default: while "
+                   "delivery progresses, up to flush_timeout without an acknowledgment)")
     @argument("--status", action="store_true", help="print a compact text status")
     @argument("--panel", action="store_true",
               help="show the live panel (a text status where widgets cannot show)")
@@ -654,11 +659,9 @@ class IsStreamMagics(Magics, _SettingTraits):
             print(f"{NOTE} no session streamer to close")
             return
         adopted = self._adopted
-        streamer = self._streamer
         if adopted:  # asked for by name: close the user's streamer too
             self._adopted = ""
-        default = streamer.settings.flush_timeout
-        left = self._close_session_streamer(default if timeout is None else timeout)
+        left = self._close_session_streamer(timeout, progressing=True)
         print(f"{NOTE} closed {adopted or 'the session streamer'}"
               f"{left or '; everything was delivered'}"
               + (f". The next %isstream makes a streamer of its own (its bucket: --bucket, "
@@ -911,9 +914,9 @@ def _expand(line: str, user_ns: dict[str, Any], local_ns: dict[str, Any] | None)
         return line
 
 
-def _close(streamer: Streamer, timeout: float) -> str:
-    """Close within `timeout`; "" when everything was delivered, else a short note on what
-    is left and where."""
+def _close(streamer: Streamer, timeout: float | None) -> str:
+    """Close within `timeout` (None: while delivery progresses); "" when everything was
+    delivered, else the report of what is left and where."""
     caught = _Caught()
     try:
         delivered = caught(lambda: streamer.close(timeout))
@@ -922,15 +925,11 @@ def _close(streamer: Streamer, timeout: float) -> str:
         caught.messages.append(str(exc))
     if delivered:
         return ""
-    stats = streamer.stats()
-    them, they_are = ("it", "it is") if stats.pending == 1 else ("them", "they are")
-    where = f" in the spool {stats.spool_path} (the next streamer sends {them})" \
-        if stats.spool_path else f" ({they_are} lost: {streamer._in_memory_why()})"
-    if stats.pending:
-        return f"; {counted(stats.pending, 'event', 'wait')} undelivered{where}"
-    # nothing waits, yet not all delivered: events were lost earlier (dropped or refused)
-    return streamer._redact("".join(f"; {m}" for m in caught.messages)
-                            or "; some events were lost")
+    end = streamer.outcome
+    if end is not None and not end.ok:
+        return f"; {streamer.redact(render(end))}"
+    return streamer.redact("".join(f"; {m}" for m in caught.messages)
+                           or "; some events were lost")
 
 
 def _close_panels(streamer: Streamer) -> None:

@@ -61,7 +61,8 @@ from collections import deque
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
-from ._errors import DeliveryError, EventsLost, FlushTimeout, IsStreamerError, counted
+from ._errors import IsStreamerError
+from ._report import RunEnd, render
 from ._stats import SignalStat, State, Stats, state_words, status_text
 
 try:
@@ -93,7 +94,8 @@ SPARK_REDRAWS = 20
 COUNTERS = (
     ("queued", "queued"), ("in_flight", "in flight"), ("spooled", "spooled"), ("sent", "sent"),
     ("retried", "retried"), ("refused", "refused"), ("dropped", "dropped"),
-    ("events_per_second", "events/s"), ("budget", "rate budget"),
+    ("recovered", "from earlier runs"), ("events_per_second", "events/s"),
+    ("budget", "rate budget"),
 )
 DEBUG_LEVELS = (("0 · quiet", 0), ("1 · echo events", 1), ("2 · raise failures", 2),
                 ("3 · HTTP detail", 3))
@@ -305,8 +307,7 @@ class _Watchdog:
                 continue
             now = time.monotonic()
             for panel in panels:
-                if now - panel._beat > BLOCKED_AFTER:
-                    panel._tick()
+                panel.refresh_if_blocked(now)
 
 
 _watchdog = _Watchdog()
@@ -348,7 +349,7 @@ class Panel:
         self._log_lines: deque[str] = deque(maxlen=LOG_LINES)  # escaped, oldest first
         self._log_last: Any = None  # the last ring entry shown
         self._flush_thread: threading.Thread | None = None
-        self._flush_result: tuple[Exception | None, float] | None = None
+        self._flush_result: tuple[RunEnd | Exception, float] | None = None
         self._note = ""
         self.stats: Stats | None = None
         self._build()
@@ -492,6 +493,11 @@ class Panel:
         if chain == self._chain and not self.closed and self._loop is loop:
             self._handle = loop.call_later(REFRESH_INTERVAL, self._loop_tick, chain)
 
+    def refresh_if_blocked(self, now: float) -> None:
+        """The watchdog's tick: refresh if the kernel loop has not run for ``BLOCKED_AFTER`` s."""
+        if now - self._beat > BLOCKED_AFTER:
+            self._tick()
+
     def _tick(self) -> None:
         """One automatic refresh, from the loop or the watchdog: at most 4 a second, never
         two at once, never raising into the loop."""
@@ -569,7 +575,7 @@ class Panel:
         budget = stats.budget
         values = (
             str(stats.queued), str(stats.in_flight), str(stats.spooled), str(stats.sent),
-            str(stats.retries), str(stats.refused), str(stats.dropped),
+            str(stats.retries), str(stats.refused), str(stats.dropped), str(stats.recovered),
             f"{stats.events_per_second:.1f}",
             f"{budget.remaining}/{budget.limit}" if budget is not None else "–",
         )
@@ -730,7 +736,7 @@ class Panel:
         and touches no widget."""
         started = time.monotonic()
         try:
-            result: Exception | None = self.streamer._flush(None)
+            result: RunEnd | Exception = self.streamer.flush_report()
         except Exception as exc:
             result = exc
         self._flush_result = (result, time.monotonic() - started)
@@ -752,22 +758,12 @@ class Panel:
         result, thread = self._flush_result, self._flush_thread
         if thread is None or result is None or thread.is_alive():
             return
-        error, took = result
-        if error is None:
-            self._note = f"flushed: everything delivered ({took:.1f} s)"
-        elif isinstance(error, EventsLost):
-            self._note = (f"flushed ({took:.1f} s), but since the last flush "
-                          f"{counted(error.dropped, 'event', 'were')} dropped and "
-                          f"{error.refused} refused")
-        else:
-            if isinstance(error, FlushTimeout):
-                detail = (f"{counted(stats.pending, 'event')} still waiting "
-                          f"({state_words(stats)}); they stay queued")
-            elif isinstance(error, DeliveryError):  # stopped: what and the fix
-                detail = str(error)
-            else:
-                detail = f"{type(error).__name__}: {error}"
-            self._note = f"flush: not all delivered after {took:.1f} s: {_esc(detail)}"
+        end, took = result
+        if isinstance(end, RunEnd):
+            self._note = _esc(render(end))
+        else:  # (a bug: said as it is)
+            self._note = (f"flush: not all delivered after {took:.1f} s: "
+                          f"{_esc(f'{type(end).__name__}: {end}')}")
         self._flush_thread = None
         with self.flush_button.hold_sync():
             self.flush_button.disabled = False

@@ -186,6 +186,8 @@ class Sender:
         self._probe_at = 0.0
         self._hold_until = 0.0  # monotonic; no request before it
         self._hold_state = State.BACKING_OFF
+        #: whether the service set the hold (Retry-After, a 429): waiting at its pace
+        self._hold_by_service = False
         #: why the last request failed and will be retried, and the fix: the state's reason
         #: until a request is accepted (also while the retry is out)
         self._hold_why = ("", "")
@@ -219,6 +221,11 @@ class Sender:
         self.retries = 0
         self.refused = 0
         self.dropped = 0
+        #: seconds spent, by cause: in requests, and between them waiting for the service
+        #: (Retry-After, the rate window), for our backoff, and for our own pace
+        self.timing = {"sending": 0.0, "service": 0.0, "backoff": 0.0, "pace": 0.0}
+        self._gap_kind = ""  # what the time before the next request is spent on
+        self._last_answer_at: float | None = None
         self.last_error = ""
         self.last_error_at: float | None = None
         self.last_remedy = ""
@@ -367,6 +374,8 @@ class Sender:
         if not ready:
             return self._first_pending_at + age_needed - now
         if pace:
+            exhausted = self.budget is not None and self.budget.remaining <= 0
+            self._gap_kind = self._gap_kind or ("service" if exhausted else "pace")
             return pace
         limit = self._split_limit or self.settings.batch_size
         store = self.store  # (log() may switch it, on a spool failure: a batch keeps its own)
@@ -752,6 +761,9 @@ class Sender:
         counted; an exception in it is an Answer too."""
         self._last_request_at = now
         self._asked_generation = self._key_generation
+        if self._gap_kind and self._last_answer_at is not None:
+            self.timing[self._gap_kind] += max(0.0, now - self._last_answer_at)
+        self._gap_kind = ""
         self._request_started = started = time.monotonic()
         if self._keeper_idle:
             self._request_begun.set()
@@ -764,8 +776,10 @@ class Sender:
                             detail=f"internal error: {type(exc).__name__}: {exc}")
         finally:
             self._request_started = None
+        self._last_answer_at = self.clock.monotonic()
         with self.lock:
             self.requests += 1
+            self.timing["sending"] += time.monotonic() - started
             if answer.budget is not None:
                 self.budget = answer.budget
         if answer.outcome is Outcome.ACCEPTED:
@@ -817,6 +831,9 @@ class Sender:
             self._hold_until = self.clock.monotonic() + delay
             self._hold_state = (State.RATE_LIMITED if outcome is Outcome.RATE_LIMITED
                                 else State.BACKING_OFF)
+            self._hold_by_service = outcome is Outcome.RATE_LIMITED or (
+                answer.retry_after is not None and answer.retry_after >= delay)
+            self._gap_kind = "service" if self._hold_by_service else "backoff"
             self._hold_why = (self.redact(answer.detail), answer.remedy or REMEDIES[outcome])
             with self.lock:
                 self.retries += 1
@@ -951,6 +968,42 @@ class Sender:
             return 0.0
         return max(0.0, self._last_request_at + 1.0 / rps - now)
 
+    def service_wait(self) -> float:
+        """Seconds left of a wait the service asked for (Retry-After, a 429, a spent rate
+        window); 0 when there is none. Waiting at the service's pace is no stall."""
+        now = self.clock.monotonic()
+        if now < self._hold_until:
+            return self._hold_until - now if self._hold_by_service else 0.0
+        budget = self.budget
+        if budget is not None and budget.remaining <= 0:
+            return self._pace_delay(now)
+        return 0.0
+
+    def waiting(self) -> int:
+        """Events accepted and not yet acknowledged: in the queue and in the store."""
+        return self.queued_events() + max(0, self._pending)
+
+    def store_pending(self) -> int | None:
+        """Events of this access key that wait in the store now, whoever sends them (other
+        processes sharing the spool too); None when it cannot be read at once."""
+        try:
+            return self.store.pending()
+        except Exception:  # (held, closed or failed: the sender meets it and says it)
+            return None
+
+    def losses(self) -> list[str]:
+        """What was said of the losses not yet reported, oldest first."""
+        with self.lock:
+            return list(self._losses)
+
+    def left_path(self) -> str:
+        """The path of the spool left after a failure, or ""."""
+        return self._left.path if self._left is not None else ""
+
+    def fork_locks(self) -> list[Any]:
+        """The locks a fork must not split: the drain's and the store's."""
+        return [self._drain_lock, *self.store.fork_locks()]
+
     def holding(self) -> bool:
         """Whether a request now would be too soon: a retry waits its backoff, the rate
         limit or the pace says wait, or delivery is stopped for the account."""
@@ -1080,5 +1133,7 @@ class Sender:
                 dropped=self.dropped,
                 events_per_second=self.events_per_second(), budget=self.budget,
                 last_error=self.last_error, last_error_at=self.last_error_at,
-                signals=signals, **common)
+                signals=signals, sending_seconds=self.timing["sending"],
+                waited_service=self.timing["service"], waited_backoff=self.timing["backoff"],
+                waited_pace=self.timing["pace"], **common)
 

@@ -74,6 +74,12 @@ class Stats:
     offline_file: str  # "" when online
     spool_path: str  # "" without a spool
     signals: tuple[SignalStat, ...]
+    #: seconds, over the streamer's life: inside requests; waiting for the service (its
+    #: Retry-After, a spent rate window); waiting out our backoff after failures; our pace
+    sending_seconds: float = 0.0
+    waited_service: float = 0.0
+    waited_backoff: float = 0.0
+    waited_pace: float = 0.0
 
     @property
     def pending(self) -> int:

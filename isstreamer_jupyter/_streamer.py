@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import datetime as _dt
 import logging
 import math
@@ -13,8 +14,8 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _config
 from ._config import (
@@ -31,8 +32,6 @@ from ._config import (
 from ._errors import (
     ConfigError,
     DeliveryError,
-    EventsLost,
-    FlushTimeout,
     RefusedValue,
     SpoolError,
     StreamerClosed,
@@ -48,24 +47,39 @@ from ._events import (
     coerce_value,
     iter_items,
 )
-from ._sender import Bucket, Clock, Marker, Sender, bounded
+from ._progress import Bar
+from ._progress import wanted as progress_wanted
+from ._report import HEIR, HEIR_REFUSED, STOP_CODES, RunEnd, error_for, render
+from ._sender import Bucket, Clock, Marker, Sender
 from ._spool import SEGMENT_EVENTS, MemoryStore, SqliteSpool, Store
 from ._stats import State, Stats, waiting_words
 from ._transport import CsvTransport, HttpTransport, Transport
+from ._wait import STOP_WAIT, Ended, wait_delivered
 
 if TYPE_CHECKING:
     from ._offline import UploadSummary
 
 #: how long flush() waits past its bound for the sender to reach its marker when nothing waits
 MARKER_GRACE = 0.25
-#: how often a flush() waiting for its marker looks whether another thread closed the streamer
-CLOSED_CHECK = 0.2
 logger = logging.getLogger("isstreamer_jupyter")
 logger.addHandler(logging.NullHandler())  # a library shows nothing unless the app asks
 _time = time.time
 #: epochs above this (as of import) need no checking on log()'s fast path
 _EPOCH_FLOOR = time.time() - EPOCH_MIN_AGE + 86400
-_live: weakref.WeakSet[Streamer] = weakref.WeakSet()
+
+
+class _Hooks(NamedTuple):
+    """A live streamer's part in the exit and fork hooks, held weakly."""
+
+    at_exit: weakref.WeakMethod[Callable[[bool], None]]
+    after_fork: weakref.WeakMethod[Callable[[], None]]
+    fork_locks: weakref.WeakMethod[Callable[[], list[Any]]]
+
+
+_live: weakref.WeakKeyDictionary[Streamer, _Hooks] = weakref.WeakKeyDictionary()
+#: set when Ctrl-C ended the script, or the exit hook's wait: the exit hook then waits for
+#: nothing more
+_interrupted = threading.Event()
 RING_SIZE = 500
 OFFLINE_REMEDY = ("to stream, set IS_ACCESS_KEY (or access_key=... / isstreamer.ini); upload "
                   "what was recorded with Streamer.upload(path) or `python -m isstreamer_jupyter "
@@ -107,6 +121,7 @@ class Streamer:
         timeout: float | None = None,
         flush_timeout: float | None = None,
         exit_timeout: float | None = None,
+        progress: bool | None = None,
         offline_file: str | None = None,
         spool: bool | None = None,
         spool_dir: str | os.PathLike[str] | None = None,
@@ -124,13 +139,15 @@ class Streamer:
             "debug_level": debug_level, "batch_size": batch_size, "buffer_size": buffer_size,
             "flush_interval": flush_interval, "max_requests_per_second": max_requests_per_second,
             "max_queue": max_queue, "timeout": timeout, "flush_timeout": flush_timeout,
-            "exit_timeout": exit_timeout, "offline": offline, "offline_file": offline_file,
+            "exit_timeout": exit_timeout, "progress": progress, "offline": offline,
+            "offline_file": offline_file,
             "spool": spool, "spool_dir": os.fspath(spool_dir) if spool_dir else None,
             "spool_interval": spool_interval, "spool_max_bytes": spool_max_bytes,
         }
         settings = _config.resolve(kwargs, given_as=given_as,
                                    ini_file_location=ini_file_location)
-        name = settings.bucket_name or _config.DEFAULT_BUCKET_NAME
+        # (a bucket given by its key alone is named by it: ISStreamer sent an empty name)
+        name = settings.bucket_name or settings.bucket_key or _config.DEFAULT_BUCKET_NAME
         key = settings.bucket_key or derive_bucket_key(name)
         check_bucket(name, key)
         self.use_async = use_async
@@ -138,6 +155,7 @@ class Streamer:
         self._buckets: list[Bucket] = [self._bucket]
         self._closed = False
         self._closed_ok = True
+        self._outcome: RunEnd | None = None
         self._refused_at_log = 0
         #: (dropped, refused) as a flush last reported them
         self._lost_told = (0, 0)
@@ -162,7 +180,7 @@ class Streamer:
                               transport=transport or self._make_transport(),
                               settings=self._for_sender(settings), clock=self._clock,
                               notify=self._say,
-                              current_bucket=lambda: self._bucket, redact=self._redact)
+                              current_bucket=lambda: self._bucket, redact=self.redact)
         self._update_slow()
         if settings.offline and not self._custom_transport:  # say so once, in the caller
             path = self._sender.transport.path  # type: ignore[attr-defined]
@@ -179,7 +197,10 @@ class Streamer:
                                        f"before new ones")
         if use_async:
             self._sender.start()
-        _live.add(self)  # (last: closed at exit, once it is whole)
+        # (last: closed at exit, once it is whole)
+        _live[self] = _Hooks(weakref.WeakMethod(self._at_exit),
+                             weakref.WeakMethod(self._after_fork),
+                             weakref.WeakMethod(self._sender.fork_locks))
 
     # ---------------------------------------------------------------- construction helpers
     @staticmethod
@@ -199,12 +220,17 @@ class Streamer:
     def _open_store(self, s: Settings, bucket_key: str) -> Store:
         if s.spool:
             try:
-                return SqliteSpool(s.spool_dir or None, api_base=s.api_base,
-                                   access_key=s.access_key, adopt_bucket=bucket_key,
-                                   max_bytes=s.spool_max_bytes, lease_seconds=s.timeout + 30)
+                spool = SqliteSpool(s.spool_dir or None, api_base=s.api_base,
+                                    access_key=s.access_key, adopt_bucket=bucket_key,
+                                    max_bytes=s.spool_max_bytes, lease_seconds=s.timeout + 30)
             except SpoolError as exc:
                 self._spool_trouble = str(exc)
                 self._notice(f"{exc}; going on without a spool (events live in memory only)")
+            else:
+                if spool.warning:  # (other users can read what is logged: said once)
+                    self._say(logging.WARNING, spool.warning)
+                    _warn(spool.warning)
+                return spool
         return MemoryStore(s.max_queue)
 
     def _in_memory_why(self) -> str:
@@ -335,148 +361,213 @@ class Streamer:
 
     # ---------------------------------------------------------------- waiting
     def flush(self, timeout: float | None = None, *, warn: bool = True) -> bool:
-        """Wait until every event logged before this call is acknowledged, for at most
-        `timeout` seconds (default: the ``flush_timeout`` setting). True if all were;
-        False too if, since the last flush, events were dropped (the queue or the spool was
-        full) or refused (by the service, or unsendable), which it says once.
+        """Wait until every event logged before this call is acknowledged. True if all were;
+        False too if events were dropped or refused since the last flush, which it says once.
 
-        At ``debug_level >= 2`` a failure raises a :class:`DeliveryError`; otherwise it is
-        warned about (unless ``warn=False``, for callers that show it themselves) and
-        ``False`` is returned. Unsent events stay queued either way. With ``use_async=False``
-        the requests are made here; when the next try is due past the bound (a backoff, a
-        rate limit) it returns then, saying so; one under way at the bound ends within
-        ``timeout`` (the setting): cut short, its events would be sent twice.
+        By default it waits as long as delivery progresses: it stops once no event has been
+        acknowledged for ``flush_timeout`` seconds, at once when delivery is stopped (a
+        refused key, the cap, a removed bucket), and on Ctrl-C (the KeyboardInterrupt goes
+        on). An explicit `timeout` is a total bound. A wait over a second shows a progress
+        bar (the ``progress`` setting). At ``debug_level >= 2`` a failure raises a
+        :class:`DeliveryError`; otherwise it is warned about (unless ``warn=False``) and False
+        is returned. Unsent events stay queued either way; :attr:`outcome` is the report.
         """
-        return self._flush_and_tell(timeout, warn=warn) is None
+        end, error = self._flush_and_tell(timeout, warn=warn)
+        if end.interrupted:
+            self._print(render(end))
+            raise KeyboardInterrupt
+        return error is None
+
+    def flush_report(self, timeout: float | None = None) -> RunEnd:
+        """flush() without the telling: its report, for front ends that say it themselves.
+        Ctrl-C ends it as it ends flush()."""
+        end = self._flush(timeout)
+        if end.interrupted:
+            raise KeyboardInterrupt
+        return end
+
+    @property
+    def stopped(self) -> bool:
+        """Whether delivery is stopped for the account (a refused key, the monthly cap)."""
+        return self._sender.blocked()
+
+    @property
+    def outcome(self) -> RunEnd | None:
+        """The report of the last flush, close or exit wait; None before the first."""
+        return self._outcome
 
     def _flush_and_tell(self, timeout: float | None, *, warn: bool = True, closing: str = "",
-                        told: list[str] | None = None) -> DeliveryError | None:
-        """flush(), telling what went wrong (returned too; None if all was delivered). With
-        `told` (at exit) it is put there to be said plainly, not warned nor raised."""
-        timeout = _wait_of(closing or "flush", timeout, self.settings.flush_timeout)
+                        told: list[str] | None = None,
+                        interrupted: bool = False) -> tuple[RunEnd, DeliveryError | None]:
+        """flush(), telling what went wrong. With `told` (at exit) it is put there to be said
+        plainly, not warned nor raised. An interrupted wait is the caller's to say."""
         closed = self._closed and not self._sender_alive()
         shown: list[str] = []
-        error = self._flush(timeout, closing=closing, shown=shown)
-        if error is None or closed:  # (closed: close() has told what is left)
-            return error
-        if isinstance(error, FlushTimeout):  # (flush's own finding: a stop or a loss was
-            self._say(logging.WARNING, str(error))  # logged by the sender as it happened)
-        else:  # (and shown here: not again at the next call)
-            with contextlib.suppress(ValueError):
-                self._notices.remove(str(error))
+        end = self._flush(timeout, closing=closing, shown=shown, interrupted=interrupted)
+        error = error_for(end)
+        if end.interrupted and told is not None and not end.ok:
+            told.append(render(end))
+        if error is None or closed or end.interrupted:
+            return end, error
+        said = str(error)
+        if end.waiting and not end.stopped:  # (a stop or a loss the sender said as it came)
+            self._say(logging.WARNING, said)
+        with contextlib.suppress(ValueError):  # (shown in the report: not again as a notice)
+            self._notices.remove(end.stopped)
         if told is not None:
-            told.append(str(error))
-            return error
-        if self.DebugLevel >= 2:
+            told.append(said)
+        elif self.DebugLevel >= 2:
             raise error
-        if warn and str(error) not in shown:  # (this call may have shown it as a notice)
-            _warn(str(error))
-        return error
+        elif warn and said not in shown:
+            _warn(said)
+        return end, error
+
+    def _bounds(self, timeout: float | None, closing: str) -> tuple[float, float]:
+        """(total bound, stall bound) of a wait: an explicit `timeout` is a total bound;
+        by default it waits while delivery progresses."""
+        if timeout is not None:
+            return _wait_of(closing or "flush", timeout, self.settings.flush_timeout), math.inf
+        stall = self.settings.exit_timeout if closing == "at exit" else self.settings.flush_timeout
+        return math.inf, stall
 
     def _flush(self, timeout: float | None, *, closing: str = "",
-               shown: list[str] | None = None) -> DeliveryError | None:
-        """flush() without the telling: what went wrong, or None if everything was
-        delivered (the panel and uploads choose what to say from its type). `closing`:
-        "close" or "at exit", whose message says what becomes of what waits. The notices
-        it shows are added to `shown`."""
+               shown: list[str] | None = None, interrupted: bool = False) -> RunEnd:
+        """flush() without the telling: the report of the wait. `closing`: "close" or
+        "at exit", whose report says what becomes of what waits. The notices it shows are
+        added to `shown`. `interrupted`: the run was interrupted, so it does not wait."""
+        call = closing or "flush"
         if self._closed and not self._sender_alive():
-            left = (self._sender._pending + self._sender.left_behind()
-                    + self._sender.queued_events())
-            if left:
-                return FlushTimeout(f"flush: the streamer is closed; "
-                                    f"{counted(left, 'event', 'wait')}", pending=left)
-            return self._lost_since_last_flush(closing)
-        timeout = _wait_of("flush", timeout, self.settings.flush_timeout)
+            left = self._sender.waiting() + self._sender.left_behind()
+            end = self._report(call, left, "not delivered: the streamer is closed")
+            return self._remember(end)
+        bound, stall = self._bounds(timeout, closing)
         said = self._show_notices(but=self._loss_to_report())  # (its report says that one)
         if shown is not None:
             shown += said
         marker = Marker()
         self._sender.queue_mark(marker)
-        next_try, spent, cut_short = None, 0.0, None
-        if self.use_async:
+        sent_before = self._sender.sent
+        started = time.monotonic()
+        bar = Bar(f"isstreamer_jupyter: {call}") if progress_wanted(
+            self.settings.progress) and not interrupted else None
+        next_try, ended, spent = None, Ended.DONE, 0.0
+        if interrupted:
+            ended = Ended.INTERRUPTED
+        elif self.use_async:
             self._sender.wake.set()
-            cut_short = self._wait_for(marker, timeout)
-            if not marker.done.is_set() and cut_short is None and self.stats().pending == 0:
-                # nothing waits: the sender has only to reach the marker (a 0 s bound: the
-                # wait at exit spent by another streamer), not "0 events still waiting"
+            ended = wait_delivered(self._sender, marker, bound=bound, stall=stall, bar=bar,
+                                   closed=lambda: self._closed and not self._sender_alive()
+                                   ).ended
+            if (ended is Ended.BOUND and not marker.done.is_set()
+                    and self._sender.waiting() == 0):
+                # nothing waits: the sender has only to reach the marker (a 0 s bound), not
+                # "0 events still waiting"
                 marker.done.wait(MARKER_GRACE)
         else:
-            started = self._clock.monotonic()
-            next_try = self._pump(started + timeout, marker)
-            spent = self._clock.monotonic() - started
-        error = marker.error
-        if error is None and not marker.done.is_set():
+            began = self._clock.monotonic()
+            try:
+                next_try = self._pump(bound, stall, marker)
+            except KeyboardInterrupt:
+                ended = Ended.INTERRUPTED
+            spent = self._clock.monotonic() - began
+        seconds = time.monotonic() - started
+        if bar is not None:
+            bar.close()
+        end = self._outcome_of(call, marker, ended, next_try, (seconds, spent), bound, stall)
+        end = dataclasses.replace(end, delivered=self._sender.sent - sent_before,
+                                  seconds=seconds)
+        if bar is not None and bar.shown and end.ok:
+            self._print(render(end))
+        return self._remember(end)
+
+    def _outcome_of(self, call: str, marker: Marker, ended: Ended, next_try: float | None,
+                    took: tuple[float, float], bound: float, stall: float) -> RunEnd:
+        """The report of a wait that ended so; `took`: its seconds, and those the caller's
+        own sending spent (use_async=False) by the streamer's clock."""
+        seconds, spent = took
+        stop = marker.error
+        if stop is not None:
+            # (a flush keeps them queued, as the stop's words say: they need no more words)
+            staying = call == "flush"
+            return self._report(call, self.stats().pending, "" if staying else "not delivered",
+                                staying=staying, stopped=str(stop),
+                                stop=STOP_CODES.get(type(stop), ""))
+        if not marker.done.is_set() or ended is Ended.INTERRUPTED:
             state = self.stats()
-            verb = closing or "flush"
             why = waiting_words(state, self._clock.wall())
-            if next_try is not None:  # (it returned before its bound: said so, not "after")
-                within = "the wait at exit" if closing == "at exit" else f"this {verb}"
-                bound = f"its {round(timeout, 2):g} s bound"
+            if ended is Ended.INTERRUPTED:
+                said = "not delivered: the wait was interrupted"
+            elif next_try is not None:  # (it returned before its bound: said so, not "after")
+                within = "the wait at exit" if call == "at exit" else f"this {call}"
+                limit = min(bound, stall)
+                past = f"its {round(limit, 2):g} s bound"
                 if spent >= 0.05:  # (it tried a while first: what was left of it)
-                    bound = f"the {round(timeout - spent, 2):g} s left of {bound}"
-                why = why or f"next try in {next_try:.1f} s"
-                said = f"not sent within {within}: {why} (past {bound})"
-            elif cut_short is not None:  # (another thread closed it: nothing sends them now)
-                said = f"not delivered: the streamer was closed after {cut_short:.1f} s"
+                    past = f"the {round(limit - spent, 2):g} s left of {past}"
+                said = (f"not sent within {within}: {why or f'next try in {next_try:.1f} s'} "
+                        f"(past {past})")
+            elif ended is Ended.CLOSED:  # (another thread closed it: nothing sends them now)
+                said = f"not delivered: the streamer was closed after {seconds:.1f} s"
+            elif ended is Ended.STALL:
+                said = (f"not delivered: none acknowledged for {round(stall, 2):g} s"
+                        + (f" ({why})" if why else ""))
             else:
-                said = f"still waiting after {round(timeout, 2):g} s" + (f" ({why})" if why
-                                                                          else "")
-            if not closing and cut_short is None:
-                fate = "they stay queued and will be " + (
-                    "written" if self.settings.offline else "sent")
-            elif self._sender.store.path:
-                fate = (f"they stay in the spool {self._sender.store.path} for "
-                        f"{self._spool_heir()}")
-            else:
-                fate = f"they are lost as it closes ({self._in_memory_why()})"
-            error = FlushTimeout(f"{verb}: {counted(state.pending, 'event')} {said}; {fate}",
-                                 pending=state.pending)
-        behind = self._sender.left_behind() if error is None else 0
+                said = (f"still waiting after {round(bound, 2):g} s"
+                        + (f" ({why})" if why else ""))
+            return self._report(call, state.pending, said,
+                                interrupted=ended is Ended.INTERRUPTED,
+                                staying=not (call != "flush" or ended is Ended.CLOSED))
+        behind = self._sender.left_behind()
         if behind:
-            error = FlushTimeout(f"flush: {self._left_behind_text(behind)}", pending=behind)
-        return error or self._lost_since_last_flush(closing)
+            return self._report(call, behind, "not delivered: they were in the spool when it "
+                                              "failed", where=self._sender.left_path())
+        return self._report(call, 0, "")
 
-    def _wait_for(self, marker: Marker, timeout: float) -> float | None:
-        """Wait for `marker`, `timeout` at most; None, or the seconds waited when the wait was
-        cut short by a close() in another thread (its sender gone, nothing completes it)."""
-        started = time.monotonic()
-        end = started + timeout
-        while not marker.done.wait(bounded(min(end - time.monotonic(), CLOSED_CHECK))):
-            if time.monotonic() >= end:
-                return None
-            if self._closed and not self._sender_alive():
-                return None if marker.done.is_set() else time.monotonic() - started
-        return None
+    def _report(self, call: str, waiting: int, why: str, *, staying: bool = False,
+                where: str | None = None, interrupted: bool = False, stopped: str = "",
+                stop: str = "") -> RunEnd:
+        """A report of `waiting` events and why, with what becomes of them and the losses
+        since the last report. `staying`: they stay queued in this live streamer."""
+        heir = ""
+        if where is None:
+            where = self._sender.store.path if waiting and not staying else ""
+        if staying:
+            heir = ("they stay queued and will be "
+                    + ("written" if self.settings.offline else "sent"))
+        elif where:
+            heir = HEIR_REFUSED if self._sender.key_refused() else HEIR
+        elif waiting:
+            heir = f"they are lost as it closes ({self._in_memory_why()})"
+        dropped, refused, lost_why = self._losses_since_last_report()
+        return RunEnd(call=call, waiting=waiting, why=why, where=where, heir=heir,
+                      dropped=dropped, refused=refused, lost_why=lost_why, stopped=stopped,
+                      stop=stop, interrupted=interrupted)
 
-    def _left_behind_text(self, count: int) -> str:
-        path = self._sender._left.path if self._sender._left is not None else ""
-        return (f"{counted(count, 'event', 'wait')} in the spool {path}, left when it failed; "
-                f"{self._spool_heir()} sends them")
+    def _remember(self, end: RunEnd) -> RunEnd:
+        self._outcome = end
+        return end
 
-    def _spool_heir(self) -> str:
-        """Who sends what this streamer leaves in the spool."""
-        if self._sender.key_refused():  # (the refused key's events go to the next key)
-            return ("the next Streamer on their bucket with the same API base and the right "
-                    "access key")
-        return "the next Streamer with the same access key and API base"
+    def _print(self, line: str) -> None:
+        """A plain line on stderr: a summary, or what an interrupted wait left."""
+        with contextlib.suppress(Exception):  # (a closed or broken stderr)
+            print(f"isstreamer_jupyter: {self.redact(line)}", file=sys.stderr, flush=True)
 
     def _loss_to_report(self) -> str:
-        """What the next lost-events report will say of the last loss (its words are that
-        report's to say: a flush shows the other notices, not this one), or ""."""
-        with self._sender.lock:
-            return self._sender._losses[-1] if self._sender._losses else ""
+        """What the next report will say of the last loss (a flush shows the other notices,
+        not this one), or ""."""
+        losses = self._sender.losses()
+        return losses[-1] if losses else ""
 
-    def _lost_since_last_flush(self, closing: str = "") -> EventsLost | None:
-        """Events dropped or refused since a flush last said so, with what the sender said
-        of them (each loss is said once, whichever thread flushes: the user's, the panel's;
-        its notice, if not yet shown, is not shown after). At exit it says "at exit:"."""
+    def _losses_since_last_report(self) -> tuple[int, int, str]:
+        """(dropped, refused, what was said of them) since a report last said so. Each loss is
+        said once, whichever thread flushes; its notice, if not yet shown, is not shown
+        after."""
         sender = self._sender
         with self._lost_lock:
             with sender.lock:
                 now = (sender.dropped, sender.refused)
             dropped, refused = (a - b for a, b in zip(now, self._lost_told, strict=True))
             if dropped + refused <= 0:
-                return None
+                return 0, 0, ""
             self._lost_told = now
             said = sender.take_losses()
         for message in said:
@@ -485,87 +576,86 @@ class Streamer:
         why = said[-1] if said else "see streamer.messages()"
         if len(said) > 1:
             why += f" (and {len(said) - 1} more: see streamer.messages())"
-        lost = dropped + refused
-        verb = "at exit" if closing == "at exit" else "flush"
-        return EventsLost(
-            f"{verb}: {counted(lost, 'event', 'were')} lost since the last "
-            f"flush ({dropped} dropped, {refused} refused; no other event was lost): "
-            f"{why}", dropped=dropped, refused=refused)
+        return dropped, refused, why
 
-    def _pump(self, deadline: float, marker: Marker) -> float | None:
+    def _pump(self, bound: float, stall: float, marker: Marker) -> float | None:
         """use_async=False, flush() and close(): do the sender's work in the caller until
-        `marker` is done or `deadline`. If it stops because the next try is due past
-        `deadline` (a backoff, a rate limit), the seconds until then: it does not wait for
-        nothing."""
-        sender = self._sender
+        `marker` is done, `bound` runs out or nothing is acknowledged for `stall` s. If it
+        stops because the next try is due past that (a backoff, a rate limit), the seconds
+        until then: it does not wait for nothing."""
+        sender, clock = self._sender, self._clock
+        started = progress_at = clock.monotonic()
+        sent = sender.sent
         while True:
             delay = sender.step()
             if marker.done.is_set() or sender.blocked():  # (stopped: nothing would go out)
                 return None
-            now = self._clock.monotonic()
+            now = clock.monotonic()
+            if sender.sent != sent:
+                progress_at, sent = now, sender.sent
+            deadline = min(started + bound, progress_at + stall)
             if now + delay >= deadline:
                 return delay if now < deadline else None
             if delay > 0:
-                self._clock.sleep(delay)
+                clock.sleep(delay)
 
-    def close(self, timeout: float | None = None) -> bool:
-        """Flush (bounded by `timeout`), then stop the sender. Idempotent; True if everything
-        was delivered (as for flush(), events dropped or refused since the last flush count
-        against it). What is left stays in the spool for the next Streamer."""
-        return self._close(timeout)
+    def close(self, timeout: float | None = None, *, send: bool = True) -> bool:
+        """Flush, then stop the sender. It waits as flush() does: while delivery progresses,
+        or within an explicit `timeout`; Ctrl-C stops it at once, and the KeyboardInterrupt
+        goes on. Idempotent; True if everything was delivered (events dropped or refused
+        since the last flush count against it). What is left stays in the spool, for
+        ``python -m isstreamer_jupyter spool send`` or the next Streamer. ``send=False``
+        sends nothing more."""
+        end = self._close(timeout, flush=send)
+        if end is not None and end.interrupted:
+            raise KeyboardInterrupt
+        return self._closed_ok
 
     def _close(self, timeout: float | None, flush: bool = True, *,
-               told: list[str] | None = None) -> bool:
+               told: list[str] | None = None, interrupted: bool = False) -> RunEnd | None:
         """close(); with flush=False nothing more is sent (an upload that stopped: what is
         sent after it saved its progress would be sent again by the next run). With `told`
-        (at exit) what it would warn is put there instead, to be said plainly."""
-        timeout = _wait_of("close", timeout, self.settings.flush_timeout)
+        (at exit) what it would warn is put there instead, to be said plainly. Returns the
+        report of its wait (None if it was closed already)."""
         if self._closed:
-            return self._closed_ok
-        deadline = time.monotonic() + timeout
+            return None
+        closing = "close" if told is None else "at exit"
+        bound_at = time.monotonic() + self._bounds(timeout, closing)[0]
+        end: RunEnd | None = None
         error: DeliveryError | None = None
-        said: DeliveryError | None = None  # (what the flush said)
-        delivered = False
         if flush:
             try:
-                said = self._flush_and_tell(timeout, told=told,
-                                            closing="close" if told is None else "at exit")
+                end, error = self._flush_and_tell(timeout, told=told, closing=closing,
+                                                  interrupted=interrupted)
             except DeliveryError as exc:
-                error = said = exc
-            delivered = said is None
+                error = exc
+                end = exc.outcome if isinstance(exc.outcome, RunEnd) else None
         self._closed_ok = False  # (until the end: a close() that raised is no success)
         self._closed = True
         self._update_slow()
-        _live.discard(self)
-        # within the caller's bound: a sender still in a request is left to end on its own
-        self._sender.stop(timeout=max(0.1, deadline - time.monotonic()))
+        _live.pop(self, None)
+        # a request under way ends within `timeout`: acknowledged, it is not sent again;
+        # within an explicit bound, or at once after Ctrl-C, it is left to end on its own
+        wait = STOP_WAIT if end is None or end.interrupted else self.settings.timeout + STOP_WAIT
+        self._sender.stop(timeout=max(0.1, min(wait, bound_at - time.monotonic())))
         if not self.use_async:
             self._sender.drain()
-        left = self._sender._pending + self._sender.queued_events()
-        notes = []
-        if left and not isinstance(said, FlushTimeout):  # (a timeout said what becomes of them)
-            if self._sender.store.path:
-                notes.append(f"{counted(left, 'event', 'wait')} in the spool "
-                             f"{self._sender.store.path}; {self._spool_heir()} sends them")
-            else:
-                notes.append(f"{counted(left, 'event', 'were')} not delivered "
-                             f"({self._in_memory_why()})")
-        behind = self._sender.left_behind()
-        if behind and self._left_behind_text(behind) not in str(said):
-            notes.append(self._left_behind_text(behind))
-        for note in notes:
+        left = self._sender.waiting()
+        if left and (end is None or left > end.waiting):
+            note = render(self._report(closing, left, "not delivered"))
             self._say(logging.WARNING, note)
-        if told is not None:
-            told += notes
-        else:  # (what becomes of them: the flush said only why they were not delivered)
-            for note in notes:
+            if told is not None:
+                told.append(note)
+            elif end is None or not end.interrupted:
                 _warn(note)
+        if end is not None and end.interrupted and told is None:
+            self._print(render(end))
         if self._sender.thread is None:  # (a thread closes them itself as it ends)
             self._sender.close_resources()
-        self._closed_ok = delivered
-        if error is not None:
+        self._closed_ok = error is None and left == 0 and flush
+        if error is not None and told is None and self.DebugLevel >= 2:
             raise error
-        return delivered
+        return end
 
     def _sender_alive(self) -> bool:
         thread = self._sender.thread
@@ -738,7 +828,7 @@ class Streamer:
     def _say(self, level: int, message: str) -> None:
         """Every message goes here: redacted, into the ring and `logging`; never printed."""
         settings = getattr(self, "settings", None)
-        message = self._redact(message)
+        message = self.redact(message)
         debug = settings.debug_level if settings else 0
         if level >= (logging.DEBUG if debug >= 3 else logging.INFO if debug else logging.WARNING):
             self.ring.append((_time(), level, message))
@@ -746,7 +836,8 @@ class Streamer:
         if level >= logging.ERROR:
             self._notice(message)
 
-    def _redact(self, message: str) -> str:
+    def redact(self, message: str) -> str:
+        """`message` with this streamer's access key masked."""
         settings = getattr(self, "settings", None)
         return redacted(message, settings.access_key if settings else "")
 
@@ -779,6 +870,12 @@ class Streamer:
 
     # ---------------------------------------------------------------- fork and exit
     def _after_fork(self) -> None:
+        try:
+            self._reset_after_fork()
+        except Exception as exc:  # never break the fork; say what happened
+            self._say(logging.ERROR, f"after fork: {exc}")
+
+    def _reset_after_fork(self) -> None:
         self._lost_lock = threading.Lock()  # (a parent's thread may have held it)
         self._queue.clear()  # the parent sends what it had queued
         store = self._sender.store
@@ -797,10 +894,11 @@ class Streamer:
         if self.use_async and not self._closed:
             self._sender.start()
 
-    def _at_exit(self, deadline: float) -> None:
-        """Close within the shared deadline, and say what is left once, as plain lines on
-        stderr: a warning here would point into this package, and no cell follows."""
-        # (not shown yet: no log() or flush() follows; the last loss is left for the flush's
+    def _at_exit(self, interrupted: bool) -> None:
+        """Close, waiting while delivery progresses (none after Ctrl-C), and say what is left
+        once, as plain lines on stderr: a warning here would point into this package, and no
+        cell follows."""
+        # (not shown yet: no log() or flush() follows; the last loss is left for the
         # report to say, or, if it does not come to it, said after it as a notice)
         loss = self._loss_to_report()
         told = [message for message in self._notices if message != loss]
@@ -809,12 +907,12 @@ class Streamer:
         if held:
             self._notices.append(loss)
         with contextlib.suppress(Exception):
-            self._close(timeout=max(0.0, min(self.settings.exit_timeout,
-                                             deadline - time.monotonic())), told=told)
+            self._close(None, told=told, interrupted=interrupted)
         told += self._notices
-        for line in dict.fromkeys(told):
-            with contextlib.suppress(Exception):  # (a closed or broken stderr)
-                print(f"isstreamer_jupyter: {line}", file=sys.stderr)
+        lines = list(dict.fromkeys(told))
+        for line in lines:  # (a notice the report repeats is said by the report)
+            if not any(line != other and line in other for other in lines):
+                self._print(line)
 
 
 def _wait_of(call: str, timeout: Any, default: float) -> float:
@@ -854,11 +952,27 @@ def _checked(name: str, value: Any) -> Any:
 
 
 def _close_all_at_exit() -> None:
-    """One shared deadline: Jupyter kills a kernel that takes more than 5 s to stop."""
-    streamers = list(_live)
-    deadline = time.monotonic() + max((s.settings.exit_timeout for s in streamers), default=0)
-    for streamer in streamers:
-        streamer._at_exit(deadline)
+    """Close every live streamer. After Ctrl-C (in a wait, or the script's own) none waits,
+    and a Ctrl-C during a wait ends it."""
+    if isinstance(_ended_by(), KeyboardInterrupt):
+        _interrupted.set()
+    for hooks in list(_live.values()):
+        at_exit = hooks.at_exit()
+        if at_exit is None:
+            continue
+        try:
+            at_exit(_interrupted.is_set())
+        except KeyboardInterrupt:
+            _interrupted.set()
+
+
+def _ended_by() -> BaseException | None:
+    """The exception that ended the script, if one did. IPython keeps the last cell's error
+    there too, which ends nothing."""
+    shell = sys.modules.get("IPython")
+    if shell is not None and shell.get_ipython() is not None:
+        return None
+    return getattr(sys, "last_value", None)
 
 
 _fork_held: list[Any] = []
@@ -867,10 +981,10 @@ _fork_held: list[Any] = []
 def _before_fork() -> None:
     """Fork between transactions: hold each streamer's drain and spool locks (briefly, with a
     bound) so the child never inherits a connection in the middle of one."""
-    for streamer in list(_live):
-        sender = streamer._sender
-        for lock in (sender._drain_lock, getattr(sender.store, "_lock", None)):
-            if lock is not None and lock.acquire(timeout=2):
+    for hooks in list(_live.values()):
+        fork_locks = hooks.fork_locks()
+        for lock in fork_locks() if fork_locks is not None else ():
+            if lock.acquire(timeout=2):
                 _fork_held.append(lock)
 
 
@@ -881,11 +995,10 @@ def _after_fork_in_parent() -> None:
 
 def _after_fork_in_child() -> None:
     _fork_held.clear()  # the child makes new locks
-    for streamer in list(_live):
-        try:
-            streamer._after_fork()
-        except Exception as exc:  # never break the fork; say what happened
-            streamer._say(logging.ERROR, f"after fork: {exc}")
+    for hooks in list(_live.values()):
+        after_fork = hooks.after_fork()
+        if after_fork is not None:
+            after_fork()
 
 
 atexit.register(_close_all_at_exit)

@@ -322,8 +322,9 @@ def drive(page: Any, base: str, token: str, receiver: Receiver, access_key: str)
 
     # the flush button: a spinner, then the result (the flush runs in a thread of the kernel)
     page.click(f"{panel} button:has-text('Flush')")
-    wait_until(lambda: text(page, f"{panel} [data-field=note]").startswith(
-        "flushed: everything delivered"), 30, "the flush button's result")
+    wait_until(lambda: re.fullmatch(r"flush: \d+ events? delivered in [0-9.]+ s",
+                                    text(page, f"{panel} [data-field=note]")), 30,
+               "the flush button's result")
     assert page.locator(f"{panel} button:has-text('Flush')").is_enabled()
     old_key = derive_bucket_key(BEFORE)
     assert len(receiver.wait_for(170, old_key, timeout=30)) == 170

@@ -296,14 +296,14 @@ def test_close_says_what_was_lost(session: Session, make_receiver: Any,
     session.ok(f"%isstream {'k' * 150} 1")  # ours go to 250 (with a warning over 100)
     session.ok("%isstream temp 2")
     out = session.ok("%isstream --close --timeout 5").text
-    assert "closed the session streamer; flush: 1 event was lost since the last flush" in out
+    assert "closed the session streamer; close: 1 event was lost since the last flush" in out
     assert "everything was delivered" not in out
     assert [e["value"] for e in picky.events()] == [2]
 
 
 def test_close_says_one_event_left_in_the_singular(session: Session, make_receiver: Any,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """It said "1 event waits undelivered (they are lost: ...)"."""
+    """It said "1 event waits undelivered (they are lost: ...)"; now the report says it."""
     from isstreamer_jupyter.receiver import Faults
 
     down = make_receiver(faults=Faults(p_5xx=1.0))  # (every request: 503)
@@ -311,7 +311,8 @@ def test_close_says_one_event_left_in_the_singular(session: Session, make_receiv
     session.ok("%config IsStreamMagics.spool = False")
     session.ok("%isstream temp 1")
     out = session.ok("%isstream --close --timeout 0.3").text
-    assert "; 1 event waits undelivered (it is lost: spool = False from %config " in out, out
+    assert ("; close: 1 event still waiting after 0.3 s (" in out
+            and "); they are lost as it closes (spool = False from %config " in out), out
 
 
 def test_lines_says_one_good_event_in_the_singular(session: Session) -> None:

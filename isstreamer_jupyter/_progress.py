@@ -1,0 +1,57 @@
+"""The progress bar of a long wait for delivery: ``tqdm.auto``, a widget in Jupyter and text on
+stderr in a terminal."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Any
+
+#: a wait shows its bar once it has lasted this long
+SHOW_AFTER = 1.0
+
+
+def wanted(setting: bool | None) -> bool:
+    """Whether waits show a bar: the ``progress`` setting, else on in Jupyter or when stderr
+    is a terminal."""
+    if setting is not None:
+        return setting
+    if "ipykernel" in sys.modules:
+        return True
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # no stderr, or a closed one
+        return False
+
+
+class Bar:
+    """A bar of events delivered out of those waiting, made only when first shown."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.shown = False
+        self._bar: Any = None
+
+    def show(self, done: int, total: int) -> None:
+        """Draw `done` of `total`; the first call makes the bar."""
+        left = max(0, total - done)
+        if self._bar is None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(
+                total=total, initial=done, desc=self.label, unit="event", file=sys.stderr,
+                leave=False, dynamic_ncols=True,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} delivered"
+                           "{postfix} [{elapsed}<{remaining}, {rate_fmt}]")
+            self.shown = True
+        bar = self._bar
+        if bar.total != total:
+            bar.total = total
+        bar.set_postfix_str(f"{left:,} left", refresh=False)
+        bar.update(done - bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            with contextlib.suppress(Exception):  # (a closed stderr, a dead frontend)
+                self._bar.close()
+            self._bar = None
