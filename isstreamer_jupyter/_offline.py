@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from . import _errors as err
 from ._config import (
@@ -45,7 +45,8 @@ from ._config import (
 )
 from ._errors import ConfigError, EventsLost, IsStreamerError, RefusedValue
 from ._events import check_key, coerce_epoch, coerce_value
-from ._spool import fingerprint
+from ._report import error_for
+from ._spool import FILE_MODE, fingerprint
 
 try:
     import fcntl  # (POSIX: one upload of a file at a time; elsewhere, the user's care)
@@ -360,8 +361,9 @@ def _save_state(state_path: Path, destination: str, target: str, line: int, refu
     destinations.setdefault(destination, {})[target] = {
         "line": line, "refused": refused, "size": size, "head": head}
     tmp = state_path.with_name(state_path.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps({"format": STATE_FORMAT, "destinations": destinations}))
+    try:  # (the progress file is the .tmp renamed: it keeps the .tmp's mode)
+        with _private(tmp, os.O_WRONLY | os.O_TRUNC) as fh:
+            fh.write(json.dumps({"format": STATE_FORMAT, "destinations": destinations}))
         if not check:
             os.replace(tmp, state_path)
         elif state_path.is_dir():  # (os.replace would fail on it)
@@ -373,6 +375,19 @@ def _save_state(state_path: Path, destination: str, target: str, line: int, refu
             tmp.unlink()
         raise ConfigError(f"the progress file {state_path} cannot be written "
                           f"({_unwritable(state_path, tmp, exc)})") from None
+
+
+def _private(path: Path, flags: int) -> TextIO:
+    """`path` opened for writing (made if missing) for its owner only, as the spool is:
+    progress files name what was uploaded where."""
+    fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    try:
+        with contextlib.suppress(PermissionError):  # (another user's file: theirs to set)
+            os.fchmod(fd, FILE_MODE)  # (open()'s mode is cut by the umask; fchmod's is not)
+        return os.fdopen(fd, "a" if flags & os.O_APPEND else "w", encoding="utf-8")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _unwritable(state_path: Path, tmp: Path, exc: OSError) -> str:
@@ -405,7 +420,7 @@ def _one_at_a_time(state_path: Path) -> Iterator[None]:
     lock_path = state_path.with_name(state_path.name + ".lock")
     while True:
         try:
-            fh = lock_path.open("a")
+            fh = _private(lock_path, os.O_WRONLY | os.O_APPEND)
         except OSError as exc:
             raise ConfigError(f"cannot create {lock_path} ({exc.strerror or exc}): make the "
                               f"recording's folder writable") from None
@@ -517,8 +532,8 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
             step = WAIT_NOTE_AFTER
             while True:
                 end = min(time.monotonic() + step, deadline)
-                error = streamer._flush(max(0.0, end - time.monotonic()))
-                if not isinstance(error, err.FlushTimeout) or streamer._sender.blocked():
+                error = error_for(streamer.flush_report(max(0.0, end - time.monotonic())))
+                if not isinstance(error, err.FlushTimeout) or streamer.stopped:
                     return error
                 # (the next try is due after `end`: flush returned without waiting for it)
                 time.sleep(max(0.0, end - time.monotonic()))
@@ -589,7 +604,7 @@ def upload(path: str | os.PathLike[str], *, bucket_name: str = "", bucket_key: s
             finally:
                 bar.close()
                 if streamer is not None:  # (stopped: what it sent now would be sent again)
-                    streamer._close(1, flush=not pending)
+                    streamer.close(1, send=not pending)
                 summary.seconds = time.monotonic() - started
         # (the rows up to the saved line were handled before: all delivered but those refused)
         summary.already_sent = max(0, summary.already_sent - refused_earlier)

@@ -12,6 +12,12 @@ Rows are keyed by a namespace: a one-way fingerprint of the API base and the acc
 key itself is never written. Several processes may share one spool file: a segment is leased
 to one sender while its request is under way, one bucket has one batch in flight at a time
 (so each bucket's order holds), and a killed process's lease is freed once it is gone.
+
+The spool is its owner's alone: its folder is made ``0700`` and its files ``0600``, whatever
+the umask. Each open ``SqliteSpool`` has a row in the ``senders`` table (its process, its
+namespace's API base, a heartbeat), removed when it closes: :func:`spool_status` tells from
+it whether a live process sends what waits. :func:`spool_status` and :func:`drop_spooled` need
+no access key.
 """
 
 from __future__ import annotations
@@ -20,10 +26,12 @@ import contextlib
 import hashlib
 import marshal
 import os
+import shlex
 import sqlite3
+import stat
 import threading
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,6 +54,17 @@ HELD_ELSEWHERE = 0.05
 #: new spool holds it a moment; one that holds its write lock longer (an SQLite client, a
 #: transaction left open) makes the Streamer go on without the spool rather than wait for it
 OPEN_WAIT = 2.0
+#: the spool holds everything logged to it: its folder and files are for their owner only
+FOLDER_MODE = 0o700
+FILE_MODE = 0o600
+#: the files SQLite keeps beside the database in WAL mode
+SIDE_FILES = ("-wal", "-shm")
+#: how long closing the spool waits at most to remove its row from the senders table
+CLOSE_WAIT = 1.0
+#: how often an open spool refreshes its heartbeat in the senders table, at most
+HEARTBEAT = 5.0
+#: hex characters of a namespace's fingerprint that name its account to a user
+SHORT = 8
 
 Event = tuple[str, Any, float]  # key, value, epoch
 
@@ -120,6 +139,10 @@ class Store(Protocol):
 
     def checkpoint(self) -> None:
         """Housekeeping the sender does now and then, off the log() path."""
+
+    def fork_locks(self) -> list[threading.Lock]:
+        """The locks a fork must not split."""
+        ...
 
     def close(self) -> None: ...
 
@@ -253,6 +276,10 @@ class MemoryStore:
     def checkpoint(self) -> None:
         pass
 
+    def fork_locks(self) -> list[threading.Lock]:
+        """The lock a fork must not split: the child gets new ones."""
+        return [self._lock]
+
     def close(self) -> None:
         pass
 
@@ -278,6 +305,12 @@ _SCHEMA = (
     "at REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
     "INSERT OR IGNORE INTO meta VALUES ('marshal_version', {marshal})",
+    # One row per open SqliteSpool: who may be sending a namespace's events now.
+    "CREATE TABLE IF NOT EXISTS senders(id INTEGER PRIMARY KEY, holder INTEGER NOT NULL, "
+    "ns TEXT NOT NULL, pid INTEGER NOT NULL, api_base TEXT NOT NULL, started REAL NOT NULL, "
+    "heartbeat REAL NOT NULL)",
+    # The API base of each namespace with events, kept after its sender is gone.
+    "CREATE TABLE IF NOT EXISTS accounts(ns TEXT PRIMARY KEY, api_base TEXT NOT NULL)",
 )
 _FROM_FORMAT_1 = (
     "DROP INDEX IF EXISTS segments_ns",
@@ -295,10 +328,77 @@ _FROM_FORMAT_1 = (
 )
 
 
+#: adopt_bucket's value for every bucket: what `spool send` with the fixed key adopts
+ADOPT_ALL = "\0every bucket"
+
+
 def default_spool_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir("isstreamer_jupyter", appauthor=False))
+
+
+def spool_folder(directory: str | os.PathLike[str] | None) -> Path:
+    """The spool's folder: `directory`, or the user data folder when none is given."""
+    return Path(directory) if directory else default_spool_dir()
+
+
+def _private_folder(folder: Path) -> None:
+    """Make `folder` (its parents as usual) for its owner only; one already there is left as
+    it is: :func:`modes_problem` says what is wrong with it."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(folder, FOLDER_MODE)
+    except FileExistsError:
+        return
+    os.chmod(folder, FOLDER_MODE)  # (mkdir's mode is cut by the umask; chmod's is not)
+
+
+def _private_file(path: Path) -> bool:
+    """Create `path` empty for its owner only, as SQLite would make it (SQLite then takes an
+    empty file for a new database, and gives its side files the same mode). False if it was
+    there already."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    except FileExistsError:
+        return False
+    try:
+        os.fchmod(fd, FILE_MODE)  # (the umask cut open()'s mode; fchmod's it does not)
+    finally:
+        os.close(fd)
+    return True
+
+
+def _open_to_others(path: Path) -> int:
+    """The group and other permission bits of `path`; 0 if it is not there."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode) & 0o077
+    except OSError:
+        return 0
+
+
+def modes_problem(directory: str | os.PathLike[str] | None) -> str:
+    """What other users may do with the spool in `directory` (its folder or files open to
+    them), and the exact ``chmod`` that fixes it; "" when it is private."""
+    folder = Path(os.path.abspath(spool_folder(directory)))  # (the fix works from anywhere)
+    database = folder / SPOOL_FILE
+    said = []
+    if loose := _open_to_others(folder):
+        said.append(f"its folder is {stat.S_IMODE(os.stat(folder).st_mode):o}")
+    files = [database.with_name(database.name + side) for side in ("", *SIDE_FILES)]
+    loose_files = [path for path in files if _open_to_others(path)]
+    said += [f"{path.name} is {stat.S_IMODE(os.stat(path).st_mode):o}" for path in loose_files]
+    if not said:
+        return ""
+    fixes = [f"chmod {FOLDER_MODE:o} {shlex.quote(str(folder))}"] if loose else []
+    if loose_files:
+        fixes.append(f"chmod {FILE_MODE:o} {shlex.quote(str(folder))}/{SPOOL_FILE}*")
+    return (f"the spool {database} is open to other users ({', '.join(said)}), and it holds "
+            f"everything logged to it. Fix: {' && '.join(fixes)}")
+
+
+#: the spools whose modes this process has said are open to others (said once each)
+_said_open: set[str] = set()
 
 
 #: this run of this process, beside its PID in a lease's holder: a restarted kernel given the
@@ -320,6 +420,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _sender_alive(holder: int, pid: int) -> bool:
+    """Whether the process of a senders row still runs: a row with our PID and another run's
+    holder was left by a process that had our PID before us."""
+    return holder == _holder() if pid == os.getpid() else _alive(pid)
+
+
 def _marks(n: int) -> str:
     return ",".join("?" * n)
 
@@ -330,7 +436,7 @@ class SqliteSpool:
     def __init__(self, directory: str | os.PathLike[str] | None, *, api_base: str,
                  access_key: str, adopt_bucket: str = "", max_bytes: int = 256 * 1024 * 1024,
                  lease_seconds: float = 60.0) -> None:
-        folder = Path(directory) if directory else default_spool_dir()
+        folder = spool_folder(directory)
         self.path = str(folder / SPOOL_FILE)
         self.ns = fingerprint(api_base, access_key)
         self.api_base = api_base
@@ -346,20 +452,33 @@ class SqliteSpool:
         self._last_id = 0  # the highest segment id seen (see last_id)
         #: events lost to damaged segments (unreadable rows are removed, not retried forever)
         self.damaged = 0
+        self._sender_id = 0  # this object's row in the senders table
+        self._beat_at = 0.0
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            _private_folder(folder)
+            created = _private_file(Path(self.path))
             self._db = self._connect()
             try:
                 self._open_within(adopt_bucket, time.monotonic() + OPEN_WAIT)
             except BaseException:  # (held, damaged...: the connection is not left open)
                 self._db.close()
                 raise
+            if created:  # (SQLite made them as the database is; this holds whatever it did)
+                for side in SIDE_FILES:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.chmod(self.path + side, FILE_MODE)
         except sqlite3.DatabaseError as exc:
             raise SpoolError(f"the spool {self.path} cannot be used: {exc}") from None
         except OSError as exc:
             why = ("it is a file, not a folder" if folder.exists() and not folder.is_dir()
                    else exc.strerror)
             raise SpoolError(f"the spool folder {folder} cannot be used: {why}") from None
+        problem = modes_problem(folder)
+        #: what to say once about this spool being open to other users, with the chmod that
+        #: fixes it; "" when it is private, or this process has said it already
+        self.warning = problem if problem and self.path not in _said_open else ""
+        if problem:
+            _said_open.add(self.path)
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None,
@@ -427,11 +546,29 @@ class SqliteSpool:
                     f"folder, or use that Python")
             if adopt_bucket:  # what a refused key left for this bucket goes to the fixed key
                 db.execute(
-                    "UPDATE segments SET ns=? WHERE bucket_key=? AND ns IN "
+                    "UPDATE segments SET ns=? WHERE (bucket_key=? OR ?) AND ns IN "
                     "(SELECT ns FROM denied WHERE api_base=? AND ns != ?)",
-                    (self.ns, adopt_bucket, self.api_base, self.ns))
+                    (self.ns, adopt_bucket, adopt_bucket == ADOPT_ALL, self.api_base, self.ns))
             db.execute("DELETE FROM denied WHERE ns=?", (self.ns,))
             self._last_id = db.execute("SELECT COALESCE(MAX(id), 0) FROM segments").fetchone()[0]
+            self._register(db)
+
+    def _register(self, db: sqlite3.Connection) -> None:
+        """Add this spool's row to the senders table, and forget the rows of processes gone
+        (and the API base of namespaces nobody has events of, nor sends)."""
+        stale = [(row_id,) for row_id, holder, pid in db.execute(
+            "SELECT id, holder, pid FROM senders").fetchall() if not _sender_alive(holder, pid)]
+        db.executemany("DELETE FROM senders WHERE id=?", stale)
+        now = time.time()
+        self._sender_id = db.execute(
+            "INSERT INTO senders(holder, ns, pid, api_base, started, heartbeat) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (_holder(), self.ns, os.getpid(), self.api_base, now, now)).lastrowid
+        self._beat_at = time.monotonic()
+        db.execute("INSERT OR REPLACE INTO accounts(ns, api_base) VALUES (?, ?)",
+                   (self.ns, self.api_base))
+        db.execute("DELETE FROM accounts WHERE ns NOT IN (SELECT ns FROM segments) "
+                   "AND ns NOT IN (SELECT ns FROM senders)")
 
     def _failed(self, exc: sqlite3.Error) -> SpoolError:
         """The SpoolError for a SQLite error: SpoolBusy if another connection held the
@@ -656,6 +793,22 @@ class SqliteSpool:
             self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error as exc:
             raise self._failed(exc) from None
+        if time.monotonic() - self._beat_at >= HEARTBEAT:
+            self.heartbeat()
+
+    def heartbeat(self) -> None:
+        """Say in the senders table that this spool's process is still at work (put its row
+        back if another process took it for a dead one's). Never waits: a spool held this
+        moment skips this beat."""
+        self._beat_at = time.monotonic()
+        with contextlib.suppress(SpoolBusy), self._transaction(wait=0.0) as db:
+            now = time.time()
+            if not db.execute("UPDATE senders SET heartbeat=? WHERE id=?",
+                              (now, self._sender_id)).rowcount:
+                self._sender_id = db.execute(
+                    "INSERT INTO senders(holder, ns, pid, api_base, started, heartbeat) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (_holder(), self.ns, os.getpid(), self.api_base, now, now)).lastrowid
 
     def ack(self, batch: Batch, keep: Batch | None = None) -> None:
         held = {seg_id for seg_id, *_ in keep.parts} if keep is not None else set()
@@ -706,6 +859,9 @@ class SqliteSpool:
         with self._transaction() as db:
             db.execute("UPDATE segments SET ns=? WHERE ns=?", (new, self.ns))
             db.execute("DELETE FROM denied WHERE ns=?", (self.ns,))
+            db.execute("UPDATE senders SET ns=? WHERE id=?", (new, self._sender_id))
+            db.execute("INSERT OR REPLACE INTO accounts(ns, api_base) VALUES (?, ?)",
+                       (new, api_base))
             self.ns = new  # (under the lock: a put() waiting for it writes to the new one)
 
     def reopen(self) -> None:
@@ -721,10 +877,235 @@ class SqliteSpool:
         self._freed_at = 0.0
         self._cache = {}
         self._checkpointer = None
+        with self._transaction() as db:  # (the parent's row is the parent's)
+            self._register(db)
+
+    def fork_locks(self) -> list[threading.Lock]:
+        """The lock a fork must not split: the child gets new ones."""
+        return [self._lock]
 
     def close(self) -> None:
         with self._lock:
             if self._checkpointer is not None:
                 self._checkpointer.close()
+            with contextlib.suppress(sqlite3.Error):  # (left: stale once this process ends)
+                self._db.execute(f"PRAGMA busy_timeout={int(CLOSE_WAIT * 1000)}")
+                self._db.execute("DELETE FROM senders WHERE id=?", (self._sender_id,))
             self._db.close()
 
+
+# ---------------------------------------------------------------- inspection, without a key
+@dataclass(frozen=True)
+class SpoolSender:
+    """An open SqliteSpool, as the senders table has it."""
+
+    ns: str
+    pid: int
+    api_base: str
+    started: float
+    heartbeat: float
+    #: its process still runs (a killed one leaves its row, which the next open removes)
+    live: bool
+
+    @property
+    def account(self) -> str:
+        """The account's short fingerprint: what a user is shown, never the key."""
+        return self.ns[:SHORT]
+
+
+@dataclass(frozen=True)
+class WaitingBucket:
+    """What waits in the spool for one account (namespace) and bucket."""
+
+    ns: str
+    #: the API base the events go to; "" when the spool does not say (an older version's)
+    api_base: str
+    bucket_key: str
+    bucket_name: str
+    events: int
+    #: the events' size as stored
+    bytes: int
+    #: the earliest and latest event epoch; None when no event of it could be read
+    oldest: float | None
+    newest: float | None
+    #: the PIDs of live processes that send this account's events
+    senders: tuple[int, ...]
+    #: the service refused this account's access key
+    refused: bool
+
+    @property
+    def account(self) -> str:
+        """The account's short fingerprint: what a user is shown, never the key."""
+        return self.ns[:SHORT]
+
+
+@dataclass(frozen=True)
+class SpoolStatus:
+    """What waits in a spool, by account and bucket, read without any access key."""
+
+    #: the database's path
+    path: str
+    #: whether there is a database there at all
+    exists: bool
+    buckets: tuple[WaitingBucket, ...]
+    #: every row of the senders table, live or not
+    senders: tuple[SpoolSender, ...]
+    #: what :func:`modes_problem` says ("" when the spool is private)
+    warning: str
+
+    @property
+    def events(self) -> int:
+        return sum(bucket.events for bucket in self.buckets)
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """What :func:`drop_spooled` did."""
+
+    #: events discarded
+    events: int
+    #: events left because a live process is sending them this moment
+    held: int
+    #: the PIDs of those processes
+    holders: tuple[int, ...]
+
+
+def _connect_existing(path: Path) -> sqlite3.Connection | None:
+    """A connection to the database at `path` if there is one (never creating it)."""
+    if not path.is_file():
+        return None
+    try:
+        return sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True,
+                               timeout=BUSY_TIMEOUT, isolation_level=None)
+    except sqlite3.OperationalError:  # (removed meanwhile, or not ours to open)
+        if not path.exists():
+            return None
+        raise
+
+
+def _tables(db: sqlite3.Connection, path: Path) -> set[str]:
+    """The tables of a spool this version reads (a newer format is refused)."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise SpoolError(f"the spool {path} was written by a newer isstreamer_jupyter (format "
+                         f"{version}, this one reads {SCHEMA_VERSION}): upgrade to read it")
+    return {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def _epochs(blob: bytes | None, done: int) -> tuple[float, float] | None:
+    """The earliest and latest epoch of a segment's events from `done` on."""
+    try:
+        epochs = [event[2] for event in marshal.loads(blob)[done:]]  # type: ignore[arg-type]
+        return (min(epochs), max(epochs)) if epochs else None
+    except (ValueError, EOFError, TypeError, IndexError, KeyError):  # (damaged: no epochs)
+        return None
+
+
+def spool_status(directory: str | os.PathLike[str] | None = None) -> SpoolStatus:
+    """What waits in the spool in `directory` (the default spool's folder when None), for
+    each account and bucket. Needs no access key; reads only, and creates nothing.
+    Raises SpoolError if the spool cannot be read."""
+    folder = Path(os.path.abspath(spool_folder(directory)))  # (said to a user: from anywhere)
+    path = folder / SPOOL_FILE
+    warning = modes_problem(folder)
+    try:
+        db = _connect_existing(path)
+        if db is None:
+            return SpoolStatus(str(path), False, (), (), warning)
+        try:
+            db.execute("BEGIN")  # (one snapshot for every query)
+            return SpoolStatus(str(path), True, *_read_status(db, path), warning)
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise SpoolError(f"the spool {path} cannot be read: {exc}") from None
+
+
+def _read_status(db: sqlite3.Connection, path: Path
+                 ) -> tuple[tuple[WaitingBucket, ...], tuple[SpoolSender, ...]]:
+    tables = _tables(db, path)
+    if "segments" not in tables:  # (an empty file: a spool not set up yet)
+        return (), ()
+    senders = tuple(SpoolSender(ns, pid, api_base, started, heartbeat,
+                                _sender_alive(holder, pid))
+                    for holder, ns, pid, api_base, started, heartbeat in db.execute(
+                        "SELECT holder, ns, pid, api_base, started, heartbeat FROM senders "
+                        "ORDER BY id")) if "senders" in tables else ()
+    api_bases: dict[str, str] = {}
+    refused: set[str] = set()
+    if "denied" in tables:
+        for ns, api_base in db.execute("SELECT ns, api_base FROM denied"):
+            api_bases[ns] = api_base
+            refused.add(ns)
+    if "accounts" in tables:
+        api_bases.update(db.execute("SELECT ns, api_base FROM accounts"))
+    for sender in senders:
+        api_bases.setdefault(sender.ns, sender.api_base)
+    rows = db.execute(
+        "SELECT s.ns, s.bucket_key, s.bucket_name, s.count - s.done, s.done, e.events FROM "
+        "segments s LEFT JOIN segment_events e ON e.id = s.id ORDER BY s.id"
+        if "segment_events" in tables else  # (format 1: the events in the segment's row)
+        "SELECT ns, bucket_key, bucket_name, count - done, done, events FROM segments "
+        "ORDER BY id")
+    found: dict[tuple[str, str], list[Any]] = {}  # -> [name, events, bytes, oldest, newest]
+    for ns, bucket_key, bucket_name, left, done, blob in rows:
+        entry = found.setdefault((ns, bucket_key), [bucket_name, 0, 0, None, None])
+        entry[0] = bucket_name  # (the latest name it was logged under)
+        entry[1] += left
+        entry[2] += len(blob or b"")
+        if (epochs := _epochs(blob, done)) is not None:
+            entry[3] = epochs[0] if entry[3] is None else min(entry[3], epochs[0])
+            entry[4] = epochs[1] if entry[4] is None else max(entry[4], epochs[1])
+    buckets = tuple(
+        WaitingBucket(ns, api_bases.get(ns, ""), bucket_key, name, events, size, oldest,
+                      newest, tuple(sorted({s.pid for s in senders if s.ns == ns and s.live})),
+                      ns in refused)
+        for (ns, bucket_key), (name, events, size, oldest, newest) in found.items()
+        if events > 0)
+    return buckets, senders
+
+
+def drop_spooled(directory: str | os.PathLike[str] | None = None, *,
+                 namespaces: Iterable[str] | None = None, bucket_key: str = "") -> Dropped:
+    """Discard what waits in the spool in `directory` (the default spool's folder when None):
+    the events of the namespaces given (every one's when None), of one bucket if
+    `bucket_key`. A batch a live process is sending this moment is left (the service may have
+    it already); a dead process's is discarded. Needs no access key."""
+    folder = spool_folder(directory)
+    path = folder / SPOOL_FILE
+    chosen = None if namespaces is None else list(namespaces)
+    try:
+        db = _connect_existing(path)
+        if db is None:
+            return Dropped(0, 0, ())
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            if "segments" not in _tables(db, path):
+                db.execute("ROLLBACK")
+                return Dropped(0, 0, ())
+            where, args = "1", []
+            if chosen is not None:
+                where += f" AND ns IN ({_marks(len(chosen))})"
+                args += chosen
+            if bucket_key:
+                where += " AND bucket_key=?"
+                args.append(bucket_key)
+            now = time.time()
+            dropped, held, holders, gone = 0, 0, set(), []
+            for seg_id, left, lease, holder in db.execute(
+                    f"SELECT id, count - done, lease, holder FROM segments WHERE {where}",
+                    args).fetchall():
+                pid = holder & 0xFFFFFFFF  # (an older spool's holder is the PID alone)
+                if lease >= now and _sender_alive(holder, pid):
+                    held += left
+                    holders.add(pid)
+                else:
+                    dropped += left
+                    gone.append((seg_id,))
+            db.executemany("DELETE FROM segments WHERE id=?", gone)
+            db.execute("COMMIT")
+            return Dropped(dropped, held, tuple(sorted(holders)))
+        finally:
+            db.close()  # (an open transaction is rolled back)
+    except sqlite3.Error as exc:
+        raise SpoolError(f"the spool {path} cannot be changed: {exc}") from None

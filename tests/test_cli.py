@@ -613,13 +613,16 @@ def test_demo_online_that_delivers_nothing_says_so_and_exits_1(tmp_path, spool):
                           cwd=tmp_path, env=env)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "sent 0 events to" in done.stdout
-    where = (f"they wait in the spool {tmp_path / 'spool' / 'spool.sqlite3'} for the next "
-             f"Streamer with the same access key and API base (the next demo --online is one), "
-             f"which sends them first" if spool else
-             "they are lost, as there is no spool to keep them")
-    assert done.stderr.splitlines()[-1] == (
-        f"demo: 4 events were not delivered: {where}. Fix: check that the service at "
-        f"{api_base} (environment variable IS_API_BASE) answers, then run it again")
+    where = (f"they wait in the spool {tmp_path / 'spool' / 'spool.sqlite3'}; send them "
+             f"with `python -m isstreamer_jupyter spool send`, or the next Streamer with the "
+             f"same access key and API base sends them" if spool else
+             "they are lost as it closes (spool = False from environment variable IS_SPOOL "
+             "keeps events in memory only)")
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith("demo: 4 events not delivered: none acknowledged for 1 s ("), last
+    assert last.endswith(
+        f"); {where}. Fix: check that the service at {api_base} (environment variable "
+        f"IS_API_BASE) answers, then run it again"), last
     assert KEY not in done.stdout + done.stderr
     assert "Traceback" not in done.stderr
 
@@ -636,10 +639,14 @@ def test_demo_online_with_a_refused_key_says_the_key_s_fix_and_who_sends_them(tm
                           cwd=tmp_path, env=env)
     assert done.returncode == 1, done.stdout + done.stderr
     last = done.stderr.splitlines()[-1]
-    assert last.startswith(f"demo: 4 events were not delivered: they wait in the spool "
-                           f"{tmp_path / 'spool' / 'spool.sqlite3'} for the next Streamer on "
-                           f"their bucket with the same API base and the right access key"), last
-    assert "Fix: check the access key (IS_ACCESS_KEY" in last and "service at" not in last, last
+    assert last.startswith("demo: the service refused the access key (401). Fix: check the "
+                           "access key (IS_ACCESS_KEY"), last
+    assert last.endswith(f"; 4 events not delivered; they wait in the spool "
+                         f"{tmp_path / 'spool' / 'spool.sqlite3'}; fix the access key, then "
+                         f"send them with `python -m isstreamer_jupyter spool send`; or the "
+                         f"next Streamer on their bucket with the same API base and the right "
+                         f"access key sends them"), last
+    assert last.count("Fix:") == 1 and "service at" not in last, last
     assert KEY not in done.stdout + done.stderr
 
 
@@ -657,3 +664,38 @@ def test_timeout_is_the_uploads_bound_even_when_the_service_never_answers(tmp_pa
     assert done.returncode == 1, done.stdout + done.stderr
     assert time.monotonic() - started < 3 + 5  # (the bound, and a process's start and end)
     assert "retrying in" not in done.stderr
+
+
+def test_an_upload_s_progress_files_are_its_owner_s_alone(tmp_path, make_receiver, monkeypatch):
+    """Under umask 000 (which would leave them 666): the progress file, the .tmp it is
+    written through and the lock are 600 whenever they are there, as the spool's files."""
+    import stat
+
+    from isstreamer_jupyter import _offline
+    from isstreamer_jupyter.__main__ import main
+
+    rx = make_receiver()
+    recording = tmp_path / "rec.csv"
+    recording.write_text("1795000000,a,1\n1795000001,a,2\n")
+    monkeypatch.chdir(tmp_path)
+    for name, value in {"IS_ACCESS_KEY": KEY, "IS_API_BASE": rx.api_base, "IS_MAX_RPS": "0",
+                        "HOME": str(tmp_path)}.items():
+        monkeypatch.setenv(name, value)
+    replace, seen = os.replace, []
+
+    def mode(path) -> int:
+        return stat.S_IMODE(os.stat(path).st_mode)
+
+    def noting_modes(src, dst):  # (each time the .tmp becomes the progress file)
+        seen.append((mode(src), mode(tmp_path / "rec.csv.upload.json.lock")))
+        replace(src, dst)
+
+    monkeypatch.setattr(_offline.os, "replace", noting_modes)
+    old = os.umask(0)
+    try:
+        assert main(["upload", "rec.csv", "--bucket-name", "CLI", "--batch-size", "1",
+                     "--quiet"]) == 0
+    finally:
+        os.umask(old)
+    assert seen == [(0o600, 0o600)] * 3  # (before sending, and after each of the two rows)
+    assert mode(tmp_path / "rec.csv.upload.json") == 0o600

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shlex
+import shutil
 import signal
 import sqlite3
 import ssl
+import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
 import warnings
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import trustme
@@ -156,9 +162,10 @@ def test_exit_flushes_then_leaves_the_rest_in_the_spool(make_receiver, env):
     # said once, as a plain line (it was a warning pointing at _streamer.py's at-exit code,
     # then the same fact again as a line)
     assert err.count("30 events") == 1 and "Warning" not in err and "_streamer.py" not in err
-    assert err.startswith("isstreamer_jupyter: at exit: 30 events still waiting after 0.5 s "
-                          "(backing off after ") and err.count("\n") == 1, err
-    assert "they stay in the spool" in err and "for the next Streamer" in err
+    assert err.startswith("isstreamer_jupyter: at exit: 30 events not delivered: none "
+                          "acknowledged for 0.5 s (backing off after "), err
+    assert err.count("\n") == 1, err
+    assert "they wait in the spool" in err and "spool send" in err, err
     assert KEY not in out + err
     rx.clear()  # the outage ends
     s = Streamer(**opts)
@@ -428,6 +435,13 @@ def test_a_spool_of_the_first_format_is_upgraded_and_delivered(make_receiver, en
     db.execute("UPDATE sqlite_sequence SET seq=100")  # (later segments were sent and gone)
     db.commit()
     db.close()
+    os.chmod(env / "spool", 0o700)  # (as that version's spool, but private: no note of it)
+    os.chmod(env / "spool" / "spool.sqlite3", 0o600)
+    from isstreamer_jupyter._spool import spool_status  # (it reads format 1 as it is)
+
+    (waiting,) = spool_status(env / "spool").buckets
+    assert (waiting.ns, waiting.api_base, waiting.bucket_key, waiting.events, waiting.oldest,
+            waiting.newest) == (ns, "", "spool_test", 8, now, now)
     s = Streamer(**opts)
     assert s.stats().recovered == 8
     s.log("n", 10)
@@ -713,13 +727,15 @@ def test_events_left_in_a_failed_spool_are_counted_and_said_not_reported_deliver
     monkeypatch.setattr(SqliteSpool, "put", real)
     rx.clear()
     s._sender.resume()
-    with pytest.warns(IsStreamerWarning, match=r"20 events wait in the spool .*spool\.sqlite3"):
+    with pytest.warns(IsStreamerWarning, match=r"20 events not delivered: they were in the "
+                                               r"spool when it failed; they wait in the spool "
+                                               r".*spool\.sqlite3"):
         assert not s.flush(timeout=10)
     assert values(rx.events("spool_test")) == [20]
     assert s.stats().queued == 20
-    with pytest.warns(IsStreamerWarning, match="20 events wait in the spool"):
+    with pytest.warns(IsStreamerWarning, match="20 events not delivered: they were in the spool"):
         assert not s.close(timeout=1)
-    assert any("20 events wait in the spool" in m for m in s.messages())
+    assert any("20 events not delivered: they were in the spool" in m for m in s.messages())
     again = Streamer(**opts)
     assert again.flush(timeout=10)
     assert sorted(values(rx.events("spool_test"))) == list(range(21))
@@ -834,3 +850,305 @@ def test_a_spool_another_process_holds_does_not_block_the_constructor(make_recei
     s = Streamer(**settings(rx, spool))
     assert s.stats().spool_path
     quiet_close(s)
+
+
+# ---------------------------------------------------------------- a private spool
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def spool_files(folder) -> list:
+    return [folder / name for name in ("spool.sqlite3", "spool.sqlite3-wal", "spool.sqlite3-shm")]
+
+
+@contextlib.contextmanager
+def umask(value: int):
+    old = os.umask(value)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def test_a_new_spool_is_its_owners_alone_whatever_the_umask(tmp_path):
+    """Made under umask 000 (which would leave it 777 and 666): the folder is 700 and the
+    database and its WAL files 600; nothing needs saying about it."""
+    from isstreamer_jupyter._spool import Segment, SqliteSpool
+
+    folder = tmp_path / "new" / "spool"
+    with umask(0):
+        spool = SqliteSpool(folder, api_base="http://127.0.0.1:9/api", access_key=KEY)
+        spool.put([Segment("b", "B", [("n", 1, time.time())])])
+        spool.checkpoint()
+    try:
+        assert mode(folder) == 0o700
+        assert {path.name: mode(path) for path in spool_files(folder)} == {
+            "spool.sqlite3": 0o600, "spool.sqlite3-wal": 0o600, "spool.sqlite3-shm": 0o600}
+        assert spool.warning == ""
+    finally:
+        spool.close()
+
+
+def as_nobody(*command: str) -> subprocess.CompletedProcess:
+    """`command` run as the user nobody (we are root)."""
+    if shutil.which("setpriv"):
+        argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *command]
+    else:
+        argv = ["su", "-s", "/bin/sh", "nobody", "-c", shlex.join(command)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture
+def shared_folder():
+    """A folder every user may enter and list (pytest's own are its owner's alone)."""
+    folder = Path(tempfile.mkdtemp(prefix="spool-shared-"))
+    os.chmod(folder, 0o755)
+    yield folder
+    shutil.rmtree(folder)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="acting as another user needs root")
+def test_another_user_can_read_nothing_of_the_spool(shared_folder):
+    from isstreamer_jupyter._spool import Segment, SqliteSpool
+
+    assert as_nobody("ls", str(shared_folder)).returncode == 0  # (what is denied is the spool)
+    folder = shared_folder / "spool"
+    with umask(0o022):  # (the usual one: files 644 and folders 755 unless made otherwise)
+        spool = SqliteSpool(folder, api_base="http://127.0.0.1:9/api", access_key=KEY)
+        spool.put([Segment("b", "B", [("secret_reading", 42, time.time())])])
+    try:
+        listed = as_nobody("ls", str(folder))
+        assert listed.returncode != 0 and "Permission denied" in listed.stderr
+        for path in spool_files(folder):
+            assert path.exists()
+            read = as_nobody("cat", str(path))
+            assert read.returncode != 0 and "Permission denied" in read.stderr
+        # The files are private on their own: with the folder opened up, still unreadable.
+        os.chmod(folder, 0o755)
+        assert as_nobody("ls", str(folder)).returncode == 0
+        for path in spool_files(folder):
+            read = as_nobody("cat", str(path))
+            assert read.returncode != 0 and "Permission denied" in read.stderr, path
+        opened = as_nobody(sys.executable, "-c", "import sqlite3, sys; sqlite3.connect("
+                           "sys.argv[1]).execute('SELECT * FROM segments')", str(spool_files(
+                               folder)[0]))
+        assert opened.returncode != 0 and "unable to open database file" in opened.stderr
+    finally:
+        spool.close()
+
+
+def test_a_spool_open_to_others_is_said_once_with_the_chmod_that_fixes_it(tmp_path):
+    """An earlier version left the spool 755 and 644: opening it says so once, with the
+    exact command; run, that command makes it private."""
+    from isstreamer_jupyter._spool import SqliteSpool, modes_problem, spool_status
+
+    folder = tmp_path / "spool dir"  # (a space: the command quotes the path)
+    SqliteSpool(folder, api_base="http://127.0.0.1:9/api", access_key=KEY).close()
+    os.chmod(folder, 0o755)
+    os.chmod(folder / "spool.sqlite3", 0o644)
+    first = SqliteSpool(folder, api_base="http://127.0.0.1:9/api", access_key=KEY)
+    again = SqliteSpool(folder, api_base="http://127.0.0.1:9/api", access_key=KEY)
+    try:
+        assert first.warning.startswith(f"the spool {folder / 'spool.sqlite3'} is open to other "
+                                        f"users (its folder is 755, spool.sqlite3 is 644")
+        command = first.warning.split("Fix: ", 1)[1]
+        assert command == (f"chmod 700 {shlex.quote(str(folder))} && "
+                           f"chmod 600 {shlex.quote(str(folder))}/spool.sqlite3*")
+        assert again.warning == ""  # (said once)
+        assert KEY not in first.warning
+        subprocess.run(["sh", "-c", command], check=True)
+    finally:
+        first.close()
+        again.close()
+    assert mode(folder) == 0o700
+    assert all(mode(path) == 0o600 for path in spool_files(folder) if path.exists())
+    assert modes_problem(folder) == "" and spool_status(folder).warning == ""
+
+
+# ---------------------------------------------------------------- who sends, what waits
+def test_an_open_spool_is_in_the_senders_table_until_it_closes(tmp_path):
+    from isstreamer_jupyter._spool import SqliteSpool, fingerprint, spool_status
+
+    spool = SqliteSpool(tmp_path, api_base="http://127.0.0.1:9/api", access_key=KEY)
+    (sender,) = spool_status(tmp_path).senders
+    assert (sender.ns, sender.pid, sender.api_base, sender.live) == (
+        fingerprint("http://127.0.0.1:9/api", KEY), os.getpid(), "http://127.0.0.1:9/api", True)
+    assert sender.account == sender.ns[:8]
+    assert sender.started <= sender.heartbeat
+    spool.rekey("http://127.0.0.1:9/api", "ist_the_fixed_key_0123456789")
+    assert [s.ns for s in spool_status(tmp_path).senders] == [
+        fingerprint("http://127.0.0.1:9/api", "ist_the_fixed_key_0123456789")]
+    spool.close()
+    assert spool_status(tmp_path).senders == ()
+
+
+def test_the_heartbeat_moves_on_and_puts_back_a_row_taken_away(tmp_path):
+    from isstreamer_jupyter._spool import SqliteSpool, spool_status
+
+    spool = SqliteSpool(tmp_path, api_base="http://127.0.0.1:9/api", access_key=KEY)
+    try:
+        (before,) = spool_status(tmp_path).senders
+        time.sleep(0.01)  # (the clock moves on)
+        spool.heartbeat()
+        (after,) = spool_status(tmp_path).senders
+        assert after.started == before.started and after.heartbeat > before.heartbeat
+        db = sqlite3.connect(tmp_path / "spool.sqlite3")
+        db.execute("DELETE FROM senders")  # (another container took it for a dead one's)
+        db.commit()
+        db.close()
+        spool.heartbeat()
+        assert [s.pid for s in spool_status(tmp_path).senders] == [os.getpid()]
+    finally:
+        spool.close()
+    assert spool_status(tmp_path).senders == ()
+
+
+def test_a_killed_process_s_row_is_stale_and_the_next_open_removes_it(tmp_path):
+    from isstreamer_jupyter._spool import SqliteSpool, spool_status
+
+    child = run_child(f"""
+        import time
+        from isstreamer_jupyter._spool import SqliteSpool, Segment
+        spool = SqliteSpool({str(tmp_path)!r}, api_base="http://127.0.0.1:9/api",
+                            access_key={KEY!r})
+        spool.put([Segment("b", "B", [("n", i, 1.7e9 + i) for i in range(3)])])
+        print("open", flush=True)
+        time.sleep(600)
+    """)
+    try:
+        assert child.stdout.readline().strip() == "open"
+        (bucket,) = spool_status(tmp_path).buckets
+        assert bucket.senders == (child.pid,)
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+    status = spool_status(tmp_path)
+    assert [(s.pid, s.live) for s in status.senders] == [(child.pid, False)]
+    assert status.buckets[0].senders == ()
+    SqliteSpool(tmp_path, api_base="http://127.0.0.1:9/api", access_key="ist_other_key_42").close()
+    assert spool_status(tmp_path).senders == ()
+    assert spool_status(tmp_path).events == 3  # (what it left stays)
+
+
+def test_a_forked_child_has_a_row_of_its_own(tmp_path):
+    from isstreamer_jupyter._spool import SqliteSpool, spool_status
+
+    spool = SqliteSpool(tmp_path, api_base="http://127.0.0.1:9/api", access_key=KEY)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            spool.reopen()
+            live = sorted(s.pid for s in spool_status(tmp_path).senders if s.live)
+            os.write(write, repr(live).encode())
+            spool.close()
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as fh:
+        seen = fh.read()
+    os.waitpid(pid, 0)
+    try:
+        assert seen == repr(sorted([os.getpid(), pid]))
+        assert [s.pid for s in spool_status(tmp_path).senders] == [os.getpid()]
+    finally:
+        spool.close()
+
+
+def test_spool_status_counts_what_waits_by_account_and_bucket(tmp_path):
+    """Events taken and acknowledged are not counted; a batch under way is; the oldest and
+    newest epochs are of what waits. No key, only fingerprints."""
+    from isstreamer_jupyter._spool import Segment, SqliteSpool, fingerprint, spool_status
+
+    api = "http://127.0.0.1:9/api"
+    mine = SqliteSpool(tmp_path, api_base=api, access_key=KEY)
+    other = SqliteSpool(tmp_path, api_base="http://other:1/api", access_key="ist_other_key_42")
+    try:
+        mine.put([Segment("a", "A", [("n", i, 1_700_000_000.0 + i) for i in range(10)]),
+                  Segment("b", "Bee", [("n", 0, 1_600_000_000.0)])])
+        other.put([Segment("a", "A", [("n", 0, 1_650_000_000.0)])])
+        batch = mine.take(4)
+        mine.ack(batch)  # (0..3 delivered)
+        mine.take(2)  # (4, 5 under way: still waiting)
+        status = spool_status(tmp_path)
+    finally:
+        mine.close()
+        other.close()
+    assert status.exists and status.path == str(tmp_path / "spool.sqlite3")
+    got = [(b.ns, b.api_base, b.bucket_key, b.bucket_name, b.events, b.oldest, b.newest)
+           for b in status.buckets]
+    assert got == [
+        (fingerprint(api, KEY), api, "a", "A", 6, 1_700_000_004.0, 1_700_000_009.0),
+        (fingerprint(api, KEY), api, "b", "Bee", 1, 1_600_000_000.0, 1_600_000_000.0),
+        (fingerprint("http://other:1/api", "ist_other_key_42"), "http://other:1/api", "a", "A",
+         1, 1_650_000_000.0, 1_650_000_000.0)]
+    assert all(b.bytes > 0 and b.senders == (os.getpid(),) and not b.refused
+               for b in status.buckets)
+    assert status.events == 8
+    assert KEY not in repr(status)
+
+
+def test_spool_status_creates_nothing_where_there_is_no_spool(tmp_path):
+    from isstreamer_jupyter._spool import Dropped, drop_spooled, spool_status
+
+    status = spool_status(tmp_path / "none")
+    assert (status.exists, status.buckets, status.events) == (False, (), 0)
+    assert drop_spooled(tmp_path / "none") == Dropped(0, 0, ())
+    assert not (tmp_path / "none").exists()
+
+
+def test_spool_status_refuses_a_newer_format(tmp_path):
+    from isstreamer_jupyter._errors import SpoolError
+    from isstreamer_jupyter._spool import spool_status
+
+    db = sqlite3.connect(tmp_path / "spool.sqlite3")
+    db.execute("PRAGMA user_version=99")
+    db.commit()
+    db.close()
+    with pytest.raises(SpoolError, match=r"written by a newer isstreamer_jupyter .* upgrade"):
+        spool_status(tmp_path)
+
+
+def test_drop_spooled_leaves_the_batch_a_live_sender_holds(tmp_path):
+    """The batch this process is sending stays (its answer may be on the way); the rest of
+    the account's events go, and another account's stay. A dead process's lease is no hold."""
+    from isstreamer_jupyter._spool import (
+        Segment,
+        SqliteSpool,
+        drop_spooled,
+        fingerprint,
+        spool_status,
+    )
+
+    api = "http://127.0.0.1:9/api"
+    mine = SqliteSpool(tmp_path, api_base=api, access_key=KEY)
+    other = SqliteSpool(tmp_path, api_base=api, access_key="ist_other_key_42")
+    try:
+        mine.put([Segment("a", "A", [("n", i, 1.7e9) for i in range(5)]),
+                  Segment("b", "B", [("n", i, 1.7e9) for i in range(3)])])
+        other.put([Segment("a", "A", [("n", 0, 1.7e9)])])
+        mine.take(5)  # (bucket a's five, under way)
+        done = drop_spooled(tmp_path, namespaces=[fingerprint(api, KEY)])
+        assert (done.events, done.held, done.holders) == (3, 5, (os.getpid(),))
+        assert [(b.bucket_key, b.events) for b in spool_status(tmp_path).buckets] == [
+            ("a", 5), ("a", 1)]
+        db = sqlite3.connect(tmp_path / "spool.sqlite3")  # (its sender was killed)
+        db.execute("UPDATE segments SET holder=? WHERE lease>0", (dead_pid(),))
+        db.commit()
+        db.close()
+        done = drop_spooled(tmp_path, namespaces=[fingerprint(api, KEY)], bucket_key="a")
+        assert (done.events, done.held) == (5, 0)
+        assert [(b.ns, b.events) for b in spool_status(tmp_path).buckets] == [
+            (fingerprint(api, "ist_other_key_42"), 1)]
+        assert drop_spooled(tmp_path).events == 1  # (every account's)
+        assert spool_status(tmp_path).events == 0
+    finally:
+        mine.close()
+        other.close()
+
+
+def dead_pid() -> int:
+    """The PID of a process that has ended (and been reaped)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
