@@ -4,7 +4,8 @@
 
 1. mean log() cost, both at the default buffer size and both at buffer_size=500;
 2. delivery with buffer_size=500 and pacing off: events/s from the first log() to the last
-   acknowledgement, and events lost;
+   acknowledgement, events lost, the client's CPU per delivered event, and our events/s as a
+   share of a do-nothing raw-socket client's against the same receiver;
 3. defaults against the receiver's rate-limit emulation (30 requests per 10 s): 429 answers and
    delivered events/s against the allowed 30 events/s;
 4. memory per queued event with the receiver down (spool on, spool off);
@@ -190,27 +191,39 @@ def iss_delivery(rx: c.AnyReceiver, n: int) -> Delivery:
     return seconds, lost, dups, back, detail, cpu
 
 
+def raw_delivery(rx: c.AnyReceiver, n: int) -> tuple[float, int, float]:
+    """(seconds, lost, CPU seconds) of the do-nothing raw-socket client (common.py)."""
+    seconds, cpu, bucket_key = c.raw_socket_delivery(rx, n, batch=500)
+    lost, _, _ = c.loss_and_dups(rx.values(bucket_key), range(n))
+    return seconds, lost, cpu
+
+
 def bench_delivery(rx: c.AnyReceiver, t: c.Table) -> None:
     n = DELIVERY_N
     ours: list[Delivery] = []
     nospool: list[Delivery] = []
     theirs: list[Delivery] = []
-    for _ in range(DELIVERY_ROUNDS):  # interleaved: a slow spell of the machine hits both
+    raw: list[tuple[float, int, float]] = []
+    for _ in range(DELIVERY_ROUNDS):  # interleaved: a slow spell of the machine hits all
         ours.append(ours_delivery(rx, n))
         nospool.append(ours_delivery(rx, n, spool=False))
         theirs.append(iss_delivery(rx, n))
+        raw.append(raw_delivery(rx, n))
     best = min(ours)
     best_nospool = min(nospool)
     best_iss = min(theirs)
-    ours_rate, iss_rate = n / best[0], n / best_iss[0]
+    best_raw = min(raw)
+    ours_rate, iss_rate, raw_rate = n / best[0], n / best_iss[0], n / best_raw[0]
     t.row(f"delivery, buffer 500, pacing off: events/s ({n:,} events)", ours_rate, iss_rate,
-          "≥ 3x ISStreamer", ours_rate >= 3 * iss_rate)
-    t.row("delivery: ours ÷ ISStreamer", f"{ours_rate / iss_rate:.2f}x", "", "≥ 3x",
-          ours_rate >= 3 * iss_rate)
+          "(reported)", None)
     t.row("delivery, same with spool=False: events/s", n / best_nospool[0], "—",
           "(diagnostic)", None)
-    t.row("delivery: the client's CPU per event, µs (its process, all threads)",
-          best[5] / n * 1e6, best_iss[5] / n * 1e6, "(diagnostic)", None)
+    t.row("delivery: the client's CPU per delivered event, µs (its process, all threads)",
+          best[5] / max(1, n - best[1]) * 1e6, best_iss[5] / max(1, n - best_iss[1]) * 1e6,
+          "(reported)", None)
+    t.row(f"delivery: events/s as a share of a do-nothing raw-socket client's "
+          f"({raw_rate:,.0f} events/s)", f"{100 * ours_rate / raw_rate:.0f}%",
+          f"{100 * iss_rate / raw_rate:.0f}%", "(reported)", None)
     ours_lost = sum(r[1] for r in ours + nospool)
     t.row(f"delivery: events lost (all {DELIVERY_ROUNDS} runs)", ours_lost,
           sum(r[1] for r in theirs), "0 (ours)", ours_lost == 0)
@@ -224,10 +237,20 @@ def bench_delivery(rx: c.AnyReceiver, t: c.Table) -> None:
            f"threads joined ({best_iss[4]}). Losses, duplicates and order are counted from the "
            f"values the receiver stored (every logged value unique); out of order = stored "
            f"right after a larger value. The client's CPU is `time.process_time()` over the "
-           f"same span (the log() loop included; with BENCH_INPROC=1 the receiver's too). "
-           f"With one request in flight ours overlaps "
+           f"same span (the log() loop included; with BENCH_INPROC=1 the receiver's too), "
+           f"÷ the events delivered. With one request in flight ours overlaps "
            f"only part of its work with the receiver's: `benchmarks/bench_delivery_path.py` "
            f"breaks a request's time down.")
+    t.note(f"Raw-socket client: the same {n:,} events as bodies of 500, JSON-encoded before "
+           f"the clock starts, sent over one keep-alive connection one request at a time, "
+           f"each answer read before the next request; timed from the first request to the "
+           f"last answer; best of {DELIVERY_ROUNDS} runs, taking turns with the clients "
+           f"({sum(r[1] for r in raw)} events lost; its CPU "
+           f"{best_raw[2] / n * 1e6:.2f} µs per event). It is what the receiver takes from a "
+           f"client that does no work: the share is how near the client comes to it. Issue "
+           f"2's target of 3x ISStreamer's events/s is retired (issue 16): it measured the "
+           f"loopback receiver, not the client; the CPU per delivered event and this share "
+           f"replace it.")
 
 
 # ------------------------------------------------------------------------------ 3. rate limit

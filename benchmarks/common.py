@@ -8,6 +8,7 @@ it in the benchmark's own process instead.
 Each benchmark script works in a fresh scratch folder under ``/tmp/bench`` (ISStreamer writes
 ``err_missed_events.txt`` into the working folder), with one access key and bucket key per run
 so runs never meet in a spool or a rate-limit window.
+``BENCH_KEEP=1`` keeps that folder at the end (for a look at the scripts' output).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ for _name in ("IS_ACCESS_KEY", "IS_API_ACCESS_KEY", "IS_API_BASE", "IS_API_HOST"
               "IS_BUCKET_NAME", "IS_BUCKET_KEY", "IS_BATCH_SIZE", "IS_FLUSH_INTERVAL",
               "IS_MAX_RPS", "IS_OFFLINE", "IS_MAX_QUEUE", "IS_TIMEOUT", "IS_FLUSH_TIMEOUT",
               "IS_EXIT_TIMEOUT", "IS_OFFLINE_FILE", "IS_SPOOL", "IS_SPOOL_DIR",
-              "IS_SPOOL_INTERVAL", "IS_SPOOL_MAX_BYTES", "IS_DEBUG_LEVEL"):
+              "IS_SPOOL_INTERVAL", "IS_SPOOL_MAX_BYTES", "IS_DEBUG_LEVEL", "IS_PROGRESS"):
     os.environ.pop(_name, None)
 
 
@@ -111,6 +112,10 @@ def scratch(name: str) -> Path:
 
 
 def cleanup_scratch() -> None:
+    """Remove this script's scratch folder (kept, and named on stderr, with BENCH_KEEP=1)."""
+    if _scratch_dir is not None and os.environ.get("BENCH_KEEP", "") not in ("", "0"):
+        print(f"# scratch kept: {_scratch_dir}", file=sys.stderr)
+        return
     if _scratch_dir is not None:
         os.chdir(SCRATCH)
         shutil.rmtree(_scratch_dir, ignore_errors=True)
@@ -374,6 +379,68 @@ def wait_stable(count: Callable[[], int], *, quiet: float = 1.0, timeout: float 
         elif time.monotonic() - since >= quiet:
             return last
     return last
+
+
+# ------------------------------------------------------------------------------ raw socket
+def raw_bodies(n: int, batch: int = 500) -> list[bytes]:
+    """Events bodies of n events (values 0..n-1), `batch` a request, as compact JSON arrays of
+    ``{"key", "value", "epoch"}`` (what the clients send)."""
+    epoch = round(time.time(), 6)
+    return [json.dumps([{"key": "bench", "value": i, "epoch": epoch}
+                        for i in range(first, min(first + batch, n))],
+                       separators=(",", ":")).encode() for first in range(0, n, batch)]
+
+
+def _read_answer(sock: socket.socket, buf: bytearray) -> int:
+    """Read one HTTP answer from `sock` (what is already in `buf` first); return its status."""
+    while (end := buf.find(b"\r\n\r\n")) < 0:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("the receiver closed the connection")
+        buf += chunk
+    head = bytes(buf[:end]).decode("latin-1").split("\r\n")
+    status = int(head[0].split()[1])
+    length = 0
+    for line in head[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+    del buf[:end + 4]
+    while len(buf) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("the receiver closed the connection")
+        buf += chunk
+    del buf[:length]
+    return status
+
+
+def raw_socket_delivery(rx: AnyReceiver, n: int, batch: int = 500) -> tuple[float, float, str]:
+    """A do-nothing client: n events, pre-encoded in bodies of `batch`, sent over one keep-alive
+    connection, one request at a time. Returns (seconds from the first request to the last
+    answer, this process's CPU seconds over that span, the bucket key). Encoding and connecting
+    are not timed."""
+    from urllib.parse import urlsplit
+
+    bucket_key, access_key = unique("raw"), unique("key")
+    parts = urlsplit(rx.api_base)
+    head = (f"POST {parts.path}/events HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            f"Content-Type: application/json\r\nAccept-Version: ~0\r\n"
+            f"X-IS-AccessKey: {access_key}\r\nX-IS-BucketKey: {bucket_key}\r\n"
+            f"Content-Length: ").encode()
+    requests = [head + str(len(body)).encode() + b"\r\n\r\n" + body
+                for body in raw_bodies(n, batch)]
+    buf = bytearray()
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        for request in requests:
+            sock.sendall(request)
+            status = _read_answer(sock, buf)
+            if not 200 <= status < 300:
+                raise RuntimeError(f"the receiver answered {status} to the raw client")
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return seconds, cpu, bucket_key
 
 
 # ------------------------------------------------------------------------------ counting

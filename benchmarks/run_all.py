@@ -82,7 +82,7 @@ def main() -> int:
             f"Machine: {c.machine_line()}  \n"
             f"Code: {c.code_version()}\n\n"
             f"Each section below is one script's output, under the exact command that "
-            f"produced it. Targets come from issues 2 and 3; **FAIL** marks a missed one. "
+            f"produced it. Targets come from issues 2, 3 and 16; **FAIL** marks a missed one. "
             f"Timings on a shared two-core machine move with its load (each section gives the "
             f"load average at its start).\n")
     RESULTS.write_text(head + "\n" + "\n---\n\n".join(sections), encoding="utf-8")
