@@ -261,7 +261,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("exit_timeout", _parse_number(
                 float, 0, strict=False, maximum=LONGEST,
                 finite_because=("the interpreter would not exit while the service is down "
-                                "(what is left waits in the spool for the next Streamer)")),
+                                "(what is left waits in the spool for `spool send`)")),
             3.0, ("IS_EXIT_TIMEOUT",),
             ((CLIENT, "exit_timeout"),),
             "the same at interpreter exit; the rest stays in the spool for `spool send`"),

@@ -34,6 +34,7 @@ from ._errors import (
     SpoolError,
     counted,
 )
+from ._report import SEND_COMMAND
 from ._spool import (
     SEGMENT_EVENTS,
     Batch,
@@ -605,8 +606,9 @@ class Sender:
             self._pending = 0
         self.left_behind()
         self._error(f"{exc}; going on without the spool (new events live in memory only)",
-                    "free disk space or set spool_dir to a writable folder, then start a new "
-                    "Streamer: what is in the spool is sent then")
+                    f"free disk space or set spool_dir to a writable folder, then run "
+                    f"`{SEND_COMMAND}` or start a new Streamer: what is in the spool is sent "
+                    f"then")
 
     def _track(self, events: list[Event]) -> None:
         """Per-signal counts, latest values and recent numbers for the panel, in bulk."""
