@@ -51,7 +51,7 @@ SPOOL_SEND_TIMEOUT = 120.0
 # 900 s per script: 300 + 120 + 120 + 60 + 120 s.
 VALUES_APART = 1_000_000  # process k logs values k * VALUES_APART + i
 POLL = 0.1  # seconds between the watcher's counts of the receiver
-TIMES = ("waited_service", "waited_backoff", "sending_seconds")
+TIMES = ("waited_service", "waited_backoff", "waited_pace", "sending_seconds")
 
 SCRIPT = '''\
 """A user's script: log readings at a steady pace to one bucket, close, exit."""
@@ -79,7 +79,7 @@ facts = {{"log_seconds": logged - began, "close_seconds": ended - logged,
 if callable(getattr(streamer, "stats", None)):
     st = streamer.stats()
     for name in ("sent", "pending", "requests", "retries", "dropped", "refused", "recovered",
-                 "waited_service", "waited_backoff", "sending_seconds"):
+                 "waited_service", "waited_backoff", "waited_pace", "sending_seconds"):
         value = getattr(st, name, None)
         facts[name] = value if value is None or isinstance(value, (int, float)) else str(value)
     settings = getattr(streamer, "settings", None)
@@ -452,6 +452,7 @@ def time_rows(t: c.Table, results: dict[str, dict[str, Any]]) -> None:
     got = {name: summed(facts, name) for name in TIMES}
     labels = {"waited_service": "waits the service asked for (Retry-After, 429, rate window)",
               "waited_backoff": "our own backoff after failures",
+              "waited_pace": "our own pace between requests (max_requests_per_second)",
               "sending_seconds": "inside HTTP requests (sending)"}
     for name in TIMES:
         value = got[name]
@@ -460,8 +461,8 @@ def time_rows(t: c.Table, results: dict[str, dict[str, Any]]) -> None:
     rest = None
     if life is not None and all(v is not None for v in got.values()):
         rest = life - sum(v for v in got.values() if v is not None)
-    t.row("fault mix, ours: the rest of its life (pacing at 3 requests/s, waiting for "
-          "events, start-up), s", "n/a" if rest is None else rest, "—", "(reported)", None)
+    t.row("fault mix, ours: the rest of its life (batching, waiting for events, start-up), s",
+          "n/a" if rest is None else rest, "—", "(reported)", None)
     rps = ours["facts"][0].get("max_requests_per_second") if ours["facts"] else None
     t.row(f"fault mix, ours: the pace's floor for its requests (requests ÷ "
           f"{'max_requests_per_second' if rps is None else f'{rps:g} requests/s'}), s",
