@@ -1,12 +1,12 @@
 # Two commands on a fresh machine:
 #   make run    the main job on the embedded default (no account, no network)
-#   make test   every test: lint, unit, loopback HTTP, IPython, widgets, nbval, browser
+#   make test   every test: lint, unit, loopback HTTP, IPython, widgets, nbval, browser, docs
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint lab bench chromium clean
+.PHONY: run test lint docs lab bench chromium clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,10 +34,17 @@ run: $(STAMP)
 	@echo "open it with: make lab NOTEBOOK=build/quickstart.ipynb"
 
 lint: $(STAMP)
-	$(BIN)/ruff check isstreamer_jupyter tests benchmarks
+	$(BIN)/ruff check isstreamer_jupyter tests benchmarks docs
 
-test: $(STAMP) chromium lint
+test: $(STAMP) chromium lint docs
 	$(BIN)/python -m pytest
+
+# The manual, from docs/ into build/docs. Warnings are errors. -E reads every page afresh: an
+# incremental build would not repeat a warning the last run gave. The build reads no network:
+# the notebooks show their saved outputs, and nbval runs them in `make test`.
+docs: $(STAMP)
+	$(BIN)/sphinx-build -E -W --keep-going -q -b html docs build/docs
+	@echo "the manual: build/docs/index.html"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

@@ -84,7 +84,7 @@ def demo(args: argparse.Namespace) -> int:
     return 0 if stats.refused == 0 and stats.dropped == 0 else 1
 
 
-#: what ``upload`` exits with (its --help shows this; the README says the same)
+#: what ``upload`` exits with: its --help shows this, and the manual's upload page
 UPLOAD_EXIT_CODES = """\
 exit codes:
   0  every row of the file is delivered (by this run, or by an earlier one to the same

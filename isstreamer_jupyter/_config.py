@@ -1,7 +1,7 @@
 """Settings: one table, resolved as keyword arguments > environment > ./isstreamer.ini >
 ~/isstreamer.ini > defaults.
 
-The table :data:`SETTINGS` is the single description of every setting; the README's settings
+The table :data:`SETTINGS` is the single description of every setting; the manual's settings
 table, the magics' ``%config`` traits and the error messages are all derived from it.
 
 A front end (the command line, the magics) passes its user's values in as keyword arguments,
@@ -172,12 +172,12 @@ class Setting:
     ini: tuple[tuple[str, str], ...] = ()
     doc: str = ""
     secret: bool = False
-    shown: str = ""  # the default as the README shows it, where repr() would not do
+    shown: str = ""  # the default as the manual shows it, where repr() would not do
     aliases: tuple[str, ...] = ()  # other keyword names of it (ISStreamer's)
 
     @property
     def default_md(self) -> str:
-        """The default as the README's table tells it."""
+        """The default as the manual's settings table tells it."""
         return self.shown or ("none" if self.default == "" else f"`{self.default}`")
 
     @property
@@ -303,7 +303,7 @@ def hide_secrets(kwargs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def settings_table() -> str:
-    """The README's settings table (a test keeps the README equal to it)."""
+    """The manual's settings table; the docs build renders it from this."""
     rows = [f"| keyword | environment | `isstreamer.ini`, in `[{CLIENT}]` | default | meaning |",
             "| --- | --- | --- | --- | --- |"]
     for s in SETTINGS:

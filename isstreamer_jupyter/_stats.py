@@ -47,6 +47,8 @@ class SignalStat:
 
 @dataclass(frozen=True)
 class Stats:
+    """A snapshot of one streamer's delivery, as ``Streamer.stats()`` returns it."""
+
     state: State
     reason: str  # plain words for STOPPED, OFFLINE, BACKING_OFF and RATE_LIMITED; else ""
     stop: str  # why STOPPED, as a stable code: one of STOPS; else ""

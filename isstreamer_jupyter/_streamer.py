@@ -91,7 +91,7 @@ class Streamer:
 
     A drop-in for ``ISStreamer.Streamer.Streamer``: same positional arguments, same methods,
     same attributes; plus the seed README's ``bucket=``/``client_key=``/``new_bucket()`` and
-    keyword-only settings (see the README's settings table). ``log()`` costs about a
+    keyword-only settings (see the manual's settings page). ``log()`` costs about a
     microsecond and never waits on the network; ``flush()`` and ``close()`` wait, within a
     bound. With no access key anywhere it records to a local CSV file instead.
 
@@ -251,7 +251,8 @@ class Streamer:
 
     # ---------------------------------------------------------------- logging
     def log(self, key: str, value: Any, epoch: Any = None) -> None:
-        """Queue one event; returns at once. See the README for what key and value may be."""
+        """Queue one event; returns at once. The manual's API page says what key and value
+        may be."""
         if (not self._slow and type(key) is str and 0 < len(key) <= KEY_WARN and key.isascii()
                 and (epoch is None or (type(epoch) is float and _EPOCH_FLOOR < epoch < 1e11))):
             kind = type(value)

@@ -689,7 +689,7 @@ class Receiver:
             return list(self._by_bucket.get(bucket_key, ()))
 
     def stats(self) -> dict[str, Any]:
-        """Counters: ``requests`` (to /api/*), ``statuses`` {code: count}, ``events`` stored,
+        """Counters: ``requests`` (to ``/api/*``), ``statuses`` {code: count}, ``events`` stored,
         ``buckets``, ``resets`` (connections reset instead of answered), ``connections``
         accepted, ``bytes`` of request bodies, ``injected`` faults by kind."""
         with self._cond:

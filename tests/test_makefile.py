@@ -118,3 +118,15 @@ def test_chromium_without_root_or_sudo_says_what_to_do(tmp_path):
     assert done.returncode != 0
     assert "apt-get update && apt-get install chromium fonts-dejavu-core" in done.stderr
     assert not log.exists()  # (it did not try apt-get as a user, to fail on its lock)
+
+
+def test_make_test_builds_the_docs_with_warnings_as_errors():
+    """CI runs `make test` alone, so the manual's build is a step of it; a warning fails it,
+    and every page is read afresh, since an incremental build would not repeat a warning."""
+    steps = dry_run("test").splitlines()
+    docs = [step for step in steps if "sphinx-build" in step]
+    assert len(docs) == 1, steps
+    words = docs[0].split()
+    assert {"-W", "-E", "--keep-going"} <= set(words)
+    assert words[-2:] == ["docs", "build/docs"]
+    assert steps.index(docs[0]) < [i for i, s in enumerate(steps) if "pytest" in s][-1]
