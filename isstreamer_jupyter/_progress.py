@@ -31,9 +31,20 @@ class Bar:
         self.label = label
         self.shown = False
         self._bar: Any = None
+        self._broken = False
 
     def show(self, done: int, total: int) -> None:
-        """Draw `done` of `total`; the first call makes the bar."""
+        """Draw `done` of `total`; the first call makes the bar. A bar that cannot be drawn
+        (a closed stderr, a kernel shutting down) is given up: the wait goes on without it."""
+        if self._broken:
+            return
+        try:
+            self._draw(done, total)
+        except Exception:
+            self._broken = True
+            self.close()
+
+    def _draw(self, done: int, total: int) -> None:
         left = max(0, total - done)
         if self._bar is None:
             from tqdm.auto import tqdm
