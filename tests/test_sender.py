@@ -1105,7 +1105,7 @@ def test_an_interrupted_request_gives_back_its_batch_and_the_next(tmp_path, spoo
     with pytest.raises(KeyboardInterrupt):
         for _ in range(5):
             s._sender.step()
-    assert s._sender._next is None and s.stats().in_flight == 0
+    assert s._sender.pipeline.next is None and s.stats().in_flight == 0
     assert s.flush(timeout=60)
     assert [e["value"] for e in t.events()] == list(range(30))
     s.close(timeout=1)
@@ -1186,9 +1186,9 @@ def test_a_step_that_sends_nothing_acks_but_keeps_the_next_batch_held(tmp_path):
     sender = as_if_threaded(s)
     while not t.requests():
         clock.advance(sender.step())
-    assert sender._unacked is not None and sender._next is not None
+    assert sender.pipeline.unacked is not None and sender.pipeline.next is not None
     assert sender.step() > 0  # the pace: no request
-    assert sender._unacked is None and sender._next is not None
+    assert sender.pipeline.unacked is None and sender.pipeline.next is not None
     other = SqliteSpool(tmp_path / "spool", api_base=s.settings.api_base, access_key=KEY)
     assert other.take(100) is None
     other.close()
@@ -1209,7 +1209,7 @@ def test_a_spool_failing_to_ack_is_left_once_and_nothing_is_lost(tmp_path, monke
     sender = as_if_threaded(s)
     while not t.requests():
         clock.advance(sender.step())
-    assert sender._unacked is not None
+    assert sender.pipeline.unacked is not None
 
     def broken(self, *args, **kwargs):
         raise SpoolError("the spool failed: disk I/O error")
@@ -1223,7 +1223,7 @@ def test_a_spool_failing_to_ack_is_left_once_and_nothing_is_lost(tmp_path, monke
         try:
             sender.step()
         except SpoolError as exc:
-            sender._leave_spool(exc)
+            sender.drainer.leave_spool(exc)
         stores.add(id(sender.store))
         if late == "after each step":
             s._queue.append(("late", i, 1_800_000_100.0 + i))
@@ -1249,19 +1249,19 @@ def test_a_marker_drained_by_another_thread_while_markers_are_checked_is_kept(tm
     sender = s._sender
     old, new = Marker(), Marker()
     old.upto = new.upto = 0
-    sender._markers.append(old)
+    sender.markers.waiting.append(old)
     real = sender.store.has_pending_upto
 
     def meanwhile_a_drain_adds_one(upto, skip=()):
-        if new not in sender._markers:
-            sender._markers.append(new)  # (as _drain does, under its lock, in another thread)
+        if new not in sender.markers.waiting:
+            sender.markers.waiting.append(new)  # as _drain does, under its lock, in another thread
         return real(upto, skip)
 
     sender.store.has_pending_upto = meanwhile_a_drain_adds_one
     sender._check_markers()
-    assert old.done.is_set() and sender._markers == [new]
+    assert old.done.is_set() and sender.markers.waiting == [new]
     sender._check_markers()
-    assert new.done.is_set() and sender._markers == []
+    assert new.done.is_set() and sender.markers.waiting == []
     s.close(timeout=1)
 
 
@@ -1287,7 +1287,7 @@ def test_log_spilling_while_the_sender_checks_the_same_flush_marker_does_not_rai
     flusher = threading.Thread(target=s.flush, kwargs={"timeout": 5})
     flusher.start()
     deadline = time.monotonic() + 3
-    while not sender._markers:  # the sender drained the marker and waits at the barrier
+    while not sender.markers.waiting:  # the sender drained the marker and waits at the barrier
         assert time.monotonic() < deadline
         time.sleep(0.001)
     with warnings.catch_warnings():
@@ -1373,7 +1373,7 @@ def test_log_leaving_the_spool_while_a_request_is_out(tmp_path):
         if meanwhile is not None and not getattr(t, "switched", False):
             t.switched = True
             meanwhile()  # the next batch is taken from the spool ...
-            s._sender._leave_spool(SpoolError("disk full"))  # ... then log() leaves it
+            s._sender.drainer.leave_spool(SpoolError("disk full"))  # ... then log() leaves it
             s._queue.append(("n", 100, 1_800_000_000.0))
             other = SqliteSpool(tmp_path / "spool", api_base=s.settings.api_base,
                                 access_key=KEY)  # another process on that spool
