@@ -2,8 +2,10 @@
 
 A wait ends when its marker is reached, when no event has been acknowledged for `stall`
 seconds, when its total `bound` runs out, when the streamer is closed meanwhile, or on Ctrl-C.
-Waiting at the service's pace is no stall: while the service holds delivery (Retry-After, a
-spent rate window) for no longer than `stall`, the stall clock waits too.
+Waiting at the service's pace is no stall: the service's answer that holds delivery
+(Retry-After, a spent rate window) restarts the stall clock, and while the hold has no more
+than `stall` seconds left the clock waits too. A hold longer than that is a stall once
+`stall` seconds of it have passed.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ def wait_delivered(sender: Sender, marker: Marker, *, bound: float = math.inf,
     sent_before = last_sent = sender.sent
     total = last_waiting = sender.waiting()
     shared = sender.store_pending()
+    last_hold = 0.0
     polls = 0
     ended = Ended.DONE
     try:
@@ -76,8 +79,10 @@ def wait_delivered(sender: Sender, marker: Marker, *, bound: float = math.inf,
                 if shared is not None and now_shared is not None and now_shared < shared:
                     progress_at = now
                 shared = now_shared
-            if 0 < sender.service_wait() <= stall:
+            hold = sender.service_wait()
+            if hold > last_hold + POLL or 0 < hold <= stall:  # (a new hold is an answer too)
                 progress_at = now
+            last_hold = hold
             if bar is not None and now - started >= SHOW_AFTER:
                 done = sent - sent_before
                 total = max(total, done + waiting)
