@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 from typing import Any
 
 #: a wait shows its bar once it has lasted this long
@@ -12,8 +13,11 @@ SHOW_AFTER = 1.0
 
 
 def wanted(setting: bool | None) -> bool:
-    """Whether waits show a bar: the ``progress`` setting, else on in Jupyter or when stderr
-    is a terminal."""
+    """Whether a wait shows a bar: the ``progress`` setting, else on in Jupyter or when stderr
+    is a terminal. Only the main thread draws one: a wait in another thread, such as the
+    panel's Flush button, would draw it into whichever cell is running."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
     if setting is not None:
         return setting
     if "ipykernel" in sys.modules:

@@ -438,3 +438,18 @@ def execute(kc: Any, code: str, timeout: float) -> list[dict[str, Any]]:
         if kind == "status" and content["execution_state"] == "idle":
             return messages
 
+
+
+def test_only_the_main_thread_draws_a_progress_bar() -> None:
+    """The panel's Flush button waits in a thread of its own; in Jupyter its bar went into
+    whichever cell was running."""
+    import threading
+
+    from isstreamer_jupyter._progress import wanted
+
+    assert wanted(True)
+    seen: list[bool] = []
+    worker = threading.Thread(target=lambda: seen.append(wanted(True)))
+    worker.start()
+    worker.join(10)
+    assert seen == [False]
